@@ -1,0 +1,87 @@
+"""`viewfusion <command>`: a thin dispatcher over the stage modules.
+
+Each command lives in its own module, which defines two functions:
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int | None   # exit status, None means 0
+
+The module is imported only when its command runs, so `viewfusion --help` stays fast and a
+data command never imports the model. `ViewFusionError` (bad input) prints one clear line and
+exits 2; anything else is a bug and keeps its traceback.
+
+    viewfusion data synth --objects 64 --out data/synth/NMR_Dataset.zip
+    viewfusion data shard --zip data/synth/NMR_Dataset.zip --out data/shards --shards 4
+    viewfusion train --config config/experiments/tiny.yaml --shards data/shards --out runs/tiny
+    viewfusion sample --checkpoint runs/tiny/final.pt --manifest m.json --shards data/shards --out s/
+    viewfusion metrics --generated s/ --manifest m.json --out s/metrics.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from viewfusion.errors import ViewFusionError
+
+# command words -> (module, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "download"): ("viewfusion.data.download", "download NMR_Dataset.zip (resumable) and verify it"),
+    ("data", "synth"): ("viewfusion.data.synth", "render a synthetic dataset in the exact NMR layout"),
+    ("data", "verify"): ("viewfusion.data.nmr", "check an NMR-format zip's structure"),
+    ("data", "shard"): ("viewfusion.data.shard", "write deterministic webdataset shards per split"),
+    ("data", "manifest"): ("viewfusion.data.manifest", "write a seeded evaluation manifest"),
+    ("train",): ("viewfusion.train", "train a model (one process or torchrun/DDP), resumable"),
+    ("launch", "train"): ("viewfusion.launch", "submit training with submitit (slurm or local)"),
+    ("sample",): ("viewfusion.sample", "generate one chunk of an evaluation manifest"),
+    ("sample-figures",): ("viewfusion.sample", "sample what the weight and autoregressive figures need"),
+    ("metrics",): ("viewfusion.metrics", "PSNR/SSIM/LPIPS of generated images, per image"),
+    ("tables",): ("viewfusion.tables", "aggregate per-image metrics into the paper's tables"),
+    ("figures",): ("viewfusion.figures", "plot metrics, view weights and generation strips"),
+    ("import-official",): ("viewfusion.checkpoint", "convert the official best_model_all.pt"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: viewfusion <command> [options]", "", "commands:"]
+    for words, (_, help_) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<18} {help_}")
+    lines.append("\n`viewfusion <command> --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in COMMANDS:
+            return words, argv[n:]
+    raise SystemExit(f"{_usage()}\n\nerror: unknown command {' '.join(argv[:2])!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    words, rest = _find(argv)
+    module_name, help_ = COMMANDS[words]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog="viewfusion " + " ".join(words), description=help_)
+    # A module that serves two commands (sample / sample-figures) gets the command name.
+    if words == ("sample-figures",):
+        module.add_figure_arguments(parser)
+        runner = module.run_figures
+    else:
+        module.add_arguments(parser)
+        runner = module.run
+    args = parser.parse_args(rest)
+    try:
+        status = runner(args)
+    except ViewFusionError as err:
+        print(f"viewfusion {' '.join(words)}: error: {err}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
