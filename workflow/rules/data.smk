@@ -1,0 +1,76 @@
+# Dataset -> verified zip -> webdataset shards per shard set -> evaluation manifests.
+
+if config["dataset"]["source"] == "synth":
+
+    rule synth_dataset:
+        output:
+            zip=config["dataset"]["zip"],
+        params:
+            objects=config["dataset"]["synth_objects"],
+            seed=config["dataset"]["synth_seed"],
+        log:
+            f"{LOGS}/data/synth.log",
+        shell:
+            "viewfusion data synth --objects {params.objects} --seed {params.seed}"
+            " --out {output.zip} > {log} 2>&1"
+
+else:
+
+    rule download_dataset:
+        output:
+            zip=config["dataset"]["zip"],
+        params:
+            url=config["dataset"]["url"],
+        log:
+            f"{LOGS}/data/download.log",
+        shell:
+            "viewfusion data download --url {params.url} --out {output.zip} > {log} 2>&1"
+
+
+rule verify_dataset:
+    input:
+        zip=config["dataset"]["zip"],
+    output:
+        report=f"results/data/dataset_check.json",
+    log:
+        f"{LOGS}/data/verify.log",
+    shell:
+        "viewfusion data verify --zip {input.zip} --report {output.report} > {log} 2>&1"
+
+
+rule shard:
+    input:
+        zip=config["dataset"]["zip"],
+        check="results/data/dataset_check.json",
+    output:
+        shards=directory("results/shards/{shard_set}"),
+    params:
+        shards=lambda wc: get_shard_set(wc)["shards"],
+        percent=lambda wc: get_shard_set(wc)["percent"],
+        withhold=lambda wc: " ".join(get_shard_set(wc)["withhold"]),
+        gpus=lambda wc: max(1, config["training"]["nproc"]),
+    log:
+        f"{LOGS}/data/shard_{{shard_set}}.log",
+    shell:
+        "viewfusion data shard --zip {input.zip} --out {output.shards} --shards {params.shards}"
+        " --percent {params.percent} --gpus {params.gpus}"
+        " $( [ -n '{params.withhold}' ] && echo --withhold {params.withhold} ) > {log} 2>&1"
+
+
+rule eval_manifest:
+    input:
+        shards="results/shards/{shard_set}",
+    output:
+        manifest="results/manifests/{shard_set}/{split}-v{views}.json",
+    params:
+        seed=EVAL["seed"],
+        max_objects=(
+            f"--max-objects {EVAL['max_objects']}" if EVAL["max_objects"] else ""
+        ),
+        targets=EVAL["targets_per_object"],
+    log:
+        f"{LOGS}/data/manifest_{{shard_set}}_{{split}}_v{{views}}.log",
+    shell:
+        "viewfusion data manifest --shards {input.shards} --split {wildcards.split}"
+        " --views {wildcards.views} --seed {params.seed} {params.max_objects}"
+        " --targets-per-object {params.targets} --out {output.manifest} > {log} 2>&1"

@@ -1,0 +1,74 @@
+# Sampling in chunks (one job each, Slurm runs them in parallel) -> per-image metrics.
+# Changing only sampler, steps, view counts or metrics reruns these jobs and never training.
+
+
+rule sample:
+    input:
+        checkpoint=lambda wc: f"results/runs/{wc.exp}/final.pt",
+        manifest=get_manifest,
+        shards=get_experiment_shards,
+    output:
+        chunk="results/samples/{exp}/{ckpt}/{sampler}/v{views}/chunks/{chunk}-of-{n}.json",
+    params:
+        checkpoint=get_checkpoint_file,
+        out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
+        sampler=lambda wc: parse_sampler(wc.sampler),
+        batch_size=EVAL["batch_size"],
+    threads: 2
+    resources:
+        gpu=0,
+        cpus_per_gpu=4,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {params.checkpoint}"
+        " --manifest {input.manifest} --shards {input.shards} --out {params.out}"
+        " --chunk {wildcards.chunk}/{wildcards.n} {params.sampler}"
+        " --batch-size {params.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        chunks=get_sample_chunks,
+        manifest=get_manifest,
+    output:
+        metrics="results/samples/{exp}/{ckpt}/{sampler}/v{views}/metrics.parquet",
+    params:
+        generated="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
+        lpips=get_lpips_flags,
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=30,
+    log:
+        f"{LOGS}/metrics/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} viewfusion metrics --generated {params.generated}"
+        " --manifest {input.manifest} --out {output.metrics} {params.lpips} > {log} 2>&1"
+
+
+rule sample_figures:
+    input:
+        checkpoint="results/runs/{exp}/final.pt",
+        shards=get_experiment_shards,
+    output:
+        done="results/figure_samples/{exp}/done.json",
+    params:
+        out="results/figure_samples/{exp}",
+        split=EVAL["split"],
+        seed=EVAL["seed"],
+        sampler=lambda wc: parse_sampler(sampler_tag(config["figures"]["sampler"])),
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        f"{LOGS}/sample_figures/{{exp}}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} viewfusion sample-figures --checkpoint {input.checkpoint}"
+        " --shards {input.shards} --split {params.split} --seed {params.seed}"
+        " {params.sampler} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,40 @@
+# Per-image metrics -> the paper's tables and figures, captioned for `snakemake --report`.
+
+
+rule tables:
+    input:
+        metrics=get_metric_files(),
+    output:
+        tables=report(
+            directory("results/tables"),
+            patterns=["{name}.csv"],
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+    log:
+        f"{LOGS}/tables.log",
+    shell:
+        "viewfusion tables --metrics {input.metrics} --out {output.tables} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=get_metric_files(),
+        figure_samples=get_figure_samples(),
+    output:
+        figures=report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    params:
+        samples=lambda wc, input: " ".join(
+            os.path.dirname(f) for f in input.figure_samples
+        ),
+    log:
+        f"{LOGS}/figures.log",
+    shell:
+        "viewfusion figures --metrics {input.metrics}"
+        " $( [ -n '{params.samples}' ] && echo --figure-samples {params.samples} )"
+        " --out {output.figures} > {log} 2>&1"
