@@ -8,6 +8,8 @@ if config["dataset"]["source"] == "synth":
         params:
             objects=config["dataset"]["synth_objects"],
             seed=config["dataset"]["synth_seed"],
+        conda:
+            "../envs/viewfusion.yaml"
         log:
             f"{LOGS}/data/synth.log",
         shell:
@@ -21,6 +23,8 @@ else:
             zip=config["dataset"]["zip"],
         params:
             url=config["dataset"]["url"],
+        conda:
+            "../envs/viewfusion.yaml"
         log:
             f"{LOGS}/data/download.log",
         shell:
@@ -32,6 +36,8 @@ rule verify_dataset:
         zip=config["dataset"]["zip"],
     output:
         report=f"results/data/dataset_check.json",
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/data/verify.log",
     shell:
@@ -49,6 +55,8 @@ rule shard:
         percent=lambda wc: get_shard_set(wc)["percent"],
         withhold=lambda wc: " ".join(get_shard_set(wc)["withhold"]),
         gpus=lambda wc: max(1, config["training"]["nproc"]),
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/data/shard_{{shard_set}}.log",
     shell:
@@ -68,6 +76,8 @@ rule eval_manifest:
             f"--max-objects {EVAL['max_objects']}" if EVAL["max_objects"] else ""
         ),
         targets=EVAL["targets_per_object"],
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/data/manifest_{{shard_set}}_{{split}}_v{{views}}.log",
     shell:

@@ -20,6 +20,8 @@ rule sample:
         cpus_per_gpu=4,
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
     shell:
@@ -43,6 +45,8 @@ rule metrics:
         gpu=0,
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/metrics/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}.log",
     shell:
@@ -66,6 +70,8 @@ rule sample_figures:
         gpu=0,
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/sample_figures/{{exp}}.log",
     shell:

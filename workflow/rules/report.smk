@@ -11,6 +11,8 @@ rule tables:
             caption="../report/tables.rst",
             category="Tables",
         ),
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/tables.log",
     shell:
@@ -32,6 +34,8 @@ rule figures:
         samples=lambda wc, input: " ".join(
             os.path.dirname(f) for f in input.figure_samples
         ),
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/figures.log",
     shell:

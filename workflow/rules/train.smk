@@ -20,6 +20,8 @@ rule train:
         cpus_per_gpu=8,
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/train/{{exp}}.log",
     shell:
