@@ -4,6 +4,10 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 EVAL = config["evaluation"]
+ACTIVE = config["active_experiments"]
+_unknown = sorted(set(ACTIVE) - set(config["experiments"]))
+if _unknown:
+    raise ValueError(f"active_experiments names {_unknown}, which config['experiments'] does not define")
 LOGS = "results/logs"
 
 
@@ -84,7 +88,7 @@ def get_sample_chunks(wildcards):
 def get_metric_files(wildcards=None):
     return [
         f"results/samples/{exp}/{ckpt_tag(c)}/{sampler_tag(s)}/v{v}/metrics.parquet"
-        for exp in config["experiments"]
+        for exp in ACTIVE
         for c in EVAL["checkpoints"]
         for s in EVAL["samplers"]
         for v in EVAL["view_counts"]
@@ -99,7 +103,7 @@ def get_lpips_flags(wildcards=None):
 def get_figure_samples(wildcards=None):
     if not config["figures"]["enabled"]:
         return []
-    return [f"results/figure_samples/{exp}/done.json" for exp in config["experiments"]]
+    return [f"results/figure_samples/{exp}/done.json" for exp in ACTIVE]
 
 
 def get_final_outputs():
