@@ -43,6 +43,12 @@ class SamplerSpec:
     eta: float = 0.0
 
 
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def parse_chunk(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -164,7 +170,7 @@ def sample_chunk(
     man = read_manifest(manifest)
     items = chunk_items(man["items"], i, n)
     todo = [it for it in items if not item_done(out_dir, it["item"], weights=save_weights)]
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     model, info = load_model(checkpoint, device=dev)
     progress_file = _progress_path(out_dir, i, n)
     progress = _load_progress(progress_file)
@@ -231,4 +237,105 @@ def run(args: argparse.Namespace) -> int:
         save_weights=args.save_weights, weights_every=args.weights_every, experiment=args.experiment,
     )
     print(f"chunk complete: {marker}")
+    return 0
+
+
+# --- inputs of the paper's Figure 2 (view weights) and Figure 3 (autoregressive generation) ---
+
+FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
+
+
+def figure_object(shards: str, split: str, *, seed: int, key: str | None) -> str:
+    """The object the figures show: `key`, or one drawn with `seed` from the split."""
+    manifest_file = Path(shards) / "manifest.json"
+    objects = json.loads(manifest_file.read_text())["splits"][split]["objects"]
+    if key is not None:
+        if key not in objects:
+            raise ViewFusionError(f"--object {key!r} is not in split {split!r} of {manifest_file}")
+        return key
+    return objects[np.random.default_rng(seed).integers(len(objects))]
+
+
+def weights_manifest(key: str, *, split: str, seed: int) -> dict:
+    synset, object_id = key.split("_", 1)
+    items = [
+        {"item": f"{key}-t{t:02d}-v6-0", "key": key, "synset": synset, "object_id": object_id,
+         "target_view": t, "cond_views": list(FIGURE_COND_VIEWS), "view_count": 6, "seed": seed + t}
+        for t in range(NUM_VIEWS)
+    ]
+    return {"split": split, "seed": seed, "view_count": 6, "source": "figure", "items": items}
+
+
+def autoregressive(model, images: torch.Tensor, *, spec: SamplerSpec, start_view: int, stride: int,
+                   seed: int, device: torch.device, out: Path, key: str) -> None:
+    """Generate views start+stride, start+2*stride, ... each conditioned on all earlier ones.
+
+    The conditioning set starts with one real view; every generated view joins it (paper Fig. 3).
+    """
+    cond = [images[start_view]]
+    names = [f"gt:{start_view}"]
+    steps = []
+    for k, target in enumerate(range(start_view + stride, start_view + NUM_VIEWS, stride)):
+        target %= NUM_VIEWS
+        batch = {"y_cond": torch.stack(cond)[None].to(device),
+                 "view_count": torch.tensor([len(cond)], device=device),
+                 "angle": torch.tensor([target * VIEW_STEP], device=device, dtype=torch.float32),
+                 "seeds": torch.tensor([seed + k])}
+        if model.relative:
+            batch["y_ref"] = images[start_view][None].to(device)
+            batch["angle"] = torch.tensor([((target - start_view) % NUM_VIEWS) * VIEW_STEP], device=device)
+        image, _, _ = generate_batch(model, batch, spec, save_weights=False, weights_every=1)
+        atomic_write_bytes(out / f"step_{k:02d}.png", encode_png(image[0]))
+        atomic_write_bytes(out / f"gt_{k:02d}.png", encode_png(images[target]))
+        steps.append({"step": k, "target_view": target, "file": f"step_{k:02d}.png",
+                      "gt": f"gt_{k:02d}.png", "cond": list(names)})
+        cond.append(image[0].float())
+        names.append(f"gen:{target}")
+    atomic_write_json(out / "sequence.json", {"key": key, "start_view": start_view, "steps": steps})
+
+
+def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: SamplerSpec,
+                   seed: int = 0, key: str | None = None, stride: int = 3, device: str = "auto",
+                   experiment: str = "") -> Path:
+    out_dir = Path(out)
+    key = figure_object(shards, split, seed=seed, key=key)
+    manifest = weights_manifest(key, split=split, seed=seed)
+    manifest_file = out_dir / "weights" / "manifest.json"
+    atomic_write_json(manifest_file, manifest)
+    sample_chunk(checkpoint=checkpoint, manifest=str(manifest_file), shards=shards, out=str(out_dir / "weights"),
+                 spec=spec, batch_size=NUM_VIEWS, device=device, save_weights=True,
+                 weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment)
+    dev = resolve_device(device)
+    model, info = load_model(checkpoint, device=dev)
+    images = load_objects(shards, split, keys={key})[key].images
+    autoregressive(model, images, spec=spec, start_view=FIGURE_COND_VIEWS[0], stride=stride,
+                   seed=seed, device=dev, out=out_dir / "autoregressive", key=key)
+    done = out_dir / "done.json"
+    atomic_write_json(done, {"experiment": experiment, "checkpoint_step": info.get("step"),
+                             "sampler": spec.name, "steps": spec.steps, "key": key})
+    return done
+
+
+def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", required=True, help="figure sample directory (weights/, autoregressive/)")
+    parser.add_argument("--object", default=None, help="object key synset_objectid (default: drawn with --seed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stride", type=int, default=3, help="views between autoregressive targets")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--experiment", default="")
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    done = sample_figures(
+        checkpoint=args.checkpoint, shards=args.shards, split=args.split, out=args.out,
+        spec=SamplerSpec(args.sampler, args.steps, args.eta), seed=args.seed, key=args.object,
+        stride=args.stride, device=args.device, experiment=args.experiment,
+    )
+    print(f"figure samples complete: {done}")
     return 0

@@ -76,5 +76,5 @@ rule sample_figures:
         f"{LOGS}/sample_figures/{{exp}}.log",
     shell:
         "OMP_NUM_THREADS={threads} viewfusion sample-figures --checkpoint {input.checkpoint}"
-        " --shards {input.shards} --split {params.split} --seed {params.seed}"
+        " --shards {input.shards} --split {params.split} --seed {params.seed} --experiment {wildcards.exp}"
         " {params.sampler} --out {params.out} > {log} 2>&1"
