@@ -1,0 +1,306 @@
+"""Experiment configs: YAML files -> frozen dataclasses -> a ready `ViewFusion` model.
+
+A config file has four sections (`model`, `diffusion`, `data`, `train`) plus `name` and
+`description`. A variant names its parent with `base:` (a path relative to the variant file)
+and states only what differs:
+
+    # config/experiments/no_weighting.yaml
+    base: paper.yaml
+    name: no_weighting
+    model:
+      weighting: false
+
+Every layer is checked on its own, so an unknown or mistyped key is reported with the file it
+is in and the closest valid key. The dataclass defaults are the paper's values (a test keeps
+them equal to `paper.yaml`), so `ExperimentConfig()` is the paper config and a checkpoint's
+plain-dict config rebuilds exactly with `from_dict`.
+
+    cfg = load_config("config/experiments/tiny.yaml", overrides=["train.max_steps=10"])
+    model = build_model(cfg)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from viewfusion.errors import ViewFusionError
+
+# viewfusion.diffusion.SCHEDULE_KINDS, repeated so that reading a config never imports torch
+# (tests/test_config.py keeps the two equal).
+SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 64
+    inner_channel: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 3, 5)
+    attn_res: tuple[int, ...] = (16,)
+    res_blocks: int = 3
+    norm_groups: int = 32
+    dropout: float = 0.0
+    weighting: bool = True
+    relative: bool = False
+    clamp: tuple[float, float] | None = (-1.0, 1.0)
+
+    def __post_init__(self):
+        _require(self.channel_mults, "model.channel_mults must not be empty")
+        _require(self.inner_channel % self.norm_groups == 0,
+                 f"model.inner_channel {self.inner_channel} is not divisible by "
+                 f"model.norm_groups {self.norm_groups}")
+        _require(self.image_size % 2 ** (len(self.channel_mults) - 1) == 0,
+                 f"model.image_size {self.image_size} cannot be halved "
+                 f"{len(self.channel_mults) - 1} times (one per extra channel_mults entry)")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+    @property
+    def in_channel(self) -> int:
+        # conditioning view + noisy target (+ the reference view in the relative variant)
+        return 9 if self.relative else 6
+
+    @property
+    def out_channel(self) -> int:
+        # noise (+ one weight logit per channel when views are weighted)
+        return 6 if self.weighting else 3
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """The official U-Net keyword arguments."""
+        return dict(in_channel=self.in_channel, out_channel=self.out_channel,
+                    inner_channel=self.inner_channel, norm_groups=self.norm_groups,
+                    channel_mults=list(self.channel_mults), attn_res=list(self.attn_res),
+                    res_blocks=self.res_blocks, dropout=self.dropout, image_size=self.image_size)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "linear"
+    n_timestep: int = 2000
+    linear_start: float = 1e-6
+    linear_end: float = 1e-2
+
+    def __post_init__(self):
+        _require(self.schedule in SCHEDULES,
+                 f"diffusion.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        _require(self.n_timestep >= 2, "diffusion.n_timestep must be at least 2")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_views: int = 6
+    shuffle_prob: float = 0.1
+    num_workers: int = 2
+    withheld: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _require(self.max_views >= 1, "data.max_views must be at least 1")
+        _require(0.0 <= self.shuffle_prob <= 1.0, "data.shuffle_prob must be in [0, 1]")
+        _require(self.num_workers >= 0, "data.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    global_batch_size: int = 112
+    max_steps: int = 710_000
+    lr: float = 1e-4
+    warmup_steps: int = 2500
+    lr_decay: float = 0.16
+    lr_decay_steps: int = 4_000_000
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    bf16: bool = True
+    compile: bool = False
+    checkpoint_every: int = 5000
+    snapshot_steps: tuple[int, ...] = (100_000, 200_000, 300_000, 400_000, 500_000, 600_000,
+                                       700_000)
+    log_every: int = 10
+    seed: int = 0
+    tensorboard: bool = True
+    wandb: bool = False
+
+    def __post_init__(self):
+        for name in ("global_batch_size", "max_steps", "checkpoint_every", "log_every"):
+            _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
+        _require(self.lr > 0 and self.warmup_steps >= 0 and self.lr_decay_steps > 0,
+                 "train.lr and train.lr_decay_steps must be > 0, train.warmup_steps >= 0")
+        _require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+                 "train.ema_decay must be null or in (0, 1)")
+        _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be > 0")
+        _require(all(s >= 1 for s in self.snapshot_steps), "train.snapshot_steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "paper"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
+            "train": TrainConfig}
+
+
+class _Invalid(ValueError):
+    """A semantic check failed inside a dataclass; the loader adds the file name."""
+
+
+def _require(ok, message: str) -> None:
+    if not ok:
+        raise _Invalid(message)
+
+
+def _valid_keys() -> list[str]:
+    keys = ["name", "description"]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _unknown(key: str, source: str) -> ViewFusionError:
+    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.6)
+    if not close:  # a right key in the wrong section: compare the last part only
+        last = key.rsplit(".", 1)[-1]
+        close = [k for k in _valid_keys() if k.rsplit(".", 1)[-1] == last][:1]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ViewFusionError(f"{source}: unknown key {key!r}{hint}")
+
+
+def _check_value(value: Any, type_: Any, key: str, source: str) -> Any:
+    """`value` converted to `type_` (lists -> tuples, ints -> floats), or a clear error."""
+    origin, args = typing.get_origin(type_), typing.get_args(type_)
+    if origin is types.UnionType:  # only `X | None` is used
+        return None if value is None else _check_value(value, args[0], key, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            n = "a list" if args[-1] is Ellipsis else f"a list of {len(args)}"
+            raise ViewFusionError(f"{source}: {key} must be {n}, got {value!r}")
+        items = args[:1] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_check_value(v, t, f"{key}[{i}]", source) for i, (v, t) in enumerate(zip(value, items)))
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[type_]
+    if not ok:
+        raise ViewFusionError(f"{source}: {key} must be {type_.__name__}, got {value!r}")
+    return float(value) if type_ is float else value
+
+
+def _check_layer(raw: Any, source: str) -> dict[str, Any]:
+    """One file's (or one --set's) dict, keys and types checked, values normalised."""
+    if not isinstance(raw, dict):
+        raise ViewFusionError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("name", "description"):
+            out[key] = _check_value(value, str, key, source)
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ViewFusionError(f"{source}: section {key!r} must be a mapping")
+            hints = typing.get_type_hints(SECTIONS[key])
+            for sub, v in value.items():
+                if sub not in hints:
+                    raise _unknown(f"{key}.{sub}", source)
+                out.setdefault(key, {})[sub] = _check_value(v, hints[sub], f"{key}.{sub}", source)
+        else:
+            raise _unknown(str(key), source)
+    return out
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in top.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged layers of `path` and its `base:` ancestors, each checked on its own."""
+    path = path.resolve()
+    if path in seen:
+        raise ViewFusionError(f"{path}: `base:` chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ViewFusionError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ViewFusionError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    layer = _check_layer(raw, str(path))
+    if base is None:
+        return layer
+    if not isinstance(base, str):
+        raise ViewFusionError(f"{path}: base must be a file name, got {base!r}")
+    return _merge(_read_chain(path.parent / base, seen + (path,)), layer)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`train.max_steps=10` -> {"train": {"max_steps": 10}} (the value is parsed as YAML)."""
+    source = f"--set {text}"
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise ViewFusionError(f"{source}: expected key=value, e.g. train.max_steps=10")
+    parts = key.strip().split(".")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ViewFusionError(f"{source}: value is not valid YAML: {err}") from None
+    raw = {parts[0]: parsed} if len(parts) == 1 else {parts[0]: {".".join(parts[1:]): parsed}}
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] not in SECTIONS):
+        raise _unknown(key.strip(), source)
+    return _check_layer(raw, source)
+
+
+def from_dict(d: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+    """A plain dict (from YAML or a checkpoint) -> ExperimentConfig; missing keys get defaults."""
+    d = _check_layer(d, source)
+    try:
+        sections = {name: cls(**d.get(name, {})) for name, cls in SECTIONS.items()}
+        return ExperimentConfig(name=d.get("name", "paper"), description=d.get("description", ""),
+                                **sections)
+    except _Invalid as err:
+        raise ViewFusionError(f"{source}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
+    merged = _read_chain(Path(path))
+    for text in overrides:
+        merged = _merge(merged, parse_override(text))
+    return from_dict(merged, source=str(path))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain dict of builtins (tuples -> lists): YAML-, JSON- and `weights_only`-safe."""
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+    d = dataclasses.asdict(cfg)
+    return {k: {kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else v
+            for k, v in d.items()}
+
+
+def build_model(cfg: ExperimentConfig):
+    """The ViewFusion model (U-Net denoiser + noise schedule) that `cfg` describes."""
+    from viewfusion.diffusion import Schedule
+    from viewfusion.model.unet import UNet
+    from viewfusion.model.viewfusion import ViewFusion
+
+    m, d = cfg.model, cfg.diffusion
+    schedule = Schedule.make(d.schedule, d.n_timestep, linear_start=d.linear_start,
+                             linear_end=d.linear_end)
+    return ViewFusion(UNet(**m.unet_kwargs()), schedule, weighting=m.weighting,
+                      relative=m.relative, clamp=m.clamp)
