@@ -1,0 +1,276 @@
+"""SR3-style U-Net denoiser of ViewFusion, weight-compatible with the official release.
+
+Module names, nesting and Sequential indices mirror the official `model/unet.py` so that the
+published state dict (`denoise_fn.*`) loads with `strict=True`. What differs is how it runs:
+
+* attention goes through `F.scaled_dot_product_attention` (no materialised HW x HW einsum);
+* GroupNorm -> Swish runs as one autograd function that keeps only its input for backward and
+  recomputes the (cheap, memory-bound) normalisation there, instead of keeping the normalised
+  tensor, the sigmoid and the product alive: this is most of the activation memory of the net;
+* Swish is `F.silu`, one fused kernel (same function as the official `x * sigmoid(x)`).
+
+Conditioning (as the official code): sinusoidal encodings of the continuous noise level gamma and
+of the raw target angle in radians (each `inner_channel // 2` wide) are concatenated and fed to
+`noise_level_mlp`; every res block adds a linear projection of the result (no scale term).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet", "PositionalEncoding"]
+
+
+class PositionalEncoding(nn.Module):
+    """WaveGrad encoding of raw values: [sin(v * f_k), cos(v * f_k)], f_k = 1e4^(-k / (dim / 2))."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, value: Tensor) -> Tensor:
+        count = self.dim // 2
+        step = torch.arange(count, dtype=value.dtype, device=value.device) / count
+        encoding = value.unsqueeze(1) * torch.exp(-math.log(1e4) * step.unsqueeze(0))
+        return torch.cat([torch.sin(encoding), torch.cos(encoding)], dim=-1)
+
+
+def _group_norm_silu(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+    # Normalise in the parameters' dtype, as autocast does for group_norm (fp32 under bf16
+    # autocast), so the fused path and the plain path give the same numbers.
+    with torch.autocast(x.device.type, enabled=False):
+        return F.silu(F.group_norm(x.to(weight.dtype), groups, weight, bias, eps))
+
+
+class _GroupNormSiLU(torch.autograd.Function):
+    """silu(group_norm(x)) that keeps only x (and the affine parameters) for backward.
+
+    The normalised tensor is recomputed in backward: GroupNorm is memory-bound and a fraction of
+    a 3x3 convolution's cost, while keeping its output, the sigmoid and the product alive (as the
+    official `x * sigmoid(x)` does) triples the activation memory of every Block.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.groups, ctx.eps = groups, eps
+        return _group_norm_silu(x, weight, bias, groups, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad)]
+            out = _group_norm_silu(*leaves, ctx.groups, ctx.eps)
+        wanted = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out))
+        return tuple(next(grads) if t.requires_grad else None for t in leaves) + (None, None)
+
+
+class Block(nn.Module):
+    """GroupNorm -> Swish -> (Dropout) -> 3x3 conv; `block` indices 0..3 as in the checkpoint."""
+
+    def __init__(self, dim: int, dim_out: int, *, groups: int = 32, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(groups, dim),
+            nn.SiLU(),
+            nn.Dropout(dropout) if dropout != 0 else nn.Identity(),
+            nn.Conv2d(dim, dim_out, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm, _, drop, conv = self.block
+        if torch.is_grad_enabled():
+            h = _GroupNormSiLU.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+        else:
+            h = _group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+        return conv(drop(h))
+
+
+class FeatureWiseAffine(nn.Module):
+    """Adds a linear projection of the conditioning vector to every channel."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.noise_func = nn.Sequential(nn.Linear(in_channels, out_channels))
+
+    def forward(self, x: Tensor, embed: Tensor) -> Tensor:
+        return x + self.noise_func(embed)[:, :, None, None]
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int, dim_out: int, *, emb_dim: int, dropout: float, norm_groups: int) -> None:
+        super().__init__()
+        self.noise_func = FeatureWiseAffine(emb_dim, dim_out)
+        self.block1 = Block(dim, dim_out, groups=norm_groups)
+        self.block2 = Block(dim_out, dim_out, groups=norm_groups, dropout=dropout)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: Tensor, embed: Tensor) -> Tensor:
+        h = self.noise_func(self.block1(x), embed)
+        return self.block2(h) + self.res_conv(x)
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over all positions, scaled by 1/sqrt(channels) (official)."""
+
+    def __init__(self, in_channel: int, *, norm_groups: int = 32) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, in_channel)
+        self.qkv = nn.Conv2d(in_channel, in_channel * 3, 1, bias=False)
+        self.out = nn.Conv2d(in_channel, in_channel, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channel, height, width = x.shape
+        # The official layout: channels [0:C] are the query, [C:2C] the key, [2C:3C] the value.
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, channel, height * width)
+        q, k, v = qkv.transpose(-1, -2).unsqueeze(2).unbind(1)  # each (B, 1, HW, C)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(channel))
+        out = out.squeeze(1).transpose(-1, -2).reshape(batch, channel, height, width)
+        return self.out(out) + x
+
+
+class ResnetBlocWithAttn(nn.Module):
+    def __init__(
+        self, dim: int, dim_out: int, *, emb_dim: int, norm_groups: int, dropout: float, with_attn: bool
+    ) -> None:
+        super().__init__()
+        self.with_attn = with_attn
+        self.res_block = ResnetBlock(dim, dim_out, emb_dim=emb_dim, dropout=dropout, norm_groups=norm_groups)
+        if with_attn:
+            self.attn = SelfAttention(dim_out, norm_groups=norm_groups)
+
+    def forward(self, x: Tensor, embed: Tensor) -> Tensor:
+        x = self.res_block(x, embed)
+        return self.attn(x) if self.with_attn else x
+
+
+class Downsample(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def _as_batch_vector(value: Tensor, name: str, batch: int) -> Tensor:
+    """Accept (B,) or (B, 1) (the official code only took (B, 1)); return (B,)."""
+    if value.dim() == 2 and value.shape[1] == 1:
+        value = value[:, 0]
+    if value.shape != (batch,):
+        raise ValueError(f"{name} must have shape (B,) or (B, 1) with B={batch}, got {tuple(value.shape)}")
+    return value
+
+
+class UNet(nn.Module):
+    """The SR3 U-Net of the paper; defaults are the paper config (33.9 M parameters).
+
+    `forward(x, angle, noise_level)`: x (B, in_channel, H, W) = [conditioning view, (reference
+    view,) noisy target]; angle and noise_level (B,) or (B, 1). Returns (B, out_channel, H, W):
+    3 noise channels, then 3 view-weight logits when out_channel is 6.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channel: int = 6,
+        out_channel: int = 6,
+        inner_channel: int = 64,
+        norm_groups: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 3, 5),
+        attn_res: Sequence[int] = (16,),
+        res_blocks: int = 3,
+        dropout: float = 0.0,
+        image_size: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_config(inner_channel, norm_groups, channel_mults, image_size)
+        self.config = dict(
+            in_channel=in_channel, out_channel=out_channel, inner_channel=inner_channel,
+            norm_groups=norm_groups, channel_mults=list(channel_mults), attn_res=list(attn_res),
+            res_blocks=res_blocks, dropout=dropout, image_size=image_size,
+        )
+        self.pos_encoding = PositionalEncoding(inner_channel // 2)
+        self.noise_level_mlp = nn.Sequential(
+            nn.Linear(inner_channel, inner_channel * 4), nn.SiLU(), nn.Linear(inner_channel * 4, inner_channel)
+        )
+        block = dict(emb_dim=inner_channel, norm_groups=norm_groups, dropout=dropout)
+        downs, feat_channels, now_res = self._build_downs(in_channel, channel_mults, attn_res, res_blocks, image_size, block)
+        self.downs = nn.ModuleList(downs)
+        pre = feat_channels[-1]
+        self.mid = nn.ModuleList(
+            [ResnetBlocWithAttn(pre, pre, with_attn=True, **block), ResnetBlocWithAttn(pre, pre, with_attn=False, **block)]
+        )
+        self.ups = nn.ModuleList(self._build_ups(feat_channels, channel_mults, attn_res, res_blocks, now_res, block))
+        self.final_conv = Block(inner_channel * channel_mults[0], out_channel, groups=norm_groups)
+
+    def _build_downs(self, in_channel, channel_mults, attn_res, res_blocks, image_size, block):
+        inner = self.config["inner_channel"]
+        layers: list[nn.Module] = [nn.Conv2d(in_channel, inner, kernel_size=3, padding=1)]
+        feat_channels, pre, now_res = [inner], inner, image_size
+        for level, mult in enumerate(channel_mults):
+            for _ in range(res_blocks):
+                layers.append(ResnetBlocWithAttn(pre, inner * mult, with_attn=now_res in attn_res, **block))
+                pre = inner * mult
+                feat_channels.append(pre)
+            if level != len(channel_mults) - 1:
+                layers.append(Downsample(pre))
+                feat_channels.append(pre)
+                now_res //= 2
+        return layers, feat_channels, now_res
+
+    def _build_ups(self, feat_channels, channel_mults, attn_res, res_blocks, now_res, block):
+        inner, skips = self.config["inner_channel"], list(feat_channels)
+        layers: list[nn.Module] = []
+        pre = skips[-1]
+        for level in reversed(range(len(channel_mults))):
+            out = inner * channel_mults[level]
+            for _ in range(res_blocks + 1):
+                layers.append(ResnetBlocWithAttn(pre + skips.pop(), out, with_attn=now_res in attn_res, **block))
+                pre = out
+            if level != 0:
+                layers.append(Upsample(pre))
+                now_res *= 2
+        return layers
+
+    def forward(self, x: Tensor, angle: Tensor, noise_level: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.config["in_channel"]:
+            raise ValueError(f"x must be (B, {self.config['in_channel']}, H, W), got {tuple(x.shape)}")
+        batch = x.shape[0]
+        angle = _as_batch_vector(angle, "angle", batch).to(x.dtype)
+        noise_level = _as_batch_vector(noise_level, "noise_level", batch).to(x.dtype)
+        embed = self.noise_level_mlp(torch.cat([self.pos_encoding(noise_level), self.pos_encoding(angle)], dim=-1))
+        feats = []
+        for layer in self.downs:
+            x = layer(x, embed) if isinstance(layer, ResnetBlocWithAttn) else layer(x)
+            feats.append(x)
+        for layer in self.mid:
+            x = layer(x, embed)
+        for layer in self.ups:
+            x = layer(torch.cat((x, feats.pop()), dim=1), embed) if isinstance(layer, ResnetBlocWithAttn) else layer(x)
+        return self.final_conv(x)
+
+
+def _check_config(inner_channel: int, norm_groups: int, channel_mults: Sequence[int], image_size: int) -> None:
+    if inner_channel % 2 or inner_channel % norm_groups:
+        raise ValueError(f"inner_channel={inner_channel} must be even and divisible by norm_groups={norm_groups}")
+    if not channel_mults:
+        raise ValueError("channel_mults must name at least one level")
+    if image_size % 2 ** (len(channel_mults) - 1):
+        raise ValueError(f"image_size={image_size} must be divisible by 2**(len(channel_mults)-1)")

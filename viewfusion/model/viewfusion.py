@@ -1,0 +1,309 @@
+"""ViewFusion: composable diffusion over a variable number of unposed conditioning views.
+
+Every (target, conditioning view) pair is one U-Net row: input = [view, (reference view,) noisy
+target] along channels, output = 3 noise channels (+ 3 weight logits). The noise predictions of
+one target's views are composed (paper eq. 6) with a softmax over views of the logits, per pixel
+and channel (padding = -inf, so it gets weight exactly 0), or by a plain mean without weighting.
+
+Vectorised: a (B, N) mask `view index < view_count` selects the valid rows, the U-Net runs once on
+them, and the results are scattered back into (B, N, ...) for the masked softmax. The state dict
+equals the official one (`denoise_fn.*` plus the six schedule buffers), and all sampling reads
+those buffers, so a loaded checkpoint samples exactly as the official code did.
+
+Relative variant: the denoiser input is [conditioning view, reference view, noisy target] (9
+channels) and `angle` is the target azimuth minus the reference view's azimuth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from viewfusion.diffusion import (
+    BUFFER_NAMES,
+    AncestralSampler,
+    DDIMSampler,
+    Schedule,
+    add_noise,
+    sample_continuous_gamma,
+)
+from viewfusion.errors import ViewFusionError
+from viewfusion.model.unet import UNet
+
+__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "ViewFusion", "count_unet_evals", "load_official"]
+
+# The paper's denoiser (configs/*-small-v100-4.yaml of the official code).
+PAPER_UNET_KWARGS = dict(
+    image_size=64, in_channel=6, out_channel=6, inner_channel=64, res_blocks=3, attn_res=[16],
+    channel_mults=[1, 2, 3, 5], norm_groups=32, dropout=0.0,
+)
+
+
+class GenerationResult(NamedTuple):
+    images: Tensor  # (B, C, H, W) in [0, 1]
+    weights: Tensor | None  # (S, B, N, H, W) float16: view weights averaged over colour channels
+    weight_steps: Tensor | None  # (S,) the timestep t of each recorded weight map
+    unet_evals: int  # U-Net rows evaluated: valid views x steps
+
+
+def count_unet_evals(view_count: Tensor | Sequence[int], steps: int) -> int:
+    """Sampling cost: one U-Net row per valid conditioning view per step."""
+    return int(torch.as_tensor(view_count).sum()) * int(steps)
+
+
+class ViewFusion(nn.Module):
+    """The composable diffusion model around a denoiser; see the module docstring."""
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        schedule: Schedule,
+        *,
+        weighting: bool = True,
+        relative: bool = False,
+        clamp: tuple[float, float] | None = (-1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        _check_denoiser(denoiser, weighting=weighting, relative=relative)
+        for name, value in schedule.buffers().items():
+            self.register_buffer(name, value)
+        self.denoise_fn = denoiser
+        self.weighting, self.relative, self.clamp = weighting, relative, clamp
+        self.unet_evals = 0  # U-Net rows evaluated so far by this module (cost accounting)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.denoise_fn
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.gammas.shape[0]
+
+    def schedule_buffers(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in BUFFER_NAMES}
+
+    def compose(
+        self, y_t: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, noise_level: Tensor,
+        *, y_ref: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Composed noise (B, C, H, W) and view weights (B, N, C, H, W) (0 on padded views).
+
+        noise_level: (B,) continuous gamma. One U-Net batch over the valid rows only.
+        """
+        view_count, angle = self._check_views(y_t, y_cond, view_count, angle, y_ref)
+        batch, views, channels = y_cond.shape[:3]
+        mask = torch.arange(views, device=y_cond.device)[None, :] < view_count[:, None]
+        rows = mask.nonzero(as_tuple=True)  # (target, view) pairs, targets in order as the official
+        parts = [y_cond[rows], y_ref[rows[0]]] if self.relative else [y_cond[rows]]
+        target_rows = rows[0]
+        out = self.denoise_fn(
+            torch.cat([*parts, y_t[target_rows]], dim=1), angle[target_rows], noise_level.reshape(-1)[target_rows]
+        )
+        self.unet_evals += out.shape[0]
+        full = (batch, views, channels, *y_t.shape[2:])
+        eps = out.new_zeros(full).index_put(rows, out[:, :channels])
+        if self.weighting:
+            # Paper eq. 6: w = softmax over views of the logits; padding -inf -> weight exactly 0.
+            logits = out.new_full(full, float("-inf")).index_put(rows, out[:, channels : 2 * channels])
+            weights = torch.softmax(logits, dim=1)
+        else:
+            weights = (mask / view_count[:, None]).to(out.dtype)[:, :, None, None, None].expand(full)
+        return (eps * weights).sum(dim=1), weights
+
+    def _check_views(self, y_t, y_cond, view_count, angle, y_ref) -> tuple[Tensor, Tensor]:
+        if y_cond.dim() != 5:
+            raise ValueError(f"y_cond must be (B, N, C, H, W), got {tuple(y_cond.shape)}")
+        batch, views = y_cond.shape[:2]
+        if y_t.shape != (batch, *y_cond.shape[2:]):
+            raise ValueError(f"the target must be (B, C, H, W) = {(batch, *y_cond.shape[2:])}, got {tuple(y_t.shape)}")
+        view_count = torch.as_tensor(view_count, device=y_cond.device)
+        if view_count.shape != (batch,) or view_count.is_floating_point():
+            raise ValueError(f"view_count must be an integer tensor of shape ({batch},), got {tuple(view_count.shape)}")
+        if bool(((view_count < 1) | (view_count > views)).any()):
+            raise ValueError(f"view_count must be in 1..{views} (y_cond holds {views} views), got {view_count.tolist()}")
+        angle = torch.as_tensor(angle, device=y_cond.device)
+        if angle.dim() == 2 and angle.shape[1] == 1:
+            angle = angle[:, 0]
+        if angle.shape != (batch,):
+            raise ValueError(f"angle must have shape ({batch},) or ({batch}, 1), got {tuple(angle.shape)}")
+        if self.relative != (y_ref is not None):
+            raise ValueError("y_ref (B, C, H, W) is required by the relative variant and only by it")
+        if y_ref is not None and y_ref.shape != y_t.shape:
+            raise ValueError(f"y_ref must have shape {tuple(y_t.shape)}, got {tuple(y_ref.shape)}")
+        return view_count.long(), angle.to(y_t.dtype)
+
+    def loss(
+        self, y_0: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, *,
+        y_ref: Tensor | None = None, noise: Tensor | None = None, generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """MSE(eps, composed eps-hat) at an SR3 continuous noise level (generator on y_0's device)."""
+        _, gamma = sample_continuous_gamma(self.gammas, y_0.shape[0], generator=generator)
+        if noise is None:
+            noise = torch.randn(y_0.shape, generator=generator, device=y_0.device, dtype=y_0.dtype)
+        eps_hat, _ = self.compose(add_noise(y_0, noise, gamma), y_cond, view_count, angle, gamma, y_ref=y_ref)
+        return F.mse_loss(eps_hat, noise)
+
+    def forward(self, y_0: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, **kwargs) -> Tensor:
+        """The training loss (what DDP wraps); see `loss`."""
+        return self.loss(y_0, y_cond, view_count, angle, **kwargs)
+
+    def reverse_step_mean(
+        self, y_t: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, t: Tensor | int,
+        *, y_ref: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, log_variance, view_weights) of one ancestral step, as the official p_mean_variance.
+
+        t: int or (B,) long; view_weights (B, N, C, H, W), zero on padded views.
+        """
+        t = torch.as_tensor(t, device=y_t.device, dtype=torch.long).expand(y_t.shape[0])
+        sampler = AncestralSampler(self.schedule_buffers(), clamp=self.clamp)
+        eps, weights = self.compose(y_t, y_cond, view_count, angle, sampler.noise_level(t), y_ref=y_ref)
+        mean, log_var, _ = sampler.mean_variance(eps, y_t, t)
+        return mean, log_var, weights
+
+    def make_sampler(self, kind: str = "ddpm", *, steps: int | None = None, eta: float = 0.0):
+        """"ddpm": the paper's ancestral sampler over all trained steps; "ddim": `steps` (50) DDIM steps."""
+        if kind == "ddpm":
+            if steps not in (None, self.num_timesteps) or eta != 0:
+                raise ValueError(
+                    f"the ancestral sampler runs all {self.num_timesteps} trained steps without eta; "
+                    "for fewer steps use sampler='ddim' (eta=1 is the respaced ancestral sampler)"
+                )
+            return AncestralSampler(self.schedule_buffers(), clamp=self.clamp)
+        if kind == "ddim":
+            return DDIMSampler(self.gammas, steps=50 if steps is None else steps, eta=eta, clamp=self.clamp)
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {kind!r}")
+
+    @torch.no_grad()
+    def generate(
+        self, y_cond: Tensor, view_count: Tensor, angle: Tensor, *, sampler: str = "ddpm",
+        steps: int | None = None, eta: float = 0.0, seeds: Tensor | Sequence[int] | None = None,
+        y_ref: Tensor | None = None, return_weights: bool = False, weights_every: int = 1, progress: bool = False,
+    ) -> Tensor | GenerationResult:
+        """Sample targets (B, C, H, W) in [0, 1]; with return_weights a GenerationResult.
+
+        seeds (B,): each target draws its initial and per-step noise from its own CPU generator,
+        so a target with a given seed gets the same image whatever batch it sits in. Weights are
+        recorded every `weights_every` steps counted back from the last step (always included).
+        """
+        smp = self.make_sampler(sampler, steps=steps, eta=eta)
+        if weights_every < 1:
+            raise ValueError(f"weights_every must be >= 1, got {weights_every}")
+        batch, _, channels, height, width = y_cond.shape
+        generators = _generators(seeds, batch)
+        y_t = _randn(generators, (batch, channels, height, width), y_cond)
+        timesteps = smp.timesteps.tolist()
+        recorded = set(timesteps[len(timesteps) - 1 :: -weights_every]) if return_weights else set()
+        weights, weight_steps = [], []
+        for t in _progress(timesteps, progress):
+            noise_level = smp.noise_level(t).expand(batch)
+            eps, w = self.compose(y_t, y_cond, view_count, angle, noise_level, y_ref=y_ref)
+            noise = _randn(generators, y_t.shape, y_t) if smp.uses_noise(t) else None
+            y_t = smp.step(eps, t, y_t, noise=noise).prev_sample
+            if t in recorded:
+                weights.append(w.mean(dim=2).half())
+                weight_steps.append(t)
+        images = y_t.clamp(0.0, 1.0)
+        if not return_weights:
+            return images
+        return GenerationResult(
+            images, torch.stack(weights), torch.tensor(weight_steps), count_unet_evals(view_count, len(timesteps))
+        )
+
+
+def _generators(seeds, batch: int) -> list[torch.Generator] | None:
+    if seeds is None:
+        return None
+    seeds = torch.as_tensor(seeds)
+    if seeds.shape != (batch,) or seeds.is_floating_point():
+        raise ValueError(f"seeds must be an integer tensor of shape ({batch},), got {tuple(seeds.shape)}")
+    return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+
+def _randn(generators: list[torch.Generator] | None, shape, like: Tensor) -> Tensor:
+    """Standard normal noise; per-target CPU generators make it independent of the batch and device."""
+    if generators is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def _progress(timesteps: list[int], enabled: bool):
+    if not enabled:
+        return timesteps
+    from tqdm import tqdm
+
+    return tqdm(timesteps, desc="sampling", unit="step")
+
+
+def _check_denoiser(denoiser: nn.Module, *, weighting: bool, relative: bool) -> None:
+    config = getattr(denoiser, "config", None)
+    if not isinstance(config, Mapping):
+        return  # a foreign denoiser: its output is checked by shape at the first call
+    want_in = 9 if relative else 6
+    if config["in_channel"] != want_in:
+        raise ValueError(f"{'relative' if relative else 'absolute'} ViewFusion needs in_channel={want_in}, "
+                         f"the denoiser has {config['in_channel']}")
+    if weighting and config["out_channel"] != 6:
+        raise ValueError(f"weighting needs out_channel=6 (noise + logits), the denoiser has {config['out_channel']}")
+    if config["out_channel"] not in (3, 6):
+        raise ValueError(f"out_channel must be 3 or 6, the denoiser has {config['out_channel']}")
+
+
+def load_official(
+    path_or_state_dict: str | PathLike | Mapping[str, Tensor],
+    unet_kwargs: Mapping | None = None,
+    weighting: bool | None = None,
+    *,
+    clamp: tuple[float, float] | None = (-1.0, 1.0),
+) -> ViewFusion:
+    """A ready ViewFusion (eval mode, CPU) from an official checkpoint, ours, or a bare state dict.
+
+    unet_kwargs default to the paper config; in/out channels not given are read from the state
+    dict (in 9 -> the relative variant). weighting=None: on when the denoiser outputs logits.
+    The schedule is the one stored in the state dict (all sampling reads those buffers).
+    """
+    state = _read_state_dict(path_or_state_dict)
+    for name in ("gammas", "denoise_fn.downs.0.weight", "denoise_fn.final_conv.block.3.weight"):
+        if name not in state:
+            raise ViewFusionError(f"{_describe(path_or_state_dict)} is not a ViewFusion state dict: no {name!r}")
+    kwargs = {**PAPER_UNET_KWARGS, **(unet_kwargs or {})}
+    if not unet_kwargs or "in_channel" not in unet_kwargs:
+        kwargs["in_channel"] = state["denoise_fn.downs.0.weight"].shape[1]
+    if not unet_kwargs or "out_channel" not in unet_kwargs:
+        kwargs["out_channel"] = state["denoise_fn.final_conv.block.3.weight"].shape[0]
+    weighting = kwargs["out_channel"] == 6 if weighting is None else weighting
+    # Placeholder schedule of the right length; load_state_dict then installs the stored one.
+    schedule = Schedule.make("linear", n_timestep=state["gammas"].shape[0])
+    model = ViewFusion(UNet(**kwargs), schedule, weighting=weighting, relative=kwargs["in_channel"] == 9, clamp=clamp)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ViewFusionError(f"{_describe(path_or_state_dict)} does not fit unet_kwargs={kwargs}: {err}") from err
+    return model.eval()
+
+
+def _describe(source) -> str:
+    return "the given state dict" if isinstance(source, Mapping) else f"checkpoint {str(source)!r}"
+
+
+def _read_state_dict(source) -> Mapping[str, Tensor]:
+    """A state dict from a file or mapping: an official/our checkpoint (key `model`) or bare."""
+    obj = source
+    if not isinstance(source, Mapping):
+        try:
+            obj = torch.load(source, map_location="cpu", weights_only=True)
+        except FileNotFoundError as err:
+            raise ViewFusionError(f"checkpoint {str(source)!r} does not exist") from err
+        except Exception as err:  # truncated zip, pickle with foreign objects, not a torch file
+            raise ViewFusionError(f"checkpoint {str(source)!r} cannot be read as a torch checkpoint: {err}") from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ViewFusionError(f"{_describe(source)} is neither a state dict nor a checkpoint with key 'model'")
+    return obj
