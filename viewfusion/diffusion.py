@@ -163,10 +163,9 @@ def _check_clamp(clamp) -> tuple[float, float] | None:
 
 
 def _at(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
-    """table[t] broadcast against `like` (B, ...); t an int or (B,) long tensor."""
+    """table[t] as (B or 1, 1, 1, 1) to broadcast against `like`; t an int or (B,) long tensor."""
     t = torch.as_tensor(t, device=table.device, dtype=torch.long)
-    value = table[t].to(like.dtype)
-    return value.reshape(-1, *([1] * (like.dim() - 1))) if value.dim() else value
+    return table[t].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
 class AncestralSampler:
