@@ -170,10 +170,9 @@ def _valid_keys() -> list[str]:
 
 
 def _unknown(key: str, source: str) -> ViewFusionError:
-    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.6)
-    if not close:  # a right key in the wrong section: compare the last part only
-        last = key.rsplit(".", 1)[-1]
-        close = [k for k in _valid_keys() if k.rsplit(".", 1)[-1] == last][:1]
+    last = key.rsplit(".", 1)[-1]  # a right key in the wrong section first, then typos
+    close = [k for k in _valid_keys() if k.rsplit(".", 1)[-1] == last][:1]
+    close = close or difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ViewFusionError(f"{source}: unknown key {key!r}{hint}")
 
@@ -279,9 +278,11 @@ def from_dict(d: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
 
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
     merged = _read_chain(Path(path))
+    overrides = list(overrides)
     for text in overrides:
         merged = _merge(merged, parse_override(text))
-    return from_dict(merged, source=str(path))
+    source = str(path) + "".join(f" --set {o}" for o in overrides)
+    return from_dict(merged, source=source)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""Checkpoint files: round trip, atomic writes, clear errors, and the official import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viewfusion import checkpoint
+from viewfusion.cli import main as cli
+from viewfusion.config import build_model, load_config, to_dict
+from viewfusion.errors import ViewFusionError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
+         "model.norm_groups=8", "model.res_blocks=1", "diffusion.n_timestep=50"]
+
+
+def small_config(tmp_path: Path, *extra: str) -> Path:
+    """A YAML of a 32 px model with 16 channels (import-official --config takes a file)."""
+    lines = [f"base: {ROOT / 'config/experiments/tiny.yaml'}", "name: small", "model:"]
+    lines += [f"  {s.split('=')[0].split('.')[1]}: {s.split('=')[1]}" for s in SMALL if s.startswith("model.")]
+    lines += ["diffusion:", "  n_timestep: 50"]
+    lines += [f"  {s}" for s in extra]
+    path = tmp_path / "small.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def trained_small(seed: int = 0, **variant):
+    cfg = load_config(ROOT / "config/experiments/tiny.yaml",
+                      SMALL + [f"model.{k}={str(v).lower()}" for k, v in variant.items()])
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    y0, cond = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)
+    y_ref = torch.rand(2, 3, 32, 32) if cfg.model.relative else None
+    model.loss(y0, cond, torch.tensor([1, 2]), torch.tensor([0.0, 1.0]), y_ref=y_ref).backward()
+    opt.step()
+    return cfg, model, opt
+
+
+def ckpt_dict(cfg, model, opt, step=7):
+    return {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": None,
+            "ema": None, "step": step, "config": to_dict(cfg),
+            "rng": [{"torch": torch.get_rng_state()}], "world_size": 1}
+
+
+def test_round_trip_is_bit_exact_and_atomic(tmp_path):
+    cfg, model, opt = trained_small()
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint.save(path, ckpt_dict(cfg, model, opt))
+    checkpoint.save(path, ckpt_dict(cfg, model, opt, step=8))  # overwrites in place
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
+    back = checkpoint.load(path)
+    assert back["step"] == 8 and back["config"] == to_dict(cfg)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back["model"][k], v), k
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    loaded, cfg2, _ = checkpoint.load_model(path)
+    assert cfg2 == cfg and not loaded.training
+
+
+def test_save_refuses_an_incomplete_dict(tmp_path):
+    with pytest.raises(ValueError, match="lacks"):
+        checkpoint.save(tmp_path / "x.pt", {"model": {}})
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    cfg, model, opt = trained_small()
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, ckpt_dict(cfg, model, opt))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ViewFusionError, match=r"bad\.pt is not a PyTorch checkpoint .*truncated"):
+        checkpoint.load(bad)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint at all", r"is not a PyTorch checkpoint"),
+    ([1, 2, 3], r"is not a viewfusion checkpoint: it holds list"),
+    ({"weights": torch.zeros(1)}, r"is not a viewfusion checkpoint: it holds a dict with keys \['weights'\]"),
+    ({"model": {}, "it": 3}, r"is an official ViewFusion checkpoint .*import-official"),
+    ({"format": checkpoint.FORMAT, "format_version": 99}, r"format_version 99"),
+])
+def test_non_checkpoints_are_named(tmp_path, content, message):
+    path = tmp_path / "thing.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(ViewFusionError, match=message):
+        checkpoint.load(path)
+
+
+def test_pickled_objects_are_refused_not_executed(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "x": Path("/")}, path)  # a non-allowlisted global
+    with pytest.raises(ViewFusionError, match=r"cannot be read as a checkpoint"):
+        checkpoint.load(path)
+    with pytest.raises(ViewFusionError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def fake_official(tmp_path: Path, model, opt, *, ddp_prefix: bool) -> Path:
+    """The official file layout: model, optimizer, it, t, run_id and numpy psnr/ssim."""
+    state = model.state_dict()
+    if ddp_prefix:
+        state = {f"module.{k}": v for k, v in state.items()}
+    path = tmp_path / "best_model_all.pt"
+    torch.save({"model": state, "optimizer": opt.state_dict(), "it": 710000, "t": 5.6e5,
+                "run_id": "abc123", "psnr": np.float64(23.5), "ssim": np.float32(0.88)}, path)
+    return path
+
+
+@pytest.mark.parametrize("ddp_prefix", [False, True])
+def test_import_official_runs_the_weights_unchanged(tmp_path, ddp_prefix):
+    cfg, model, opt = trained_small()
+    src = fake_official(tmp_path, model, opt, ddp_prefix=ddp_prefix)
+    out = tmp_path / "imported.pt"
+    assert cli(["import-official", str(src), str(out), "--config", str(small_config(tmp_path))]) == 0
+    ckpt = checkpoint.load(out)
+    assert ckpt["step"] == 710000 and ckpt["imported_from"]["psnr"] == 23.5
+    assert ckpt["optimizer"] is not None and ckpt["rng"] is None
+    imported, _, _ = checkpoint.load_model(out)
+    model.eval()
+    torch.manual_seed(1)
+    args = (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 3, 32, 32), torch.tensor([3, 1]), torch.tensor([0.5, 2.0]))
+    with torch.no_grad():
+        want = model.reverse_step_mean(*args, t=10)
+        got = imported.reverse_step_mean(*args, t=10)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_import_official_checks_the_variant(tmp_path):
+    cfg, model, opt = trained_small(weighting=False)
+    src = fake_official(tmp_path, model, opt, ddp_prefix=False)
+    assert checkpoint.detect_variant(model.state_dict()) == "no_weighting"
+    with pytest.raises(ViewFusionError, match="shapes are those of the 'no_weighting' variant"):
+        checkpoint.convert_official(torch.load(src, weights_only=False), variant="paper")
+    # the small weights do not fit the paper architecture: a clear error, not a traceback
+    res = subprocess.run([sys.executable, "-m", "viewfusion.cli", "import-official", str(src),
+                          str(tmp_path / "o.pt")], capture_output=True, text=True)
+    assert res.returncode == 2 and "do not fit config 'no_weighting'" in res.stderr
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_import_official_refuses_our_own_format(tmp_path):
+    cfg, model, opt = trained_small()
+    path = tmp_path / "ours.pt"
+    checkpoint.save(path, ckpt_dict(cfg, model, opt))
+    assert cli(["import-official", str(path), str(tmp_path / "o.pt")]) == 2

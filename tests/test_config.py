@@ -1,0 +1,133 @@
+"""Experiment configs: the YAMLs, validation errors, overrides, round trips, model building."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from viewfusion import config as C
+from viewfusion.errors import ViewFusionError
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "config" / "experiments"
+NAMES = ["paper", "no_weighting", "relative", "withhold_car", "tiny"]
+
+
+def load(name: str, *overrides: str) -> C.ExperimentConfig:
+    return C.load_config(EXPERIMENTS / f"{name}.yaml", overrides)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_loads_and_names_itself(name):
+    assert load(name).name == name
+
+
+def test_paper_yaml_equals_the_dataclass_defaults():
+    paper = load("paper")
+    assert dataclasses.replace(paper, description="") == C.ExperimentConfig()
+    assert paper.model.unet_kwargs()["channel_mults"] == [1, 2, 3, 5]
+    assert paper.train.global_batch_size == 112 and paper.train.max_steps == 710_000
+
+
+def test_variants_differ_from_paper_only_where_intended():
+    def diff(a, b):
+        da, db = C.to_dict(a), C.to_dict(b)
+        return {f"{s}.{k}" for s in C.SECTIONS for k in da[s] if da[s][k] != db[s][k]}
+
+    paper = load("paper")
+    assert diff(load("no_weighting"), paper) == {"model.weighting"}
+    assert diff(load("relative"), paper) == {"model.relative"}
+    assert diff(load("withhold_car"), paper) == {"data.withheld"}
+    assert (load("no_weighting").model.out_channel, load("relative").model.in_channel) == (3, 9)
+
+
+def test_checkpoint_variants_match_the_yamls():
+    from viewfusion.checkpoint import VARIANTS
+
+    for name, overrides in VARIANTS.items():
+        assert C.from_dict(overrides) == dataclasses.replace(load(name), description="")
+
+
+def test_schedule_kinds_match_the_diffusion_module():
+    from viewfusion.diffusion import SCHEDULE_KINDS
+
+    assert set(C.SCHEDULES) == set(SCHEDULE_KINDS)
+
+
+def test_unknown_key_names_the_file_and_suggests(tmp_path):
+    path = write(tmp_path, "bad.yaml", "base: %s\ntrain:\n  max_step: 3\n" % (EXPERIMENTS / "paper.yaml"))
+    with pytest.raises(ViewFusionError, match=r"bad\.yaml: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)"):
+        C.load_config(path)
+
+
+def test_key_in_the_wrong_section_suggests_the_right_one(tmp_path):
+    path = write(tmp_path, "bad.yaml", "model:\n  max_steps: 3\n")
+    with pytest.raises(ViewFusionError, match=r"did you mean 'train.max_steps'"):
+        C.load_config(path)
+
+
+def test_error_names_the_parent_file_that_is_wrong(tmp_path):
+    write(tmp_path, "parent.yaml", "data:\n  max_view: 3\n")
+    child = write(tmp_path, "child.yaml", "base: parent.yaml\nname: child\n")
+    with pytest.raises(ViewFusionError, match=r"parent\.yaml: unknown key 'data.max_view'"):
+        C.load_config(child)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lr: fast\n", r"train.lr must be float, got 'fast'"),
+    ("train:\n  bf16: 1\n", r"train.bf16 must be bool"),
+    ("train:\n  max_steps: 1.5\n", r"train.max_steps must be int"),
+    ("model:\n  channel_mults: 4\n", r"model.channel_mults must be a list"),
+    ("model:\n  clamp: [0, 1, 2]\n", r"model.clamp must be a list of 2"),
+    ("model:\n  inner_channel: 30\n", r"not divisible by model.norm_groups"),
+    ("diffusion:\n  schedule: sigmoid\n", r"diffusion.schedule 'sigmoid' is not one of"),
+    ("- 1\n", r"expected a mapping"),
+    ("model: [1]\n", r"section 'model' must be a mapping"),
+    ("base: loop.yaml\n", r"loops back"),
+])
+def test_mistyped_and_invalid_values(tmp_path, text, message):
+    path = write(tmp_path, "loop.yaml", text)
+    with pytest.raises(ViewFusionError, match=message):
+        C.load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ViewFusionError, match="does not exist"):
+        C.load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ViewFusionError, match="not valid YAML"):
+        C.load_config(write(tmp_path, "x.yaml", "model: [\n"))
+
+
+def test_set_overrides_are_typed_and_checked():
+    cfg = load("tiny", "train.max_steps=10", "model.clamp=null", "train.adam_betas=[0.5, 0.9]", "name=x")
+    assert (cfg.train.max_steps, cfg.model.clamp, cfg.train.adam_betas, cfg.name) == (10, None, (0.5, 0.9), "x")
+    assert load("tiny", "train.lr=1").train.lr == 1.0  # ints are fine where floats go
+    for bad, message in [("train.max_steps", "expected key=value"), ("train.nope=1", "unknown key"),
+                         ("train.max_steps=ten", "must be int"), ("a.b.c=1", "unknown key"),
+                         ("model.inner_channel=30", r"tiny\.yaml --set model.inner_channel=30: ")]:
+        with pytest.raises(ViewFusionError, match=message):
+            load("tiny", bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dict_round_trip(name):
+    cfg = load(name)
+    d = C.to_dict(cfg)
+    assert isinstance(d["model"]["channel_mults"], list)
+    assert C.from_dict(d) == cfg
+
+
+def test_build_model_follows_the_config():
+    cfg = load("tiny", "model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
+               "model.weighting=false", "model.relative=true")
+    model = C.build_model(cfg)
+    assert (model.weighting, model.relative) == (False, True)
+    assert model.denoise_fn.downs[0].weight.shape[1] == 9
+    assert model.gammas.shape == (cfg.diffusion.n_timestep,)

@@ -1,0 +1,490 @@
+"""`viewfusion train`: the paper's training, one process or many (torchrun/DDP), resumable.
+
+    viewfusion train --config config/experiments/tiny.yaml --shards results/shards/all \
+        --out results/runs/tiny [--set train.max_steps=100] [--device auto|cpu|cuda]
+    torchrun --standalone --nproc-per-node=4 -m viewfusion.cli train \
+        --config config/experiments/paper.yaml --shards results/shards/all --out results/runs/paper
+
+RUN_DIR (--out) receives, from rank 0 only:
+    config.yaml                      the resolved config
+    metrics.jsonl                    one JSON line per log interval (loss, lr, throughput,
+                                     step time, data wait) and one per checkpoint written
+    checkpoints/last.pt              rolling: every train.checkpoint_every steps and on exit
+    checkpoints/step_{N:08d}.pt      snapshots at train.snapshot_steps
+    final.pt                         at train.max_steps
+    tb/                              TensorBoard events, when tensorboard is installed
+
+Rerunning the same command resumes from checkpoints/last.pt (model, optimizer, scheduler, EMA,
+step, RNG of every rank). The data loader restarts with a seed derived from (train.seed, step)
+at every multiple of train.checkpoint_every, so a run resumed from a periodic checkpoint sees
+exactly the batches of an uninterrupted run and ends with bit-identical weights (CPU). A resume
+from a signal checkpoint taken between two such steps starts a fresh, still seeded, data segment.
+
+Exit status: 0 when train.max_steps is reached; 75 (PREEMPTED, EX_TEMPFAIL) after SIGTERM,
+SIGUSR1 or SIGUSR2 (what Slurm and submitit send before a time limit or preemption): the step in
+flight finishes, checkpoints/last.pt is written, and rerunning resumes; 2 on bad input or a loss
+that became NaN/inf (the error names the step; no checkpoint is written after it).
+
+Test hook: VIEWFUSION_FAULT_NAN_STEP=N makes the loss of step N (1-based) NaN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from viewfusion import checkpoint, distributed
+from viewfusion.config import ExperimentConfig, TrainConfig, build_model, load_config, to_dict
+from viewfusion.errors import ViewFusionError
+
+PREEMPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+FAULT_NAN_ENV = "VIEWFUSION_FAULT_NAN_STEP"
+
+
+class Outcome(NamedTuple):
+    step: int
+    finished: bool
+    signal: int | None  # the stop signal that ended the run early
+
+
+@dataclass
+class State:
+    model: torch.nn.Module  # the ViewFusion module (official state-dict names)
+    net: torch.nn.Module  # what the step calls: model, DDP(model), maybe compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: AveragedModel | None
+    generator: torch.Generator  # the loss's noise, t and gamma (per rank)
+    step: int  # optimizer steps done
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="experiment YAML")
+    parser.add_argument("--shards", required=True, type=Path, help="webdataset shard directory")
+    parser.add_argument("--out", required=True, type=Path, help="run directory (resumed if present)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.max_steps=10 (repeatable)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    outcome = train(cfg, shards=args.shards, out=args.out, device=args.device)
+    return 0 if outcome.finished else PREEMPTED
+
+
+def train(cfg: ExperimentConfig, *, shards: Path, out: Path, device: str = "auto") -> Outcome:
+    d = distributed.setup(device=device)
+    try:
+        return _train(cfg, d, Path(shards), Path(out))
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path) -> Outcome:
+    tc = cfg.train
+    batch_size = distributed.per_rank_batch(tc.global_batch_size, d.world_size)
+    _check_shards(shards, cfg)
+    state = _build(cfg, d)
+    done = _resume(state, cfg, d, out)
+    if state.step >= tc.max_steps:
+        if done != "final":  # e.g. max_steps lowered after a checkpoint: the budget is reached
+            _save(state, cfg, d, [out / "final.pt"], out)
+        distributed.print0(f"{out}: already at step {state.step} of {tc.max_steps}, nothing to do")
+        return Outcome(state.step, True, None)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    stream = _data_stream(cfg, d, shards, batch_size, state.step)
+    with _Logger(cfg, d, out, start=state.step) as log, _StopSignals() as stop:
+        return _loop(state, cfg, d, out, stream, log, stop)
+
+
+def _loop(state, cfg, d, out, stream, log, stop) -> Outcome:
+    tc = cfg.train
+    nan_step = int(os.environ.get(FAULT_NAN_ENV, 0))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if d.device.type == "cuda" and tc.bf16 else nullcontext())
+    while state.step < tc.max_steps:
+        t0 = time.perf_counter()
+        batch = next(stream)
+        t1 = time.perf_counter()
+        loss, grad_norm, signum = _step(state, batch, autocast, tc, d, stop,
+                                        poison=state.step + 1 == nan_step)
+        if not math.isfinite(loss):
+            raise ViewFusionError(
+                f"loss became {loss} at step {state.step + 1}; training stopped before the optimizer "
+                f"step, and the last good checkpoint ({_last_saved(out)}) is intact")
+        _optimizer_step(state)
+        log.step(state.step, loss, state.scheduler.get_last_lr()[0], grad_norm,
+                 batch_time=time.perf_counter() - t0, data_time=t1 - t0)
+        paths = _due_checkpoints(state.step, tc, out, stopping=signum is not None)
+        if paths:
+            log.checkpoint(_save(state, cfg, d, paths, out, keys=batch["key"]))
+        if signum is not None:
+            distributed.print0(f"stopped by {signal.Signals(signum).name} at step {state.step}: "
+                               f"{out / 'checkpoints' / 'last.pt'} written, exit {PREEMPTED}")
+            return Outcome(state.step, False, signum)
+    return Outcome(state.step, True, None)
+
+
+def _step(state: State, batch: dict, autocast, tc: TrainConfig, d: distributed.Dist,
+          stop: _StopSignals, *, poison: bool):
+    """Forward + backward on this rank's batch; the loss (mean over ranks), the gradient norm
+    (when clipping) and the stop signal any rank received, from one all-reduce."""
+    state.net.train()
+    with autocast:
+        loss = state.net(batch["y_0"], batch["y_cond"], batch["view_count"], batch["angle"],
+                         y_ref=batch.get("y_ref"), generator=state.generator)
+    if poison:
+        loss = loss * float("nan")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    flags = torch.tensor([float(stop.received == s) for s in STOP_SIGNALS], device=d.device)
+    stats = distributed.all_reduce_(torch.cat([loss.detach().float().reshape(1), flags])).tolist()
+    signum = next((s for s, n in zip(STOP_SIGNALS, stats[1:]) if n > 0), None)
+    grad_norm = None
+    if tc.grad_clip is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip))
+    return stats[0] / d.world_size, grad_norm, signum
+
+
+def _optimizer_step(state: State) -> None:
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+
+
+def _due_checkpoints(step: int, tc: TrainConfig, out: Path, *, stopping: bool) -> list[Path]:
+    paths = []
+    if step in tc.snapshot_steps:
+        paths.append(out / "checkpoints" / f"step_{step:08d}.pt")
+    if step >= tc.max_steps:
+        paths.append(out / "final.pt")
+    if stopping or step % tc.checkpoint_every == 0 or step >= tc.max_steps:
+        paths.append(out / "checkpoints" / "last.pt")  # last, so a resume never skips the others
+    return paths
+
+
+def _last_saved(out: Path) -> str:
+    last = out / "checkpoints" / "last.pt"
+    return str(last) if last.exists() else "none written yet"
+
+
+# ---------------------------------------------------------------- model, optimizer, resume
+
+
+def lr_factor(step: int, tc: TrainConfig) -> float:
+    """Multiplier of train.lr for the optimizer step with 0-based index `step`: linear warm-up
+    (step+1)/warmup (the official code starts at 0, a wasted first step), then a smooth
+    exponential decay by train.lr_decay per train.lr_decay_steps, as the official LrScheduler."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    return tc.lr_decay ** ((step - tc.warmup_steps) / tc.lr_decay_steps)
+
+
+def _build(cfg: ExperimentConfig, d: distributed.Dist) -> State:
+    tc = cfg.train
+    torch.manual_seed(_seed(tc.seed, "init"))  # identical initial weights on every rank
+    model = build_model(cfg).to(d.device)
+    net = model
+    if d.enabled:
+        net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                                 weight_decay=tc.weight_decay, fused=d.device.type == "cuda")
+    ema = None
+    if tc.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    generator = torch.Generator(device=d.device)
+    _seed_rngs(tc.seed, d.rank, generator, step=0)
+    return State(model, net, optimizer, _scheduler(optimizer, tc, 0), ema, generator, 0)
+
+
+def _scheduler(optimizer, tc: TrainConfig, step: int) -> torch.optim.lr_scheduler.LambdaLR:
+    for group in optimizer.param_groups:
+        group["initial_lr"] = tc.lr  # lets LambdaLR start at any step (last_epoch = step - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc), last_epoch=step - 1)
+
+
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ints/strings: independent streams per purpose and rank."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def _seed_rngs(seed: int, rank: int, generator: torch.Generator, *, step: int) -> None:
+    generator.manual_seed(_seed(seed, "loss", rank, step))
+    torch.manual_seed(_seed(seed, "torch", rank, step))
+    np.random.seed(_seed(seed, "numpy", rank, step) % 2**32)
+    random.seed(_seed(seed, "python", rank, step))
+
+
+def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path) -> str | None:
+    """Load RUN_DIR's newest checkpoint into `state`; returns which file ("last"/"final") or None."""
+    final, last = out / "final.pt", out / "checkpoints" / "last.pt"
+    which = "last" if last.exists() else "final" if final.exists() else None
+    if which is None:
+        return None
+    path = last if which == "last" else final
+    ckpt = checkpoint.load(path)
+    _check_compatible(ckpt, cfg, path)
+    state.model.load_state_dict(ckpt["model"])
+    if ckpt["optimizer"] is not None:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.step = int(ckpt["step"])
+    state.scheduler = _scheduler(state.optimizer, cfg.train, state.step)
+    if ckpt["scheduler"] is not None:
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+    _load_ema(state, ckpt, path)
+    _restore_rngs(state, ckpt, cfg, d)
+    distributed.print0(f"resumed from {path} at step {state.step}")
+    return which
+
+
+def _check_compatible(ckpt: dict, cfg: ExperimentConfig, path: Path) -> None:
+    """Refuse to resume into a different model; train settings (e.g. max_steps) may change."""
+    old = ckpt["config"]
+    new = to_dict(cfg)
+    diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
+             for sec in ("model", "diffusion") for k, v in new[sec].items()
+             if old.get(sec, {}).get(k) != v]
+    if diffs:
+        raise ViewFusionError(f"{path} was trained with another model config ({'; '.join(diffs)}); "
+                              "use a new --out directory")
+
+
+def _load_ema(state: State, ckpt: dict, path: Path) -> None:
+    if state.ema is None:
+        return
+    if ckpt.get("ema") is None:
+        # EMA switched on mid-run (or an imported checkpoint): start it from the current weights.
+        distributed.print0(f"{path} has no EMA; starting it from the loaded weights")
+        return
+    state.ema.module.load_state_dict(ckpt["ema"]["model"])
+    state.ema.n_averaged.fill_(int(ckpt["ema"]["n_averaged"]))
+
+
+def _rng_state(state: State) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": state.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state() if state.generator.device.type == "cuda" else None,
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def _restore_rngs(state: State, ckpt: dict, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    if ckpt.get("rng") is None or ckpt.get("world_size") != d.world_size:
+        # A different number of ranks (or an imported file): fresh streams, seeded by the step.
+        distributed.print0(f"RNG states not restorable for {d.world_size} ranks; reseeding from the step")
+        _seed_rngs(cfg.train.seed, d.rank, state.generator, step=state.step)
+        return
+    rng = ckpt["rng"][d.rank]
+    torch.set_rng_state(rng["torch"])
+    state.generator.set_state(rng["generator"])
+    if rng["cuda"] is not None and d.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])
+    np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+    random.setstate(rng["python"])
+
+
+def _save(state: State, cfg, d: distributed.Dist, paths: list[Path], out: Path, keys=()) -> dict:
+    """Collective: gathers every rank's RNG state, weight fingerprint and last batch keys; rank 0
+    writes the same dict to every path (atomically). Returns the checkpoint event for the log."""
+    mine = {"rng": _rng_state(state), "weights_sha256": _fingerprint(state.model), "keys": list(keys)}
+    ranks = distributed.all_gather_object(mine)
+    if d.is_main:
+        ckpt = {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+                "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(), "ema": _ema_dict(state, cfg),
+                "step": state.step, "config": to_dict(cfg), "rng": [r["rng"] for r in ranks],
+                "world_size": d.world_size}
+        for path in paths:
+            checkpoint.save(path, ckpt)
+    distributed.barrier()  # nobody races ahead (or exits) before the files exist
+    return {"event": "checkpoint", "step": state.step, "files": [str(p.relative_to(out)) for p in paths],
+            "ranks": [{"rank": i, "weights_sha256": r["weights_sha256"], "batch_keys": r["keys"]}
+                      for i, r in enumerate(ranks)]}
+
+
+def _ema_dict(state: State, cfg: ExperimentConfig) -> dict | None:
+    if state.ema is None:
+        return None
+    return {"decay": cfg.train.ema_decay, "n_averaged": int(state.ema.n_averaged),
+            "model": state.ema.module.state_dict()}
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- data
+
+
+def _check_shards(shards: Path, cfg: ExperimentConfig) -> None:
+    """The shard set must withhold exactly the categories the config expects (manifest.json)."""
+    manifest = shards / "manifest.json"
+    if not manifest.is_file():
+        raise ViewFusionError(f"{shards} holds no manifest.json: not a shard directory "
+                              "(make one with `viewfusion data shard`)")
+    withheld = sorted(json.loads(manifest.read_text()).get("withheld", []))
+    if withheld != sorted(cfg.data.withheld):
+        raise ViewFusionError(f"{manifest} withholds {withheld or 'nothing'} but config "
+                              f"{cfg.name!r} expects data.withheld={sorted(cfg.data.withheld)}")
+
+
+def _data_stream(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, batch_size: int,
+                 start: int) -> Iterator[dict]:
+    """Batches for steps start, start+1, ... on this rank's device. The loader restarts at every
+    multiple of train.checkpoint_every with a seed of (train.seed, that step), so the batches of
+    a step depend only on the step, not on where the run was resumed (see the module doc)."""
+    from viewfusion.data.loader import train_loader
+
+    every, step = cfg.train.checkpoint_every, start
+    while True:
+        loader = train_loader(shards, batch_size=batch_size, max_views=cfg.data.max_views,
+                              shuffle_prob=cfg.data.shuffle_prob, relative=cfg.model.relative,
+                              num_workers=cfg.data.num_workers, seed=_seed(cfg.train.seed, "data", step),
+                              rank=d.rank, world_size=d.world_size)
+        batches = iter(loader)
+        end = (step // every + 1) * every
+        for _ in range(step, end):
+            yield _to_device(next(batches), d.device)
+        del batches, loader  # shut the workers down before the next segment's start
+        step = end
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- signals and logging
+
+
+class _StopSignals:
+    """SIGTERM/SIGUSR1/SIGUSR2 only set a flag: the step in flight completes, then the loop
+    checkpoints and returns. The previous handlers (e.g. submitit's) come back on exit."""
+
+    def __enter__(self) -> _StopSignals:
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class _Logger:
+    """Rank 0 only: tqdm bar on a terminal (plain lines otherwise), metrics.jsonl, TensorBoard
+    when installed, W&B when train.wandb is set."""
+
+    def __init__(self, cfg: ExperimentConfig, d: distributed.Dist, out: Path, *, start: int):
+        self.cfg, self.on, self.out = cfg, d.is_main, out
+        self.global_batch = cfg.train.global_batch_size
+        self.window: list[tuple[float, float, float, float | None]] = []
+        self.bar = self.tb = self.wandb = None
+        if self.on:
+            self._open(start)
+
+    def _open(self, start: int) -> None:
+        tc = self.cfg.train
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=tc.max_steps, initial=start, desc=self.cfg.name, dynamic_ncols=True)
+        if tc.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            self.tb = SummaryWriter(str(self.out / "tb")) if SummaryWriter else None
+        if tc.wandb:
+            self.wandb = _wandb_run(self.cfg, self.out)
+
+    def __enter__(self) -> _Logger:
+        return self
+
+    def step(self, step: int, loss: float, lr: float, grad_norm, *, batch_time: float, data_time: float):
+        if not self.on:
+            return
+        self.window.append((loss, batch_time, data_time, grad_norm))
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.cfg.train.log_every == 0 or step == self.cfg.train.max_steps:
+            self._flush(step, lr)
+
+    def _flush(self, step: int, lr: float) -> None:
+        losses, times, waits, norms = zip(*self.window)
+        step_time = sum(times) / len(times)
+        row = {"step": step, "loss": sum(losses) / len(losses), "lr": lr, "step_time_s": step_time,
+               "steps_per_s": 1 / step_time, "samples_per_s": self.global_batch / step_time,
+               "data_wait_frac": sum(waits) / sum(times), "time": time.time()}
+        if norms[-1] is not None:
+            row["grad_norm"] = sum(norms) / len(norms)
+        self.window = []
+        self._write(row)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+        else:
+            print(f"step {step}/{self.cfg.train.max_steps} loss {row['loss']:.5f} lr {lr:.3e} "
+                  f"{row['samples_per_s']:.1f} samples/s data {100 * row['data_wait_frac']:.0f}%", flush=True)
+        for key in ("loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm"):
+            if self.tb is not None and key in row:
+                self.tb.add_scalar(f"train/{key}", row[key], step)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+
+    def checkpoint(self, event: dict) -> None:
+        if self.on:
+            self._write(event)
+
+    def _write(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def __exit__(self, *exc) -> None:
+        for closable in (self.bar, self.tb):
+            if closable is not None:
+                closable.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(cfg: ExperimentConfig, out: Path):
+    try:
+        import wandb
+    except ImportError:
+        raise ViewFusionError("train.wandb is true but wandb is not installed (pip install wandb)") from None
+    id_file = out / "wandb_run_id"  # the same W&B run continues after a resume
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(project="viewfusion", name=cfg.name, id=run_id, resume="allow",
+                      dir=str(out), config=to_dict(cfg))
