@@ -1,0 +1,402 @@
+"""The NMR ShapeNet layout: constants, safe zip reading, and `viewfusion data verify`.
+
+    viewfusion data verify --zip data/nmr/NMR_Dataset.zip            # structure + a decoded sample
+    viewfusion data verify --zip data/synth/NMR_Dataset.zip --full   # decode every member
+
+Inside the zip everything sits under `NMR_Dataset/`: `metadata.yaml`, one folder per synset with
+`{train,val,test}.lst` and `softras_{train,val,test}.lst`, and per object
+`image/0000.png .. image/0023.png` (64x64 RGB) and `cameras.npz` (`world_mat_i`, `camera_mat_i`
+and their `_inv`). Members are read straight from the zip and never extracted; a member name
+with `..` or a leading `/` (or a drive letter) rejects the whole zip, since no honest NMR zip
+has one and a later extraction by another tool could write outside its folder.
+
+Camera convention (the NMR/DVR one, reproduced exactly by `viewfusion data synth`): the world is
+y-up; `world_mat_i` maps world to camera coordinates (x right, y down, z forward, OpenCV style);
+`camera_mat_i` maps camera coordinates to pixel coordinates in [-1, 1]:
+`p = camera_mat @ world_mat @ [X, 1]`, `u = p[0] / p[2]` (column, -1 = left edge),
+`v = p[1] / p[2]` (row, -1 = top edge). Pixel column j of W has its centre at `(2j + 1) / W - 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import re
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from viewfusion.errors import ViewFusionError
+
+# synset -> short name, in the NMR / ShapeNet order used by every table of the paper.
+SYNSETS: dict[str, str] = {
+    "02691156": "airplane",
+    "02828884": "bench",
+    "02933112": "cabinet",
+    "02958343": "car",
+    "03001627": "chair",
+    "03211117": "display",
+    "03636649": "lamp",
+    "03691459": "loudspeaker",
+    "04090263": "rifle",
+    "04256520": "sofa",
+    "04379243": "table",
+    "04401088": "telephone",
+    "04530566": "vessel",
+}
+CATEGORIES: dict[str, str] = {name: synset for synset, name in SYNSETS.items()}
+# ShapeNet's WordNet names, as metadata.yaml spells them.
+SYNSET_NAMES: dict[str, str] = {
+    "02691156": "airplane,aeroplane,plane",
+    "02828884": "bench",
+    "02933112": "cabinet",
+    "02958343": "car,auto,automobile,machine,motorcar",
+    "03001627": "chair",
+    "03211117": "display,video display",
+    "03636649": "lamp",
+    "03691459": "loudspeaker,speaker,speaker unit,loudspeaker system,speaker system",
+    "04090263": "rifle",
+    "04256520": "sofa,couch,lounge",
+    "04379243": "table",
+    "04401088": "telephone,phone,telephone set",
+    "04530566": "vessel,watercraft",
+}
+
+NUM_VIEWS = 24
+IMAGE_SIZE = 64
+ELEVATION_DEG = 30.0
+CAMERA_DISTANCE = 2.732
+FOV_DEG = 30.0
+# Focal length in [-1, 1] pixel units (camera_mat[0, 0]); times W/2 gives pixels (119.4 at 64).
+FOCAL_NDC = 1.0 / math.tan(math.radians(FOV_DEG) / 2)
+
+ROOT = "NMR_Dataset/"
+SPLITS = ("train", "val", "test")
+# Which split lists to read: ViewFusion's own lists or the SoftRas ones (pixelNeRF, SRT).
+LIST_PREFIXES = {"viewfusion": "", "softras": "softras_"}
+CAMERA_NAMES = ("world_mat", "camera_mat", "world_mat_inv", "camera_mat_inv")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_NPZ_NAME = re.compile(rb"((?:world|camera)_mat(?:_inv)?_\d+)\.npy")
+
+
+def view_angle(view: int) -> float:
+    """Azimuth of NMR view `view` in radians (view i sits at 15*i degrees)."""
+    return 2.0 * math.pi / NUM_VIEWS * view
+
+
+def focal_px(*, image_size: int = IMAGE_SIZE) -> float:
+    """Focal length in pixels at `image_size` (119.4 at 64)."""
+    return FOCAL_NDC * image_size / 2
+
+
+def object_key(synset: str, object_id: str) -> str:
+    """Webdataset key of an object: `{synset}_{object_id}` (no dots or slashes allowed)."""
+    return f"{synset}_{object_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Inverse of `object_key` (synsets never contain `_`, object ids may)."""
+    synset, _, object_id = key.partition("_")
+    return synset, object_id
+
+
+def resolve_category(name: str) -> str:
+    """A short name (`car`) or synset id (`02958343`) -> synset id; anything else is an error."""
+    if name in SYNSETS:
+        return name
+    if name in CATEGORIES:
+        return CATEGORIES[name]
+    raise ViewFusionError(
+        f"unknown category {name!r}; expected one of {', '.join(CATEGORIES)} or a synset id"
+    )
+
+
+def image_member(synset: str, object_id: str, view: int) -> str:
+    return f"{ROOT}{synset}/{object_id}/image/{view:04d}.png"
+
+
+def cameras_member(synset: str, object_id: str) -> str:
+    return f"{ROOT}{synset}/{object_id}/cameras.npz"
+
+
+def list_member(synset: str, split: str, *, lists: str = "viewfusion") -> str:
+    return f"{ROOT}{synset}/{LIST_PREFIXES[lists]}{split}.lst"
+
+
+def check_member_name(name: str) -> None:
+    """Reject member names that could escape a folder if anyone ever extracted them."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in parts:
+        raise ViewFusionError(f"unsafe member name {name!r} (absolute or with '..'); refusing this zip")
+
+
+def check_png(data: bytes, *, member: str, image_size: int = IMAGE_SIZE) -> None:
+    """Cheap integrity check of a PNG without decoding it: signature, chunk CRCs, IHDR size.
+
+    Every chunk's CRC is verified, so any flipped or missing byte is caught; the pixels are not
+    unfiltered (sharding must stay close to copy speed; `verify` and the loaders decode fully).
+    """
+    view = memoryview(data)
+    if data[:8] != _PNG_SIGNATURE:
+        raise ViewFusionError(f"{member}: not a PNG file (bad signature)")
+    pos, size, seen_idat = 8, None, False
+    while True:
+        if pos + 12 > len(data):
+            raise ViewFusionError(f"{member}: truncated PNG (no IEND chunk)")
+        (length,) = struct.unpack_from(">I", data, pos)
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ViewFusionError(f"{member}: truncated PNG chunk at byte {pos}")
+        if zlib.crc32(view[pos + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+            raise ViewFusionError(f"{member}: corrupt PNG (CRC mismatch in chunk at byte {pos})")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IHDR":
+            size = struct.unpack_from(">II", data, pos + 8)
+        seen_idat |= kind == b"IDAT"
+        if kind == b"IEND":
+            break
+        pos = end + 4
+    if size is None or not seen_idat:
+        raise ViewFusionError(f"{member}: corrupt PNG (missing IHDR or IDAT)")
+    if size != (image_size, image_size):
+        raise ViewFusionError(
+            f"{member}: image is {size[0]}x{size[1]}, expected {image_size}x{image_size}"
+        )
+
+
+def decode_png(data: bytes, *, member: str, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Fully decode a PNG to (H, W, 3) uint8 RGB, with errors that name the member."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            array = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+    except (OSError, SyntaxError, ValueError, zlib.error) as err:
+        raise ViewFusionError(f"{member}: unreadable PNG ({err})") from None
+    if array.shape != (image_size, image_size, 3):
+        raise ViewFusionError(
+            f"{member}: image is {array.shape[1]}x{array.shape[0]}, expected {image_size}x{image_size}"
+        )
+    return array
+
+
+def _npz_names(data: bytes) -> set[str] | None:
+    """Array names of an npz from its central directory only (a full parse costs ~7x more)."""
+    eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 65535))
+    if eocd < 0 or eocd + 22 > len(data):
+        return None
+    (cd_offset,) = struct.unpack_from("<I", data, eocd + 16)
+    if cd_offset >= eocd:  # zip64 or damaged: let the caller fall back to zipfile
+        return None
+    return {m.decode() for m in _NPZ_NAME.findall(data, cd_offset, eocd)}
+
+
+def check_cameras(data: bytes, *, member: str) -> None:
+    """Check that an npz holds the four matrices of all 24 views (names only, no decoding)."""
+    names = _npz_names(data)
+    if names is None:
+        try:
+            names = {n.removesuffix(".npy") for n in zipfile.ZipFile(io.BytesIO(data)).namelist()}
+        except zipfile.BadZipFile as err:
+            raise ViewFusionError(f"{member}: not a readable npz ({err})") from None
+    for view in range(NUM_VIEWS):
+        for name in CAMERA_NAMES:
+            if f"{name}_{view}" not in names:
+                raise ViewFusionError(f"{member}: camera {name}_{view} missing")
+
+
+def load_cameras(data: bytes, *, member: str) -> dict[str, np.ndarray]:
+    """Decode an NMR cameras.npz into {name: array}; every matrix must be 4x4 (3x4 world ok)."""
+    check_cameras(data, member=member)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            cameras = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ViewFusionError(f"{member}: unreadable npz ({err})") from None
+    for name, array in cameras.items():
+        if name.startswith(CAMERA_NAMES) and array.shape not in {(4, 4), (3, 4)}:
+            raise ViewFusionError(f"{member}: {name} has shape {array.shape}, expected 4x4")
+    return cameras
+
+
+@dataclass(frozen=True)
+class RawObject:
+    """The members of one object as stored in the zip (PNG bytes, npz bytes), checked."""
+
+    synset: str
+    object_id: str
+    pngs: tuple[bytes, ...]
+    cameras: bytes
+
+    @property
+    def key(self) -> str:
+        return object_key(self.synset, self.object_id)
+
+
+class NMRZip:
+    """Read-only access to an NMR-format zip; every failure names the zip member.
+
+        with NMRZip(path) as nmr:
+            for object_id in nmr.split_list("02958343", "test"):
+                obj = nmr.read_object("02958343", object_id)
+    """
+
+    def __init__(self, path, *, image_size: int = IMAGE_SIZE):
+        self.path = str(path)
+        self.image_size = image_size
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except FileNotFoundError:
+            raise ViewFusionError(f"{self.path}: no such file") from None
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ViewFusionError(
+                f"{self.path}: not a complete zip ({err}); a truncated download? "
+                "download it again (`viewfusion data download` resumes)"
+            ) from None
+        self._names = set()
+        for name in self._zip.namelist():
+            check_member_name(name)
+            self._names.add(name)
+        self.metadata = self._read_metadata()
+
+    def __enter__(self) -> NMRZip:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def has(self, member: str) -> bool:
+        return member in self._names
+
+    def read(self, member: str) -> bytes:
+        if member not in self._names:
+            raise ViewFusionError(f"{self.path}: member {member} missing")
+        try:
+            return self._zip.read(member)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+            raise ViewFusionError(f"{self.path}: member {member} is unreadable ({err})") from None
+
+    def _read_metadata(self) -> dict[str, dict]:
+        member = ROOT + "metadata.yaml"
+        if member not in self._names:
+            raise ViewFusionError(f"{self.path}: {member} missing; not an NMR_Dataset zip")
+        try:
+            metadata = yaml.safe_load(self.read(member))
+        except yaml.YAMLError as err:
+            raise ViewFusionError(f"{self.path}: {member} is not valid YAML ({err})") from None
+        if not isinstance(metadata, dict):
+            raise ViewFusionError(f"{self.path}: {member} is not a mapping synset -> info")
+        for synset in metadata:
+            if str(synset) not in SYNSETS:
+                raise ViewFusionError(f"{self.path}: {member} names unknown category {synset!r}")
+        missing = sorted(set(SYNSETS) - {str(s) for s in metadata})
+        if missing:
+            raise ViewFusionError(f"{self.path}: {member} lacks categories {', '.join(missing)}")
+        return {str(k): v for k, v in metadata.items()}
+
+    def split_list(self, synset: str, split: str, *, lists: str = "viewfusion") -> list[str]:
+        """Object ids of one category's split list, in file order (blank lines skipped)."""
+        member = list_member(synset, split, lists=lists)
+        lines = self.read(member).decode("utf-8", errors="replace").splitlines()
+        ids = [line.strip() for line in lines if line.strip()]
+        for object_id in ids:
+            if "/" in object_id or "." in object_id or object_id.startswith("_"):
+                raise ViewFusionError(f"{self.path}: {member} lists a bad object id {object_id!r}")
+        return ids
+
+    def read_object(self, synset: str, object_id: str) -> RawObject:
+        """The 24 PNGs and cameras.npz of one object, integrity-checked but not decoded."""
+        pngs = []
+        for view in range(NUM_VIEWS):
+            member = image_member(synset, object_id, view)
+            data = self.read(member)
+            check_png(data, member=f"{self.path}: {member}", image_size=self.image_size)
+            pngs.append(data)
+        member = cameras_member(synset, object_id)
+        if member not in self._names:
+            raise ViewFusionError(f"{self.path}: object {synset}/{object_id}: camera file {member} missing")
+        cameras = self.read(member)
+        check_cameras(cameras, member=f"{self.path}: {member}")
+        return RawObject(synset, object_id, tuple(pngs), cameras)
+
+
+def verify_zip(path, *, image_size: int = IMAGE_SIZE, sample: int = 32, full: bool = False,
+               seed: int = 0) -> dict:
+    """Check an NMR zip's structure; return a summary dict or raise ViewFusionError.
+
+    Every object of every split list (both list styles) must have its 24 images and its camera
+    file; `sample` objects (all with `full`) are also read, CRC-checked, decoded and their
+    camera matrices checked against their inverses.
+    """
+    with NMRZip(path, image_size=image_size) as nmr:
+        counts: dict[str, dict[str, int]] = {}
+        objects: set[tuple[str, str]] = set()
+        for lists in LIST_PREFIXES:
+            for split in SPLITS:
+                for synset in SYNSETS:
+                    ids = nmr.split_list(synset, split, lists=lists)
+                    counts.setdefault(f"{LIST_PREFIXES[lists]}{split}", {})[SYNSETS[synset]] = len(ids)
+                    objects.update((synset, object_id) for object_id in ids)
+        ordered = sorted(objects)
+        for synset, object_id in ordered:
+            _check_object_members(nmr, synset, object_id)
+        rng = np.random.default_rng(seed)
+        chosen = ordered if full else [ordered[i] for i in sorted(
+            rng.choice(len(ordered), size=min(sample, len(ordered)), replace=False))]
+        for synset, object_id in chosen:
+            _decode_object(nmr, synset, object_id)
+    totals = {split: sum(per.values()) for split, per in counts.items()}
+    return {"zip": str(path), "objects": len(ordered), "decoded_objects": len(chosen),
+            "splits": totals, "per_category": counts}
+
+
+def _check_object_members(nmr: NMRZip, synset: str, object_id: str) -> None:
+    for member in [image_member(synset, object_id, v) for v in range(NUM_VIEWS)] + [
+            cameras_member(synset, object_id)]:
+        if not nmr.has(member):
+            raise ViewFusionError(f"{nmr.path}: object {synset}/{object_id}: member {member} missing")
+
+
+def _decode_object(nmr: NMRZip, synset: str, object_id: str) -> None:
+    raw = nmr.read_object(synset, object_id)
+    for view, data in enumerate(raw.pngs):
+        decode_png(data, member=f"{nmr.path}: {image_member(synset, object_id, view)}",
+                   image_size=nmr.image_size)
+    member = f"{nmr.path}: {cameras_member(synset, object_id)}"
+    cameras = load_cameras(raw.cameras, member=member)
+    for view in range(NUM_VIEWS):
+        for name in ("world_mat", "camera_mat"):
+            mat, inv = _as_4x4(cameras[f"{name}_{view}"]), _as_4x4(cameras[f"{name}_inv_{view}"])
+            if not np.allclose(mat @ inv, np.eye(4), atol=1e-4):
+                raise ViewFusionError(f"{member}: {name}_inv_{view} is not the inverse of {name}_{view}")
+
+
+def _as_4x4(matrix: np.ndarray) -> np.ndarray:
+    if matrix.shape == (4, 4):
+        return matrix.astype(np.float64)
+    return np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zip", required=True, help="NMR_Dataset.zip (real or synthetic)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="expected image size")
+    parser.add_argument("--sample", type=int, default=32, help="objects to decode fully")
+    parser.add_argument("--full", action="store_true", help="decode every object (slow on NMR)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = verify_zip(args.zip, image_size=args.image_size, sample=args.sample, full=args.full)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_category"}))
+    return 0
