@@ -1,0 +1,400 @@
+"""Aggregate per-image metrics into the paper's tables: CSV, Markdown and LaTeX.
+
+    viewfusion tables --metrics results/samples/*/*/*/v*/metrics.parquet --out results/tables
+    viewfusion tables --metrics m.parquet --out tables --no-reference         # measured rows only
+    viewfusion tables --metrics ... --out tables --weighting paper no_weighting \
+        --angle paper relative --withheld withhold_car --withheld-category car
+    viewfusion tables --metrics ... --out tables --speed-experiment tiny --speed-view-count 2
+
+Every table is `DIR/{name}.csv` (full precision: mean and half-width of the 95% confidence
+interval, t-distribution over images, or over objects where stated), `DIR/{name}.md` and
+`DIR/{name}.tex` (mean ± CI); `DIR/README.md` lists what was written and what was skipped and
+why. A table without data in the given files (no relative-angle experiment, no car images, ...)
+is skipped with a note, never filled in. Tables:
+
+- `views`: quality against the number of conditioning views, per experiment, checkpoint and
+  sampler; view counts above `--max-train-views` (6) are marked as extrapolation.
+- `per_category`: as pixelNeRF reports it: mean per object (over its targets), then mean and CI
+  over objects, per category and overall.
+- `weighting`, `relative_angle`: two experiments compared (the latest checkpoint of each), plus
+  their paired difference over the targets both scored (same manifest item names).
+- `withheld_category`: the withheld category against the seen ones, for the experiments trained
+  without it and (as a baseline) the experiment trained on everything.
+- `sampler_speed_quality`: columns exactly `sampler, steps, seconds_per_target, psnr, ssim,
+  lpips`, one row per sampler and step count, measured on the same targets of one experiment,
+  checkpoint and view count (`--speed-*`; by default `--main-experiment` when present and the
+  setting with the most samplers); `sampler_speed_quality_detail` adds which, the counts, the
+  CIs, and speed-up and PSNR change against the slowest sampler.
+
+Published numbers (pixelNeRF, SRT) appear only as rows whose `source` starts with
+"published:", next to measured rows (`source` "measured"), never averaged with them;
+`--no-reference` leaves them out. LPIPS columns hold whichever net the metrics used (one net
+per run: mixing VGG and AlexNet files is an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_path
+
+METRICS = ("psnr", "ssim", "lpips")
+CONFIG = ["experiment", "checkpoint_step", "sampler", "steps"]
+REQUIRED = {"item", "key", "category", "view_count", *CONFIG, "seconds_per_target", *METRICS}
+MEASURED = "measured"
+PIXELNERF = "published: pixelNeRF (Yu et al. 2021)"
+PIXELNERF_NOTE = "1 input view (viewlist/src_dvr.txt), 23 targets, softras test split, per object then over objects"
+SRT = "published: SRT (Sajjadi et al. 2022), PyTorch reimplementation"
+SRT_NOTE = "3M iterations; NMR test PSNR only"
+# pixelNeRF on NMR, (PSNR, SSIM, LPIPS-VGG), from shared/reference/PAPER_NOTES.md.
+PIXELNERF_NUMBERS = {
+    "airplane": (29.76, 0.947, 0.084), "bench": (26.35, 0.911, 0.116), "cabinet": (27.72, 0.910, 0.105),
+    "car": (27.58, 0.942, 0.095), "chair": (23.84, 0.858, 0.146), "display": (24.22, 0.867, 0.129),
+    "lamp": (28.58, 0.913, 0.114), "loudspeaker": (24.44, 0.855, 0.141), "rifle": (30.60, 0.968, 0.066),
+    "sofa": (26.94, 0.908, 0.116), "table": (25.59, 0.898, 0.098), "telephone": (27.13, 0.922, 0.097),
+    "vessel": (29.18, 0.939, 0.111), "overall": (26.80, 0.910, 0.108),
+}
+SRT_PSNR = 27.28
+TABLES = ("views", "per_category", "weighting", "relative_angle", "withheld_category",
+          "sampler_speed_quality", "sampler_speed_quality_detail")
+DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "seconds_per_target": 3}
+
+
+# ---------------------------------------------------------------- input
+
+def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
+    """Concatenate per-image metrics files (parquet or CSV), checking columns and LPIPS net."""
+    frames = []
+    for path in map(Path, paths):
+        try:
+            frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        except (OSError, ValueError) as err:
+            raise ViewFusionError(f"metrics file {path}: unreadable ({err})") from None
+        missing = REQUIRED - set(frame.columns)
+        if missing:
+            raise ViewFusionError(f"metrics file {path}: missing columns {sorted(missing)}; rerun `viewfusion metrics`")
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    nets = set(frame["lpips_net"].dropna()) if "lpips_net" in frame else set()
+    if len(nets) > 1:
+        raise ViewFusionError(f"metrics files mix LPIPS nets {sorted(nets)}; tabulate one net at a time")
+    frame["experiment"] = frame["experiment"].fillna("").astype(str)
+    frame["sampler"] = frame["sampler"].astype(str)
+    for column in ("checkpoint_step", "steps", "view_count"):
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    return frame
+
+
+# ---------------------------------------------------------------- statistics
+
+def ci_half_width(std: pd.Series | float, n: pd.Series | float, *, level: float = 0.95):
+    """Half-width of the t-interval of a mean: t_{(1+level)/2, n-1} * std / sqrt(n); NaN for n < 2."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(n > 1, stats.t.ppf((1 + level) / 2, np.maximum(n - 1, 1)), np.nan)
+        return t * np.asarray(std, dtype=float) / np.sqrt(n)
+
+
+def summarize(frame: pd.DataFrame, by: list[str], *, count: str = "n") -> pd.DataFrame:
+    """Per group: count of rows and, per metric, the mean and its 95% CI half-width."""
+    grouped = frame.groupby(by, dropna=False, sort=True)
+    out = grouped.size().rename(count).to_frame()
+    for metric in METRICS:
+        agg = grouped[metric].agg(["mean", "std", "count"])
+        out[metric] = agg["mean"]
+        out[f"{metric}_ci95"] = ci_half_width(agg["std"], agg["count"])
+    return out.reset_index()
+
+
+def latest_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each experiment's latest checkpoint (what the ablations compare)."""
+    latest = frame.groupby("experiment")["checkpoint_step"].transform("max")
+    return frame[(frame["checkpoint_step"] == latest) | latest.isna()]
+
+
+def reference_rows(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows).astype({"view_count": "Int64"}) if rows else pd.DataFrame()
+
+
+def with_source(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    measured = measured.assign(source=MEASURED)
+    table = pd.concat([measured, published], ignore_index=True) if len(published) else measured
+    return table[["source", *[c for c in table.columns if c != "source"]]]
+
+
+# ---------------------------------------------------------------- the tables
+
+def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 6) -> pd.DataFrame:
+    """Quality against the number of conditioning views (mean over images)."""
+    table = summarize(frame, [*CONFIG, "view_count"])
+    seen = table["view_count"] <= max_train_views
+    table.insert(5, "regime", np.where(seen, f"1-{max_train_views} views (as trained)", f"extrapolation (> {max_train_views})"))
+    published = reference_rows([
+        {"source": PIXELNERF, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
+         "ssim": PIXELNERF_NUMBERS["overall"][1], "lpips": PIXELNERF_NUMBERS["overall"][2], "note": PIXELNERF_NOTE},
+        {"source": SRT, "view_count": pd.NA, "psnr": SRT_PSNR, "note": SRT_NOTE},
+    ] if reference else [])
+    return with_source(table, published)
+
+
+def table_per_category(frame: pd.DataFrame, *, reference: bool) -> pd.DataFrame:
+    """pixelNeRF's convention: mean per object over its targets, then mean and CI over objects."""
+    keys = [*CONFIG, "view_count"]
+    objects = frame.groupby([*keys, "category", "key"], dropna=False)[list(METRICS)].mean().reset_index()
+    per_category = summarize(objects, [*keys, "category"], count="objects")
+    overall = summarize(objects, keys, count="objects").assign(category="overall")
+    table = pd.concat([per_category, overall], ignore_index=True)
+    table["_overall"] = table["category"] == "overall"
+    table = table.sort_values([*keys, "_overall", "category"], kind="stable").drop(columns="_overall")
+    published = reference_rows([
+        {"source": PIXELNERF, "view_count": 1, "category": category, "psnr": p, "ssim": s, "lpips": l,
+         "note": PIXELNERF_NOTE}
+        for category, (p, s, l) in PIXELNERF_NUMBERS.items()
+    ] if reference else [])
+    return with_source(table.reset_index(drop=True), published)
+
+
+def paired_difference(data: pd.DataFrame, *, first: str, second: str, label: str) -> pd.DataFrame:
+    """first - second over the targets (item names) both experiments scored, per sampler setting."""
+    keys = ["sampler", "steps", "view_count"]
+    a, b = (data[data["experiment"] == e].set_index([*keys, "item"])[list(METRICS)] for e in (first, second))
+    common = a.index.intersection(b.index)
+    if common.empty:
+        return pd.DataFrame()
+    diff = (a.loc[common] - b.loc[common]).reset_index()
+    table = summarize(diff, keys)
+    return table.assign(variant=label, experiment=f"{first} - {second}", checkpoint_step=pd.NA)
+
+
+def table_ablation(frame: pd.DataFrame, *, variants: dict[str, str], what: str) -> tuple[pd.DataFrame | None, str]:
+    """Two experiments (the latest checkpoint of each) and their paired difference."""
+    (label_a, first), (label_b, second) = variants.items()
+    if first == second:
+        raise ViewFusionError(f"{what}: the two experiments must differ (both {first!r})")
+    found = sorted(set(frame["experiment"]))
+    if not {first, second} <= set(found):
+        return None, f"needs experiments {first!r} ({label_a}) and {second!r} ({label_b}); found {found}"
+    data = latest_checkpoint(frame[frame["experiment"].isin([first, second])])
+    # Only settings (sampler, steps, view count) that both experiments were scored in.
+    keys = ["sampler", "steps", "view_count"]
+    settings = data.groupby(keys, dropna=False)["experiment"].transform("nunique")
+    data = data[settings == 2]
+    if data.empty:
+        return None, f"experiments {first!r} and {second!r} share no sampler setting and view count"
+    rows = summarize(data, ["experiment", "checkpoint_step", *keys])
+    rows.insert(0, "variant", rows["experiment"].map({first: label_a, second: label_b}))
+    diff = paired_difference(data, first=first, second=second, label=f"{label_a} - {label_b} (paired)")
+    table = pd.concat([rows, diff], ignore_index=True)
+    table["_order"] = table["variant"].map({label_a: 0, label_b: 1}).fillna(2)  # as given, difference last
+    table = table.sort_values([*keys, "_order"], kind="stable").drop(columns="_order")
+    note = f"{label_a}: {first}, {label_b}: {second}, latest checkpoint of each"
+    if diff.empty:
+        note += "; no targets in common, so no paired difference"
+    return with_source(table.reset_index(drop=True), pd.DataFrame()), note
+
+
+def table_withheld(frame: pd.DataFrame, *, experiments: list[str], baseline: str | None,
+                   category: str) -> tuple[pd.DataFrame | None, str]:
+    """The withheld category against the seen ones, per image, for models trained without it."""
+    withheld = [e for e in experiments if e in set(frame["experiment"])]
+    if not withheld:
+        return None, f"no experiment trained without {category!r} among {sorted(set(frame['experiment']))} (--withheld)"
+    chosen = withheld + ([baseline] if baseline in set(frame["experiment"]) and baseline not in withheld else [])
+    data = latest_checkpoint(frame[frame["experiment"].isin(chosen)]).copy()
+    if not (data["category"] == category).any():
+        return None, f"no {category!r} images scored for {chosen}"
+    data["group"] = np.where(data["category"] == category, category, "other categories")
+    data["category_in_training"] = ~data["experiment"].isin(withheld)
+    keys = ["experiment", "category_in_training", "checkpoint_step", "sampler", "steps", "view_count", "group"]
+    note = f"trained without {category}: {', '.join(withheld)}" + (
+        f"; baseline trained on all: {chosen[-1]}" if len(chosen) > len(withheld) else "; no baseline experiment found")
+    return with_source(summarize(data, keys), pd.DataFrame()), note
+
+
+def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=None, view_count=None,
+                    preferred: str | None = None) -> pd.DataFrame:
+    """The rows of one experiment, checkpoint and view count: the ones given, else the setting
+    with the most samplers (on ties: the `preferred` experiment, then the first in sort order)."""
+    if experiment is None and preferred in set(frame["experiment"]):
+        experiment = preferred
+    for column, value in (("experiment", experiment), ("checkpoint_step", checkpoint_step), ("view_count", view_count)):
+        if value is not None:
+            frame = frame[frame[column] == value]
+    if frame.empty:
+        return frame
+    group = frame.groupby(["experiment", "checkpoint_step", "view_count"], dropna=False, sort=True).ngroup()
+    samplers = frame.groupby(group)[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates()))
+    selected = frame[group == samplers.idxmax()]  # idxmax: the first group in sort order on ties
+    # Same targets for every sampler, so quality differences are the samplers' alone.
+    per_sampler = selected.groupby(["sampler", "steps"], dropna=False)["item"].apply(set)
+    common = set.intersection(*per_sampler)
+    return selected[selected["item"].isin(common)]
+
+
+def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
+    """(exact table, detail table, note) of sampler speed against quality."""
+    selected = speed_selection(frame, **selection)
+    if selected.empty:
+        return None, None, f"no rows match the selection {selection}"
+    detail = summarize(selected, ["sampler", "steps"])
+    detail["seconds_per_target"] = selected.groupby(["sampler", "steps"], dropna=False)["seconds_per_target"].mean().to_numpy()
+    slowest = detail.loc[detail["seconds_per_target"].idxmax()] if detail["seconds_per_target"].notna().any() else None
+    if slowest is not None:
+        detail["speedup_vs_slowest"] = slowest["seconds_per_target"] / detail["seconds_per_target"]
+        detail["psnr_vs_slowest"] = detail["psnr"] - slowest["psnr"]
+    first = selected.iloc[0]
+    detail.insert(0, "experiment", first["experiment"])
+    detail.insert(1, "checkpoint_step", first["checkpoint_step"])
+    detail.insert(2, "view_count", first["view_count"])
+    exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]]
+    note = (f"experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']}, "
+            f"{first['view_count']} views, {selected['item'].nunique()} targets scored by every sampler")
+    return exact, with_source(detail, pd.DataFrame()), note
+
+
+# ---------------------------------------------------------------- output
+
+def format_mean_ci(mean: float, ci: float, decimals: int) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{decimals}f}" if pd.isna(ci) else f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
+
+
+def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """mean ± CI strings for Markdown and LaTeX; missing values as an en dash."""
+    out = table.copy()
+    for metric in METRICS:
+        if metric in out:
+            ci = out.pop(f"{metric}_ci95") if f"{metric}_ci95" in out else pd.Series(np.nan, index=out.index)
+            out[metric] = [format_mean_ci(m, c, DECIMALS[metric]) for m, c in zip(out[metric], ci)]
+    for column in out.columns:
+        if column not in METRICS:
+            decimals = DECIMALS.get(column, 3)
+            out[column] = [("–" if pd.isna(v) else f"{v:.{decimals}g}" if isinstance(v, float) else str(v))
+                           for v in out[column]]
+    return out
+
+
+def latex_escape(text: str) -> str:
+    text = text.replace("\\", r"\textbackslash{}")
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("~", r"\textasciitilde{}").replace("^", r"\^{}").replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(display: pd.DataFrame, *, title: str) -> str:
+    """A booktabs tabular; a rule separates measured rows from published ones."""
+    columns = list(display.columns)
+    lines = [f"% {title}", r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule",
+             " & ".join(latex_escape(c) for c in columns) + r" \\", r"\midrule"]
+    previous = None
+    for row in display.itertuples(index=False):
+        source = getattr(row, "source", None)
+        if previous is not None and source != previous:
+            lines.append(r"\midrule")
+        previous = source
+        lines.append(" & ".join(latex_escape(str(v)) for v in row) + r" \\")
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_table(out_dir: Path, name: str, table: pd.DataFrame, *, title: str, note: str = "") -> None:
+    with atomic_path(out_dir / f"{name}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    display = display_frame(table)
+    markdown = display.to_markdown(index=False, disable_numparse=True)
+    write_text(out_dir / f"{name}.md", f"# {title}\n\n{note + chr(10) + chr(10) if note else ''}{markdown}\n")
+    write_text(out_dir / f"{name}.tex", to_latex(display, title=f"{title}. {note}".strip(". ")))
+
+
+# ---------------------------------------------------------------- command
+
+def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, dict]:
+    """name -> (table, title, note) for the tables with data; name -> reason for the skipped ones."""
+    written, skipped = {}, {}
+    written["views"] = (table_views(frame, reference=args.reference, max_train_views=args.max_train_views),
+                        "Quality against the number of conditioning views", "mean ± 95% CI over targets")
+    written["per_category"] = (table_per_category(frame, reference=args.reference), "Per category (pixelNeRF's convention)",
+                               "mean per object, then mean ± 95% CI over objects")
+    ablations = (("weighting", {"weighted": args.weighting[0], "mean": args.weighting[1]}, "Weighted vs mean composition"),
+                 ("relative_angle", {"absolute": args.angle[0], "relative": args.angle[1]}, "Absolute vs relative angle"))
+    for name, variants, title in ablations:
+        table, note = table_ablation(frame, variants=variants, what=name)
+        if table is None:
+            skipped[name] = note
+        else:
+            written[name] = (table, title, note)
+    table, note = table_withheld(frame, experiments=args.withheld, baseline=args.main_experiment,
+                                 category=args.withheld_category)
+    if table is None:
+        skipped["withheld_category"] = note
+    else:
+        written["withheld_category"] = (table, f"Withheld category ({args.withheld_category}) vs seen categories", note)
+    exact, detail, note = table_speed(frame, experiment=args.speed_experiment, checkpoint_step=args.speed_checkpoint,
+                                      view_count=args.speed_view_count, preferred=args.main_experiment)
+    if exact is None:
+        skipped["sampler_speed_quality"] = skipped["sampler_speed_quality_detail"] = note
+    else:
+        written["sampler_speed_quality"] = (exact, "Sampler speed against quality", note)
+        written["sampler_speed_quality_detail"] = (detail, "Sampler speed against quality (detail)", note)
+    return written, skipped
+
+
+def readme(*, written: dict, skipped: dict, inputs: list[str], frame: pd.DataFrame) -> str:
+    nets = sorted(set(frame["lpips_net"].dropna())) if "lpips_net" in frame else []
+    lines = ["# Tables", "", f"From {len(frame)} per-image rows in {len(inputs)} metrics file(s).",
+             "Means with the half-width of a 95% confidence interval (t-distribution). PSNR of identical",
+             "images is capped at 100 dB by `viewfusion metrics`. LPIPS net: " + (", ".join(nets) or "none (not computed)") + ".",
+             "Rows whose `source` starts with `published:` are numbers copied from papers, not measured here.", "",
+             "## Written", ""]
+    lines += [f"- `{name}` ({{csv,md,tex}}): {title}. {note}" for name, (_, title, note) in written.items()]
+    lines += ["", "## Skipped", ""] + ([f"- `{name}`: {reason}" for name, reason in skipped.items()] or ["- none"])
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", nargs="+", required=True, help="per-image metrics files (.parquet or .csv)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the published pixelNeRF/SRT rows, labelled as such (default: on)")
+    parser.add_argument("--weighting", nargs=2, metavar=("WEIGHTED", "MEAN"), default=["paper", "no_weighting"],
+                        help="experiments with weighted and with mean composition (default: paper no_weighting)")
+    parser.add_argument("--angle", nargs=2, metavar=("ABSOLUTE", "RELATIVE"), default=["paper", "relative"],
+                        help="experiments with absolute and relative target angle (default: paper relative)")
+    parser.add_argument("--withheld", nargs="+", metavar="EXP", default=["withhold_car"],
+                        help="experiments trained without --withheld-category (default: withhold_car)")
+    parser.add_argument("--main-experiment", default="paper",
+                        help="the paper model trained on all categories: baseline of the withheld-category table, "
+                             "and the sampler table's experiment unless --speed-experiment is given (default: paper)")
+    parser.add_argument("--withheld-category", default="car")
+    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation")
+    parser.add_argument("--speed-experiment", default=None, help="sampler table: this experiment (default: see --main-experiment)")
+    parser.add_argument("--speed-checkpoint", type=int, default=None, help="sampler table: this checkpoint step")
+    parser.add_argument("--speed-view-count", type=int, default=None,
+                        help="sampler table: this view count (default: the one with the most samplers, then the smallest)")
+
+
+def run(args: argparse.Namespace) -> int:
+    frame = load_metrics(args.metrics)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, skipped = build_tables(frame, args)
+    for name, (table, title, note) in written.items():
+        write_table(out_dir, name, table, title=title, note=note)
+    for name in skipped:  # a table left from an earlier run with more data would mislead
+        for suffix in (".csv", ".md", ".tex"):
+            (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    write_text(out_dir / "README.md", readme(written=written, skipped=skipped, inputs=args.metrics, frame=frame))
+    print(f"tables in {out_dir}: {', '.join(written)}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    return 0
