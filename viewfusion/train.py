@@ -351,10 +351,14 @@ def _check_shards(shards: Path, cfg: ExperimentConfig) -> None:
     if not manifest.is_file():
         raise ViewFusionError(f"{shards} holds no manifest.json: not a shard directory "
                               "(make one with `viewfusion data shard`)")
-    withheld = sorted(json.loads(manifest.read_text()).get("withheld", []))
-    if withheld != sorted(cfg.data.withheld):
-        raise ViewFusionError(f"{manifest} withholds {withheld or 'nothing'} but config "
-                              f"{cfg.name!r} expects data.withheld={sorted(cfg.data.withheld)}")
+    from viewfusion.data.nmr import SYNSETS, resolve_category
+
+    have = sorted(resolve_category(c) for c in json.loads(manifest.read_text()).get("withheld", []))
+    want = sorted(resolve_category(c) for c in cfg.data.withheld)  # names or synset ids
+    if have != want:
+        have_names, want_names = ([SYNSETS[s] for s in x] or "nothing" for x in (have, want))
+        raise ViewFusionError(f"{manifest} withholds {have_names} from train, but config "
+                              f"{cfg.name!r} expects data.withheld: {want_names}")
 
 
 def _data_stream(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, batch_size: int,
