@@ -1,0 +1,124 @@
+"""`viewfusion figures` on hand-made inputs in the layouts of docs/FORMATS.md ("Samples", "Figure
+inputs"): every figure is a non-empty PNG or a multi-frame GIF, and absent inputs are notes.
+
+    .venv/bin/python -m pytest -q tests/test_figures.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from viewfusion import cli, figures
+from viewfusion.errors import ViewFusionError
+
+COND = [0, 4, 8, 12, 16, 20]
+KEY = "02958343_abc"
+
+
+def write_png(path: Path, rng: np.random.Generator, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
+    """`viewfusion sample-figures` output: weights/ (one object, six inputs) and autoregressive/."""
+    rng = np.random.default_rng(0)
+    weights_dir = root / "weights"
+    items = [{"item": f"{KEY}-t{t:02d}-v6-0", "key": KEY, "synset": "02958343", "object_id": "abc",
+              "target_view": t, "cond_views": COND, "view_count": 6, "seed": t} for t in [*targets, *COND]]
+    items = list({it["item"]: it for it in items}.values())
+    (weights_dir / "weights").mkdir(parents=True)
+    (weights_dir / "manifest.json").write_text(json.dumps({"split": "test", "seed": 0, "view_count": 6, "items": items}))
+    for it in items:
+        write_png(weights_dir / "images" / f"{it['item']}.png", rng)
+        write_png(weights_dir / "gt" / f"{it['item']}.png", rng)
+        logits = rng.normal(size=(3, 6, 16, 16))
+        maps = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        np.savez(weights_dir / "weights" / f"{it['item']}.npz", steps=np.array([0, 25, 49]),
+                 mean=maps.mean(axis=(-1, -2)), final=maps[-1].astype(np.float16), cond_views=np.array(COND))
+    seq_dir = root / "autoregressive"
+    steps = []
+    for k, target in enumerate(range(3, 24, 3)):
+        write_png(seq_dir / f"step_{k:02d}.png", rng)
+        write_png(seq_dir / f"gt_{k:02d}.png", rng)
+        steps.append({"step": k, "target_view": target, "file": f"step_{k:02d}.png", "gt": f"gt_{k:02d}.png",
+                      "cond": ["gt:0"] + [f"gen:{v}" for v in range(3, target, 3)]})
+    (seq_dir / "sequence.json").write_text(json.dumps({"key": KEY, "start_view": 0, "steps": steps}))
+    (root / "done.json").write_text(json.dumps({"experiment": "paper", "checkpoint_step": 10, "sampler": "ddim", "steps": 50}))
+    return root
+
+
+def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c")) -> Path:
+    """A finished sample directory plus its metrics file, as the workflow lays them out."""
+    rng = np.random.default_rng(views)
+    rows = []
+    for key in keys:
+        name = f"{key}-t05-v{views}-0"
+        write_png(root / "images" / f"{name}.png", rng)
+        write_png(root / "gt" / f"{name}.png", rng)
+        rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
+                     "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
+                     "sampler": "ddim", "steps": 50, "seconds_per_target": 0.5, "psnr": 20 + views + rng.random(),
+                     "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})
+    (root / "chunks").mkdir(parents=True)
+    (root / "chunks" / "1-of-1.json").write_text(json.dumps({
+        "chunk": 1, "of": 1, "items": [r["item"] for r in rows], "sampler": "ddim", "steps": 50,
+        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5}))
+    pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
+    return root
+
+
+def assert_images(out: Path, names: list[str]) -> None:
+    for name in names:
+        path = out / name
+        assert path.stat().st_size > 0, name
+        with Image.open(path) as image:
+            assert image.width > 50 and image.height > 50
+            if name.endswith(".gif"):
+                assert image.n_frames > 1
+
+
+def test_all_figures_from_workflow_layout(tmp_path, capsys):
+    fig_dir = make_figure_samples(tmp_path / "figure_samples" / "paper")
+    sample_dirs = [make_sample_dir(tmp_path / "samples" / f"v{v}", views=v) for v in (1, 3, 8)]
+    out = tmp_path / "figures"
+    metrics = [str(d / "metrics.parquet") for d in sample_dirs]
+    assert cli.main(["figures", "--metrics", *metrics, "--figure-samples", str(fig_dir), "--out", str(out)]) == 0
+    assert_images(out, ["metrics_vs_views.png", "view_weights_paper.png", "weight_maps_paper.png",
+                        "weight_maps_paper.gif", "autoregressive_paper.png", "autoregressive_paper.gif",
+                        "extrapolation_grid_tiny_step10_ddim-50.png"])
+    with Image.open(out / "weight_maps_paper.gif") as gif:
+        assert gif.n_frames == 8  # every target of the manifest: 0, 6, 12, 18 and the inputs 4, 8, 16, 20
+    with Image.open(out / "autoregressive_paper.gif") as gif:
+        assert gif.n_frames == 8  # the input view, then seven generated views
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_weight_samples_read_as_documented(tmp_path):
+    fig_dir = make_figure_samples(tmp_path / "f")
+    cond, samples = figures.read_weight_samples(fig_dir / "weights", stat="average")
+    assert cond == COND and list(samples["target_view"]) == sorted(samples["target_view"])
+    assert all(abs(w.sum() - 1) < 1e-6 for w in samples["weights"])
+
+
+def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
+    fig_dir = make_figure_samples(tmp_path / "f")
+    (fig_dir / "autoregressive" / "sequence.json").unlink()
+    single = make_sample_dir(tmp_path / "v2", views=2)
+    out = tmp_path / "out"
+    assert cli.main(["figures", "--figure-samples", str(fig_dir), "--grid-samples", str(single), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sequence.json missing" in printed and "one view count only" in printed
+    assert (out / "view_weights_paper.png").exists() and not (out / "autoregressive_paper.png").exists()
+    assert cli.main(["figures", "--out", str(out)]) == 2
+    manifest = json.loads((fig_dir / "weights" / "manifest.json").read_text())
+    manifest["items"][0]["cond_views"] = [1, 2]
+    (fig_dir / "weights" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ViewFusionError, match="share one object"):
+        figures.read_weight_samples(fig_dir / "weights")
