@@ -26,20 +26,40 @@ FAKE_GPUS=${VIEWFUSION_SLURM_FAKE_GPUS:-$(nproc)}
 TIMEOUT=${VIEWFUSION_SLURM_TIMEOUT:-60}
 
 # --- helpers -----------------------------------------------------------------
-# pid_alive PIDFILE NAME: the PID in PIDFILE runs a program called NAME
-# (the name check guards against a recycled PID).
+# pid_alive PIDFILE NAME: the PID in PIDFILE runs a program called NAME and is
+# not a zombie (the name check guards against a recycled PID).
 pid_alive() {
-    local pid
+    local pid st
     [[ -s $1 ]] || return 1
     pid=$(tr -dc 0-9 <"$1")
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+    [[ -n $pid && -r /proc/$pid/stat ]] || return 1
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] || return 1
+    st=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+    [[ -n $st && $st != Z && $st != X ]]
 }
 cluster_alive() {  # cluster_alive DIR
     [[ -f $1/$MARKER ]] && pid_alive "$1/munged.pid" munged &&
         pid_alive "$1/slurmctld.pid" slurmctld && pid_alive "$1/slurmd.pid" slurmd
 }
-node_state() { sinfo -h -N -n localhost -o %t 2>/dev/null | head -n1 || true; }
+# stop_leftovers DIR: stop what still runs of a dead or half-started cluster.
+stop_leftovers() {
+    local d pid stopped=0
+    for d in slurmd slurmctld munged; do
+        if pid_alive "$1/$d.pid" "$d"; then
+            pid=$(tr -dc 0-9 <"$1/$d.pid")
+            log "stopping leftover $d ($pid) of $1"; kill "$pid" 2>/dev/null || true
+            stopped=1
+        fi
+    done
+    if ((stopped)); then
+        for _ in $(seq 50); do
+            pid_alive "$1/slurmd.pid" slurmd || pid_alive "$1/slurmctld.pid" slurmctld ||
+                pid_alive "$1/munged.pid" munged || break
+            sleep 0.1
+        done
+    fi
+}
+node_state() { timeout 10 sinfo -h -N -n localhost -o %t 2>/dev/null | head -n1 || true; }
 # The folder of the cluster this script started last, from the /etc symlink.
 current_dir() {
     local t
@@ -71,15 +91,18 @@ fi
 # --- 2. reuse a running cluster ---------------------------------------------
 running=$(current_dir)
 if [[ -n $running ]] && cluster_alive "$running"; then
-    if [[ -z ${1:-} || $(realpath -m "$1") == "$running" ]]; then
-        if [[ $(node_state) == idle* || $(node_state) == mix* || $(node_state) == alloc* ]]; then
-            log "cluster already running in $running"
-            echo "$running"; exit 0
-        fi
-    else
+    if [[ -n ${1:-} && $(realpath -m "$1") != "$running" ]]; then
         die "a cluster is already running from $running; stop it first: .ci/slurm/stop.sh $running"
     fi
+    st=$(node_state)
+    if [[ $st == idle || $st == mix || $st == alloc ]]; then
+        log "cluster already running in $running"
+        echo "$running"; exit 0
+    fi
+    log "cluster in $running does not answer (node state '${st:-none}'): restarting it"
 fi
+# A dead or half-dead cluster of ours: stop what is left of it (by its PIDs).
+[[ -n $running ]] && stop_leftovers "$running"
 
 # --- 3. state folder ---------------------------------------------------------
 if [[ -n ${1:-} ]]; then
@@ -88,15 +111,7 @@ else
     S=$(mktemp -d "${TMPDIR:-/tmp}/viewfusion-slurm.XXXXXX")
 fi
 log "state folder: $S"
-# A previous, half-dead run in the same folder: stop what is left of it.
-if [[ -f $S/$MARKER ]]; then
-    for d in slurmd slurmctld munged; do
-        if pid_alive "$S/$d.pid" "$d"; then
-            log "stopping leftover $d"; kill "$(cat "$S/$d.pid")" || true
-        fi
-    done
-    sleep 1
-fi
+[[ -f $S/$MARKER ]] && stop_leftovers "$S"
 chmod 755 "$S"   # munge clients (job steps) traverse it to reach the socket
 mkdir -p "$S/ctld" "$S/spool" "$S/munge"
 chmod 755 "$S/munge"
@@ -206,13 +221,19 @@ for f in slurm.conf gres.conf; do
     dst=/etc/slurm/$f
     if [[ -e $dst || -L $dst ]]; then
         tgt=$(readlink "$dst" 2>/dev/null || true)
-        if [[ -n $tgt && -f $(dirname "$tgt")/$MARKER ]]; then
+        old=$(dirname "$tgt")
+        if [[ -n $tgt && -f $old/$MARKER ]]; then
             rm -f "$dst"                      # ours, from an earlier run
+            # That run may have moved the original aside: keep it for stop.sh.
+            if [[ $old != "$S" && ( -e $old/etc-backup/$f || -L $old/etc-backup/$f ) ]]; then
+                mv "$old/etc-backup/$f" "$S/etc-backup/$f"
+            fi
         elif [[ ! -e $S/etc-backup/$f && ! -L $S/etc-backup/$f ]]; then
             mv "$dst" "$S/etc-backup/$f"      # someone else's: restored by stop.sh
             log "moved $dst to $S/etc-backup/$f"
         else
-            rm -f "$dst"
+            mv "$dst" "$S/etc-backup/$f.$(date +%s)"
+            log "moved $dst to $S/etc-backup/$f.$(date +%s) (not restored by stop.sh)"
         fi
     fi
     ln -s "$S/$f" "$dst"

@@ -14,13 +14,20 @@ S=${1:-}
 S=$(realpath -m "$S")
 [[ -f $S/.viewfusion-slurm-state ]] || { log "$S is not a folder made by start.sh"; exit 2; }
 
+# alive PID: the process exists and is not a zombie (a zombie is as good as gone).
+alive() {
+    local st
+    [[ -n $1 && -r /proc/$1/stat ]] || return 1
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [[ -n $st && $st != Z && $st != X ]]
+}
 # pid_of PIDFILE NAME: print the PID if it is alive and still runs NAME
 # (a recycled PID belonging to another program is left alone).
 pid_of() {
     local pid
     [[ -s $1 ]] || return 1
     pid=$(tr -dc 0-9 <"$1")
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+    alive "$pid" || return 1
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] || return 1
     echo "$pid"
 }
@@ -34,13 +41,13 @@ rc=0
 for d in slurmd slurmctld munged; do   # reverse start order
     pid=$(pid_of "$S/$d.pid" "$d") || { log "$d not running"; continue; }
     kill -TERM "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
         log "$d ($pid) ignored SIGTERM for 10 s, sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
     fi
-    if kill -0 "$pid" 2>/dev/null; then log "could not stop $d ($pid)"; rc=1
+    if alive "$pid"; then log "could not stop $d ($pid)"; rc=1
     else log "stopped $d ($pid)"; fi
 done
 # slurmctld forks a helper (slurmscriptd) that exits with it; slurmstepd
