@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from viewfusion.data.nmr import SYNSETS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
 
@@ -49,13 +50,6 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
-# NMR's 13 ShapeNet categories, as pixelNeRF names them in its per-category table.
-NMR_CATEGORIES = {
-    "02691156": "airplane", "02828884": "bench", "02933112": "cabinet", "02958343": "car",
-    "03001627": "chair", "03211117": "display", "03636649": "lamp", "03691459": "loudspeaker",
-    "04090263": "rifle", "04256520": "sofa", "04379243": "table", "04401088": "telephone",
-    "04530566": "vessel",
-}
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
            "checkpoint_step", "sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", "lpips_net"]
 CHUNK_SETTINGS = ("sampler", "steps", "checkpoint_step", "experiment")
@@ -217,7 +211,7 @@ def item_row(it: dict, chunk: dict) -> dict:
     synset = str(it.get("synset", ""))
     return {
         "item": it["item"], "key": it.get("key"), "synset": synset,
-        "category": it.get("category") or NMR_CATEGORIES.get(synset, synset),
+        "category": it.get("category") or SYNSETS.get(synset, synset),
         "object_id": it.get("object_id"), "target_view": it.get("target_view"),
         "view_count": it.get("view_count", len(it.get("cond_views", []))),
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
