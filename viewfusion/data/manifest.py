@@ -1,0 +1,170 @@
+"""`viewfusion data manifest`: a deterministic, seeded list of evaluation targets for one view count.
+
+    viewfusion data manifest --shards data/shards --split test --views 3 --seed 0 \\
+        --max-objects 100 --targets-per-object 2 --out manifests/test-v3.json
+    viewfusion data manifest --shards data/shards-softras --split test --views 1 --seed 0 \\
+        --viewlist src_dvr.txt --out manifests/test-pixelnerf.json
+
+Random mode: objects are chosen per category in a seeded hash order and interleaved across
+categories (so `--max-objects 26` takes 2 of each of 13); each object's targets and each
+target's conditioning order come from generators seeded by (seed, object[, target]) only, so the
+manifests of different `--views` share objects, targets and noise seeds, and their conditioning
+sets are nested (the 3 views of v3 are the first 3 of v6). Conditioning views never include the
+target. `--views` goes from 1 to 23 (beyond the trained 6 for extrapolation).
+
+Viewlist mode (pixelNeRF's one-view protocol): a file of `synset object_id view` lines fixes the
+source view of each object; the other 23 views are its targets (`--targets-per-object` keeps a
+seeded subset). Objects of the split without a line are skipped and counted in the manifest.
+
+Output (docs/FORMATS.md, "Evaluation manifests"): `{"split", "seed", "view_count", "source",
+"items": [{"item", "key", "synset", "category", "object_id", "target_view", "cond_views",
+"view_count", "seed"}], ...}`; `item` = `{key}-t{target:02d}-v{n}-{k}` (k = index of the target
+within its object) is unique and file-name safe, `seed` is the per-target noise seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from viewfusion.data import nmr
+from viewfusion.data.shard import read_manifest, write_json_atomic
+from viewfusion.errors import ViewFusionError
+
+FORMAT = "viewfusion-eval-manifest"
+FORMAT_VERSION = 1
+
+
+def _key_int(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def choose_objects(keys: list[str], *, seed: int, max_objects: int | None) -> list[str]:
+    """Up to `max_objects` keys, balanced over categories, in a seeded order."""
+    if max_objects is None or max_objects >= len(keys):
+        return list(keys)
+    per_category: dict[str, list[str]] = {}
+    for key in sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).digest()):
+        per_category.setdefault(nmr.split_key(key)[0], []).append(key)
+    queues = [per_category[s] for s in nmr.SYNSETS if s in per_category]
+    chosen: list[str] = []
+    for rank in range(max(map(len, queues))):
+        chosen += [queue[rank] for queue in queues if rank < len(queue)]
+    chosen = set(chosen[:max_objects])
+    return [key for key in keys if key in chosen]  # keep the shards' (manifest) order
+
+
+def _noise_seed(seed: int, key: str, target: int) -> int:
+    return int(np.random.SeedSequence([seed, _key_int(key), target, 1]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _item(key: str, target: int, cond: list[int], k: int, seed: int) -> dict:
+    synset, object_id = nmr.split_key(key)
+    return {"item": f"{key}-t{target:02d}-v{len(cond)}-{k}", "key": key, "synset": synset,
+            "category": nmr.SYNSETS[synset], "object_id": object_id, "target_view": target,
+            "cond_views": cond, "view_count": len(cond), "seed": _noise_seed(seed, key, target)}
+
+
+def random_items(keys: list[str], *, view_count: int, seed: int, targets_per_object: int) -> list[dict]:
+    """Items for the random protocol: per object `targets_per_object` seeded targets."""
+    items = []
+    for key in keys:
+        targets = np.random.default_rng([seed, _key_int(key)]).permutation(nmr.NUM_VIEWS)[:targets_per_object]
+        for k, target in enumerate(int(t) for t in targets):
+            others = [v for v in range(nmr.NUM_VIEWS) if v != target]
+            order = np.random.default_rng([seed, _key_int(key), target]).permutation(others)
+            items.append(_item(key, target, [int(v) for v in order[:view_count]], k, seed))
+    return items
+
+
+def read_viewlist(path) -> dict[str, int]:
+    """{key: source view} from a pixelNeRF-style list (`synset object_id view` per line)."""
+    sources: dict[str, int] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in nmr.SYNSETS or not fields[2].isdigit() \
+                or int(fields[2]) >= nmr.NUM_VIEWS:
+            raise ViewFusionError(f"{path}:{number}: expected `synset object_id view` with a known "
+                                  f"synset and a view in 0..23, got {line.strip()!r}")
+        sources[nmr.object_key(fields[0], fields[1])] = int(fields[2])
+    return sources
+
+
+def viewlist_items(keys: list[str], sources: dict[str, int], *, seed: int,
+                   targets_per_object: int | None) -> list[dict]:
+    """Items for the one-view protocol: the listed source view conditions every other view."""
+    items = []
+    for key in keys:
+        source = sources[key]
+        targets = [v for v in range(nmr.NUM_VIEWS) if v != source]
+        if targets_per_object is not None:
+            picked = np.random.default_rng([seed, _key_int(key)]).permutation(targets)[:targets_per_object]
+            targets = sorted(int(t) for t in picked)
+        items += [_item(key, target, [source], k, seed) for k, target in enumerate(targets)]
+    return items
+
+
+def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: int = 0,
+                  max_objects: int | None = None, targets_per_object: int | None = None,
+                  viewlist=None) -> dict:
+    """The evaluation manifest as a dict (see the module docstring)."""
+    if not 1 <= view_count < nmr.NUM_VIEWS:
+        raise ViewFusionError(f"--views must be in 1..{nmr.NUM_VIEWS - 1}, got {view_count}")
+    if targets_per_object is not None and not 1 <= targets_per_object < nmr.NUM_VIEWS:
+        raise ViewFusionError(f"--targets-per-object must be in 1..{nmr.NUM_VIEWS - 1}")
+    if max_objects is not None and max_objects < 1:
+        raise ViewFusionError(f"--max-objects must be positive, got {max_objects}")
+    shards = read_manifest(shard_dir)
+    if split not in shards["splits"]:
+        raise ViewFusionError(f"{shard_dir}: no split {split!r} (have {', '.join(shards['splits'])})")
+    keys = shards["splits"][split]["objects"]
+    out = {"format": FORMAT, "format_version": FORMAT_VERSION, "split": split, "seed": seed,
+           "view_count": view_count, "source": "random" if viewlist is None else "viewlist",
+           "shards": str(shard_dir), "max_objects": max_objects, "targets_per_object": targets_per_object}
+    if viewlist is None:
+        chosen = choose_objects(keys, seed=seed, max_objects=max_objects)
+        items = random_items(chosen, view_count=view_count, seed=seed, targets_per_object=targets_per_object or 1)
+    else:
+        if view_count != 1:
+            raise ViewFusionError("--viewlist is the one-view protocol: use it with --views 1")
+        sources = read_viewlist(viewlist)
+        matched = [key for key in keys if key in sources]
+        if not matched:
+            raise ViewFusionError(f"{viewlist}: none of its objects is in the {split} split of {shard_dir}")
+        chosen = choose_objects(matched, seed=seed, max_objects=max_objects)
+        items = viewlist_items(chosen, sources, seed=seed, targets_per_object=targets_per_object)
+        out["viewlist"] = {"path": str(viewlist), "sha256": hashlib.sha256(Path(viewlist).read_bytes()).hexdigest(),
+                           "lines": len(sources), "matched": len(matched),
+                           "split_objects_without_line": len(keys) - len(matched)}
+    out["objects"] = len(chosen)
+    out["items"] = items
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", required=True, help="shard directory (with manifest.json)")
+    parser.add_argument("--split", default="test", help="split to draw from")
+    parser.add_argument("--views", type=int, required=True, help="conditioning views per target (1..23)")
+    parser.add_argument("--seed", type=int, default=0, help="selection and noise seed")
+    parser.add_argument("--max-objects", type=int, default=None, help="at most this many objects, balanced over categories")
+    parser.add_argument("--targets-per-object", type=int, default=None,
+                        help="targets per object (default 1; with --viewlist all 23 others)")
+    parser.add_argument("--viewlist", default=None, help="pixelNeRF-style `synset object view` list")
+    parser.add_argument("--out", required=True, help="output JSON (written atomically)")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = make_manifest(args.shards, split=args.split, view_count=args.views, seed=args.seed,
+                             max_objects=args.max_objects, targets_per_object=args.targets_per_object,
+                             viewlist=args.viewlist)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, manifest)
+    print(json.dumps({"out": str(out), "objects": manifest["objects"], "items": len(manifest["items"])}))
+    return 0
