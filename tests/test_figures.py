@@ -50,7 +50,8 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
         steps.append({"step": k, "target_view": target, "file": f"step_{k:02d}.png", "gt": f"gt_{k:02d}.png",
                       "cond": ["gt:0"] + [f"gen:{v}" for v in range(3, target, 3)]})
     (seq_dir / "sequence.json").write_text(json.dumps({"key": KEY, "start_view": 0, "steps": steps}))
-    (root / "done.json").write_text(json.dumps({"experiment": "paper", "checkpoint_step": 10, "sampler": "ddim", "steps": 50}))
+    done = {"experiment": "paper", "checkpoint_step": 10, "sampler": "ddim", "steps": 50}
+    (root / "done.json").write_text(json.dumps(done))
     return root
 
 

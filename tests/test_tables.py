@@ -68,8 +68,10 @@ def test_views_table_exact(out):
     assert one["n"] == 3 and one["psnr"] == pytest.approx(22.0, abs=1e-12)
     assert one["psnr_ci95"] == pytest.approx(ci([20, 22, 24]), abs=1e-9)
     assert one["psnr_ci95"] == pytest.approx(4.302652729911275 * 2 / math.sqrt(3), abs=1e-9)
-    assert one["ssim"] == pytest.approx(0.6, abs=1e-12) and one["ssim_ci95"] == pytest.approx(ci([0.5, 0.6, 0.7]), abs=1e-9)
-    assert one["lpips"] == pytest.approx(0.2, abs=1e-12) and one["lpips_ci95"] == pytest.approx(ci([0.1, 0.2, 0.3]), abs=1e-9)
+    assert one["ssim"] == pytest.approx(0.6, abs=1e-12)
+    assert one["ssim_ci95"] == pytest.approx(ci([0.5, 0.6, 0.7]), abs=1e-9)
+    assert one["lpips"] == pytest.approx(0.2, abs=1e-12)
+    assert one["lpips_ci95"] == pytest.approx(ci([0.1, 0.2, 0.3]), abs=1e-9)
     two = measured[(measured.experiment == "paper") & (measured.sampler == "ddim") & (measured.view_count == 2)].iloc[0]
     assert two["psnr"] == pytest.approx(32.0) and two["psnr_ci95"] == pytest.approx(12.706204736174707 * 2, abs=1e-9)
     assert set(measured["regime"]) == {"1-6 views (as trained)"}

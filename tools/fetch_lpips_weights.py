@@ -28,8 +28,8 @@ What it does:
    heads in the archive equal the ones shipped in the lpips package (same LPIPS release); and
    with the unmodified `lpips.LPIPS` run on a staged copy, identical images score 0, a lightly
    noised copy small and positive, and an unrelated image far more (which a random backbone fails).
-5. Publishes atomically (staged beside the target, fsynced, renamed) only after those checks. Files already present are left alone
-   (they may be torchvision's originals) unless `--force`.
+5. Publishes atomically (staged beside the target, fsynced, renamed) only after those checks.
+   Files already present are left alone (they may be torchvision's originals) unless `--force`.
 
 The saved files are not byte-identical to torchvision's, so their sha256 does not start with the
 hash prefix in their names; torch only checks that prefix when it downloads, never on load.

@@ -161,7 +161,8 @@ def view_weight_curves(cond: list[int], samples: pd.DataFrame, path: Path, *, st
     azimuth = samples["target_view"] * DEGREES_PER_VIEW
     weights = np.stack(samples["weights"])
     for n, view in enumerate(cond):
-        line, = ax.plot(azimuth, weights[:, n], marker="o", markersize=3, label=f"input view {view} ({view * DEGREES_PER_VIEW:.0f}°)")
+        label = f"input view {view} ({view * DEGREES_PER_VIEW:.0f}°)"
+        line, = ax.plot(azimuth, weights[:, n], marker="o", markersize=3, label=label)
         ax.axvline(view * DEGREES_PER_VIEW, color=line.get_color(), linestyle=":", linewidth=1)
     ax.axhline(1 / len(cond), color="0.5", linewidth=0.8, label="uniform (mean composition)")
     ax.set_xlabel("target azimuth (degrees)")

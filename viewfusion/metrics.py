@@ -130,7 +130,8 @@ def read_manifest_items(path: str | Path) -> list[dict]:
         items = json.loads(Path(path).read_text())["items"]
         names = [it["item"] for it in items]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ViewFusionError(f"manifest {path}: unreadable ({err}); regenerate it with `viewfusion data manifest`") from None
+        raise ViewFusionError(
+            f"manifest {path}: unreadable ({err}); regenerate it with `viewfusion data manifest`") from None
     if not names or len(set(names)) != len(names):
         raise ViewFusionError(f"manifest {path}: {'duplicate item names' if names else 'no items'}")
     return items
@@ -145,7 +146,8 @@ def read_chunks(generated: Path) -> dict[str, dict]:
         except (OSError, ValueError) as err:
             raise ViewFusionError(f"chunk marker {path}: unreadable ({err})") from None
     if not chunks:
-        raise ViewFusionError(f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
+        raise ViewFusionError(
+            f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
     for name in CHUNK_SETTINGS:
         values = {json.dumps(c.get(name)) for c in chunks.values()}
         if len(values) > 1:
@@ -238,7 +240,8 @@ def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: s
         for row, it in enumerate(batch):
             rows.append(item_row(it, chunks[owner[it["item"]]]) | {k: float(v[row]) for k, v in scores.items()})
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
-    frame["lpips_net"] = lpips_net if lpips_net else None
+    # A random backbone is labelled as such, so no table can mistake its numbers for LPIPS.
+    frame["lpips_net"] = (f"{lpips_net}-random" if lpips_random_for_tests else lpips_net) if lpips_net else None
     return frame.astype({"checkpoint_step": "Int64", "steps": "Int64", "target_view": "Int64", "view_count": "Int64"})
 
 

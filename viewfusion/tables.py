@@ -102,14 +102,17 @@ def ci_half_width(std: pd.Series | float, n: pd.Series | float, *, level: float 
         return t * np.asarray(std, dtype=float) / np.sqrt(n)
 
 
-def summarize(frame: pd.DataFrame, by: list[str], *, count: str = "n") -> pd.DataFrame:
-    """Per group: count of rows and, per metric, the mean and its 95% CI half-width."""
+def summarize(frame: pd.DataFrame, by: list[str], *, count: str = "n", means: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per group: count of rows and, per metric, the mean and its 95% CI half-width (plus plain
+    means of the `means` columns)."""
     grouped = frame.groupby(by, dropna=False, sort=True)
     out = grouped.size().rename(count).to_frame()
     for metric in METRICS:
         agg = grouped[metric].agg(["mean", "std", "count"])
         out[metric] = agg["mean"]
         out[f"{metric}_ci95"] = ci_half_width(agg["std"], agg["count"])
+    for column in means:
+        out[column] = grouped[column].mean()
     return out.reset_index()
 
 
@@ -135,7 +138,8 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
     """Quality against the number of conditioning views (mean over images)."""
     table = summarize(frame, [*CONFIG, "view_count"])
     seen = table["view_count"] <= max_train_views
-    table.insert(5, "regime", np.where(seen, f"1-{max_train_views} views (as trained)", f"extrapolation (> {max_train_views})"))
+    regimes = (f"1-{max_train_views} views (as trained)", f"extrapolation (> {max_train_views})")
+    table.insert(5, "regime", np.where(seen, *regimes))
     published = reference_rows([
         {"source": PIXELNERF, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
          "ssim": PIXELNERF_NUMBERS["overall"][1], "lpips": PIXELNERF_NUMBERS["overall"][2], "note": PIXELNERF_NOTE},
@@ -243,8 +247,7 @@ def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, 
     selected = speed_selection(frame, **selection)
     if selected.empty:
         return None, None, f"no rows match the selection {selection}"
-    detail = summarize(selected, ["sampler", "steps"])
-    detail["seconds_per_target"] = selected.groupby(["sampler", "steps"], dropna=False)["seconds_per_target"].mean().to_numpy()
+    detail = summarize(selected, ["sampler", "steps"], means=("seconds_per_target",))
     slowest = detail.loc[detail["seconds_per_target"].idxmax()] if detail["seconds_per_target"].notna().any() else None
     if slowest is not None:
         detail["speedup_vs_slowest"] = slowest["seconds_per_target"] / detail["seconds_per_target"]
@@ -355,7 +358,7 @@ def readme(*, written: dict, skipped: dict, inputs: list[str], frame: pd.DataFra
     nets = sorted(set(frame["lpips_net"].dropna())) if "lpips_net" in frame else []
     lines = ["# Tables", "", f"From {len(frame)} per-image rows in {len(inputs)} metrics file(s).",
              "Means with the half-width of a 95% confidence interval (t-distribution). PSNR of identical",
-             "images is capped at 100 dB by `viewfusion metrics`. LPIPS net: " + (", ".join(nets) or "none (not computed)") + ".",
+             f"images is capped at 100 dB by `viewfusion metrics`. LPIPS net: {', '.join(nets) or 'none (not computed)'}.",
              "Rows whose `source` starts with `published:` are numbers copied from papers, not measured here.", "",
              "## Written", ""]
     lines += [f"- `{name}` ({{csv,md,tex}}): {title}. {note}" for name, (_, title, note) in written.items()]
@@ -379,7 +382,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the sampler table's experiment unless --speed-experiment is given (default: paper)")
     parser.add_argument("--withheld-category", default="car")
     parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation")
-    parser.add_argument("--speed-experiment", default=None, help="sampler table: this experiment (default: see --main-experiment)")
+    parser.add_argument("--speed-experiment", default=None,
+                        help="sampler table: this experiment (default: see --main-experiment)")
     parser.add_argument("--speed-checkpoint", type=int, default=None, help="sampler table: this checkpoint step")
     parser.add_argument("--speed-view-count", type=int, default=None,
                         help="sampler table: this view count (default: the one with the most samplers, then the smallest)")
