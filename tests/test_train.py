@@ -1,0 +1,125 @@
+"""`viewfusion train` end to end on synthetic shards: files, resume, signals, NaN, torchrun."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from train_utils import (assert_same_weights, load, make_shards, metrics, run_train, start_train,
+                         wait_for)
+from viewfusion import distributed, train
+from viewfusion.config import TrainConfig
+from viewfusion.errors import ViewFusionError
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.getbasetemp() / "train-shards")
+
+
+def test_lr_schedule_is_the_official_one():
+    tc = TrainConfig()  # the paper: 1e-4, warm-up 2500, x0.16 per 4 M steps
+
+    def official(it):  # bronemos/view-fusion main.py LrScheduler.get_cur_lr
+        return 1e-4 * (it / 2500 if it < 2500 else 0.16 ** ((it - 2500) / 4_000_000))
+
+    # The official first step runs at lr 0; ours are one step ahead during the warm-up.
+    for it in (0, 1, 1249, 2498):
+        assert tc.lr * train.lr_factor(it, tc) == pytest.approx(official(it + 1), rel=1e-12)
+    for it in (2499, 2500, 100_000, 710_000, 4_002_500):
+        assert tc.lr * train.lr_factor(it, tc) == pytest.approx(official(max(it, 2500)), rel=1e-12)
+    assert train.lr_factor(4_002_500, tc) == pytest.approx(0.16)
+
+
+def test_per_rank_batch_must_divide():
+    assert distributed.per_rank_batch(112, 4) == 28
+    with pytest.raises(ViewFusionError, match="112 is not divisible by the 3 ranks"):
+        distributed.per_rank_batch(112, 3)
+
+
+def test_run_writes_checkpoints_metrics_and_is_idempotent(shards, tmp_path):
+    out = tmp_path / "run"
+    res = run_train(shards, out, "train.max_steps=4", "train.snapshot_steps=[2]")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_00000002.pt"]
+    final = load(out / "final.pt")
+    assert final["step"] == 4 and final["format"] == "viewfusion-checkpoint" and final["world_size"] == 1
+    assert final["config"]["train"]["max_steps"] == 4 and final["ema"]["n_averaged"] == 4
+    assert load(out / "checkpoints" / "step_00000002.pt")["step"] == 2
+    rows = [r for r in metrics(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 and r["samples_per_s"] > 0
+               for r in rows)
+    assert "step 4/4" in res.stdout  # plain progress lines when not on a terminal
+    again = run_train(shards, out, "train.max_steps=4")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_restart_is_bit_identical(shards, tmp_path, workers):
+    killed = tmp_path / "killed"
+    workers_set = f"data.num_workers={workers}"
+    proc = start_train(shards, killed, "train.max_steps=1000", workers_set)
+    wait_for(killed / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load(killed / "checkpoints" / "last.pt")["step"]  # a multiple of checkpoint_every (3)
+    total = step + 4  # crosses one more data-segment start (every 3 steps) after the resume
+    resumed = run_train(shards, killed, f"train.max_steps={total}", workers_set)
+    assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout, resumed.stderr
+    straight = run_train(shards, tmp_path / "straight", f"train.max_steps={total}", workers_set)
+    assert straight.returncode == 0, straight.stderr
+    assert_same_weights(load(killed / "final.pt"), load(tmp_path / "straight" / "final.pt"))
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_75(shards, tmp_path):
+    out = tmp_path / "run"
+    proc = start_train(shards, out, "train.max_steps=1000", "train.checkpoint_every=1000")
+    wait_for(out / "metrics.jsonl", proc)  # a step is done: the handlers are in place
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == train.PREEMPTED == 75, stderr
+    last = load(out / "checkpoints" / "last.pt")
+    assert last["step"] >= 1 and "stopped by SIGTERM" in stdout
+    assert metrics(out)[-1]["event"] == "checkpoint" and metrics(out)[-1]["step"] == last["step"]
+    assert not (out / "final.pt").exists()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    res = run_train(shards, out, "train.max_steps=20", **{train.FAULT_NAN_ENV: "5"})
+    assert res.returncode == 2
+    assert "loss became nan at step 5" in res.stderr and "last.pt" in res.stderr
+    last = load(out / "checkpoints" / "last.pt")
+    assert last["step"] == 3  # written at step 3, untouched since
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert not (out / "final.pt").exists()
+
+
+def test_resume_refuses_another_model_and_wrong_shards(shards, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(shards, out, "train.max_steps=1").returncode == 0
+    res = run_train(shards, out, "train.max_steps=2", "model.inner_channel=32")
+    assert res.returncode == 2 and "model.inner_channel: 16 -> 32" in res.stderr
+    res = run_train(shards, tmp_path / "other", "data.withheld=[car]")
+    assert res.returncode == 2 and "expects data.withheld: ['car']" in res.stderr
+
+
+def test_torchrun_two_ranks_stay_in_sync_on_different_samples(shards, tmp_path):
+    out = tmp_path / "ddp"
+    res = run_train(shards, out, "train.max_steps=4", nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    final = load(out / "final.pt")
+    assert final["world_size"] == 2 and len(final["rng"]) == 2
+    events = [r for r in metrics(out) if r.get("event") == "checkpoint"]
+    for event in events:  # every checkpoint: same weights on both ranks, different batches
+        r0, r1 = event["ranks"]
+        assert r0["weights_sha256"] == r1["weights_sha256"]
+        assert len(r0["batch_keys"]) == len(r1["batch_keys"]) == 2  # global batch 4 / 2 ranks
+        assert not set(r0["batch_keys"]) & set(r1["batch_keys"])
+    bad = run_train(shards, tmp_path / "bad", "train.global_batch_size=3", nproc=2)
+    assert bad.returncode != 0 and "3 is not divisible by the 2 ranks" in bad.stderr
