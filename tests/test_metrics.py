@@ -152,6 +152,8 @@ def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[s
                   "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu"}
         (root / "s" / "chunks").mkdir(parents=True, exist_ok=True)
         (root / "s" / "chunks" / f"{i}-of-2.json").write_text(json.dumps(marker))
+        # the sampler's own bookkeeping beside the markers, which metrics must ignore
+        (root / "s" / "chunks" / f"{i}-of-2.progress.json").write_text(json.dumps({"done": [], "seconds": 0}))
     return root / "s", manifest, arrays
 
 

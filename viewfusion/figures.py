@@ -46,6 +46,7 @@ from viewfusion.tables import CONFIG, PIXELNERF_NUMBERS, load_metrics, summarize
 
 NUM_VIEWS = 24
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
+CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # FORMATS: Samples (not the sampler's progress files)
 ITEM_NAME = re.compile(r"^(?P<key>.+)-t(?P<target>\d+)-v(?P<views>\d+)-(?P<k>\d+)$")  # FORMATS: manifests
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 
@@ -264,7 +265,7 @@ def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Pat
 
 def sample_dir_info(sample_dir: Path) -> dict:
     """Settings (from a chunk marker) and items by object key (from the item names) of a sample dir."""
-    markers = sorted((sample_dir / "chunks").glob("*.json"))
+    markers = sorted(p for p in (sample_dir / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name))
     if not markers:
         raise ViewFusionError(f"{sample_dir}/chunks/ has no chunk markers: not a finished sample directory")
     marker = read_json(markers[0])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +54,7 @@ LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
            "checkpoint_step", "sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", "lpips_net"]
 CHUNK_SETTINGS = ("sampler", "steps", "checkpoint_step", "experiment")
+CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds the sampler's own progress files
 
 
 # ---------------------------------------------------------------- the metrics themselves
@@ -140,7 +142,7 @@ def read_manifest_items(path: str | Path) -> list[dict]:
 def read_chunks(generated: Path) -> dict[str, dict]:
     """Each chunk marker, keyed by its file stem ("2-of-4"); refuses mixed sampler settings."""
     chunks = {}
-    for path in sorted((generated / "chunks").glob("*.json")):
+    for path in sorted(p for p in (generated / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name)):
         try:
             chunks[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError) as err:
