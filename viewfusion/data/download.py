@@ -48,6 +48,14 @@ def _manual_hint(url: str, out: Path) -> str:
             f"`viewfusion data download --out {out}` again to verify and record it")
 
 
+class _Interrupted(Exception):
+    """A transfer that stopped early; the .part file keeps what arrived."""
+
+    def __init__(self, message: str, *, connected: bool = True):
+        super().__init__(message)
+        self.connected = connected
+
+
 def _open(session, url: str, offset: int, timeout: float):
     import requests
 
@@ -55,11 +63,7 @@ def _open(session, url: str, offset: int, timeout: float):
     try:
         return session.get(url, stream=True, timeout=timeout, headers=headers)
     except (requests.ConnectionError, requests.Timeout) as err:
-        raise _Interrupted(f"cannot reach {url} ({type(err).__name__})") from None
-
-
-class _Interrupted(Exception):
-    """A transfer that stopped early; the .part file keeps what arrived."""
+        raise _Interrupted(f"cannot reach {url} ({type(err).__name__})", connected=False) from None
 
 
 def _total_and_start(response, offset: int) -> tuple[int | None, int]:
@@ -109,7 +113,7 @@ def _transfer(session, url: str, part: Path, *, timeout: float, chunk_size: int)
 
 
 def download(out, *, url: str = URL, retries: int = 5, retry_wait: float = 2.0, timeout: float = 20.0,
-             chunk_size: int = 1 << 20, sample: int = 32) -> dict:
+             chunk_size: int = 1 << 16, sample: int = 32) -> dict:
     """Make `out` a complete, verified NMR zip with its sha256 record; return the record."""
     import requests
 
@@ -125,7 +129,7 @@ def download(out, *, url: str = URL, retries: int = 5, retry_wait: float = 2.0, 
                 break
             except _Interrupted as err:
                 have = part.stat().st_size if part.exists() else 0
-                if have == 0 and attempt == 0:  # never got a byte: offline, fail fast
+                if not err.connected and attempt == 0:  # no server at all: offline, fail fast
                     raise ViewFusionError(f"{err}; {_manual_hint(url, out)}") from None
                 if attempt == retries:
                     raise ViewFusionError(f"{err}; {have} bytes kept in {part}: run the same command "

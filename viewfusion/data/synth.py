@@ -41,7 +41,7 @@ from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
 
 _SPLIT_PATTERN = ("train", "test", "train", "val", "train", "train", "test", "train", "train", "train")
-_SOFTRAS_SHIFT = 5
+_SOFTRAS_SHIFT = 3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SUPERSAMPLE = 2
 _FILL = 0.9

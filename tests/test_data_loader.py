@@ -1,0 +1,136 @@
+"""Loaders (issue 3, item 4): view selection, training stream, DDP splitting, evaluation order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from viewfusion.data import nmr
+from viewfusion.data.loader import (eval_objects, iter_tar, load_objects, relative_angle, select_views,
+                                    split_by_node, train_loader)
+from viewfusion.data.shard import read_manifest
+from viewfusion.errors import ViewFusionError
+
+
+def test_select_views_follows_the_paper():
+    rng = np.random.default_rng(0)
+    counts, target_in_cond = np.zeros(7, int), 0
+    for _ in range(4000):
+        target, cond = select_views(rng, max_views=6, shuffle_prob=0.1)
+        assert 0 <= target < 24 and 1 <= len(cond) <= 6 and len(set(cond)) == len(cond)
+        counts[len(cond)] += 1
+        target_in_cond += target in cond
+    assert counts[0] == 0 and counts[1:].min() > 550  # uniform over 1..6
+    # Only the reshuffled 10% can contain the target: P = 0.1 * E[n]/24 = 0.1 * 3.5/24.
+    assert 0.005 < target_in_cond / 4000 < 0.03
+    for _ in range(500):
+        target, cond = select_views(rng, max_views=6, shuffle_prob=0.0)
+        assert target not in cond
+
+
+def test_relative_angle_wraps():
+    assert relative_angle(3, 5) == pytest.approx(nmr.view_angle(22))
+    assert relative_angle(5, 5) == 0.0
+
+
+def _loader(shards, **kwargs):
+    args = dict(batch_size=4, num_workers=0, steps_per_epoch=3, shuffle_buffer=8, seed=0)
+    return train_loader(shards, **{**args, **kwargs})
+
+
+def test_train_batches_hold_the_selected_views(synth_shards):
+    records = load_objects(synth_shards, "train")
+    batches = list(_loader(synth_shards, max_views=5))
+    assert len(batches) == 3
+    for batch in batches:
+        assert batch["y_0"].shape == (4, 3, 64, 64) and batch["y_0"].dtype == torch.float32
+        assert batch["y_cond"].shape == (4, 5, 3, 64, 64) and "y_ref" not in batch
+        assert batch["view_count"].dtype == torch.long and batch["angle"].shape == (4,)
+        for i, key in enumerate(batch["key"]):
+            target, n = int(batch["target_view"][i]), int(batch["view_count"][i])
+            assert torch.equal(batch["y_0"][i], records[key].image(target))
+            assert batch["angle"][i] == pytest.approx(2 * math.pi / 24 * target)
+            for j, view in enumerate(batch["cond_views"][i, :n].tolist()):
+                assert torch.equal(batch["y_cond"][i, j], records[key].image(view))
+            assert (batch["cond_views"][i, n:] == -1).all() and (batch["y_cond"][i, n:] == 0).all()
+
+
+def test_relative_angle_is_taken_after_the_reshuffle(synth_shards):
+    records = load_objects(synth_shards, "train")
+    for batch in _loader(synth_shards, relative=True, shuffle_prob=1.0, steps_per_epoch=4):
+        assert torch.equal(batch["y_ref"], batch["y_cond"][:, 0])
+        for i, key in enumerate(batch["key"]):
+            target, ref = int(batch["target_view"][i]), int(batch["cond_views"][i, 0])
+            assert batch["angle"][i] == pytest.approx(relative_angle(target, ref))
+            assert torch.equal(batch["y_ref"][i], records[key].image(ref))
+
+
+def _keys(loader) -> list[list[str]]:
+    return [batch["key"] for batch in loader]
+
+
+def test_seeded_and_epochs_differ(synth_shards):
+    a, b = _loader(synth_shards, seed=1), _loader(synth_shards, seed=1)
+    epoch_a1, epoch_a2 = _keys(a), _keys(a)
+    assert epoch_a1 == _keys(b)
+    assert epoch_a1 != epoch_a2  # a new epoch draws anew instead of replaying
+    assert _keys(_loader(synth_shards, seed=2)) != epoch_a1
+
+
+def test_ranks_get_disjoint_shards_and_equal_steps(synth_shards):
+    manifest = read_manifest(synth_shards)
+    shard_keys = [set(manifest["splits"]["train"]["objects"][:9]), set(manifest["splits"]["train"]["objects"][9:])]
+    seen = []
+    for rank in range(2):
+        batches = list(_loader(synth_shards, rank=rank, world_size=2, steps_per_epoch=5))
+        assert len(batches) == 5
+        seen.append({key for batch in batches for key in batch["key"]})
+    assert seen[0] <= shard_keys[0] and seen[1] <= shard_keys[1]
+    assert list(split_by_node([{"url": u} for u in "abcd"], rank=1, world_size=2)) == [{"url": "b"}, {"url": "d"}]
+
+
+def test_workers_yield_exact_step_count(synth_shards):
+    loader = _loader(synth_shards, num_workers=2, steps_per_epoch=6)
+    first, second = _keys(loader), _keys(loader)
+    assert len(first) == len(second) == 6 and first != second
+
+
+def test_world_size_must_divide_shards(synth_shards):
+    with pytest.raises(ViewFusionError, match="cannot be split evenly over 3 ranks"):
+        _loader(synth_shards, world_size=3)
+
+
+def test_eval_objects_every_object_once_in_order(synth_shards):
+    keys = read_manifest(synth_shards)["splits"]["train"]["objects"]
+    assert [r.key for r in eval_objects(synth_shards, "train")] == keys
+    parts = [[r.key for r in eval_objects(synth_shards, "train", rank=r, world_size=4)] for r in range(4)]
+    assert sum(parts, []) == keys and max(map(len, parts)) - min(map(len, parts)) <= 1
+    record = next(eval_objects(synth_shards, "test"))
+    assert record.images.shape == (24, 3, 64, 64) and 0 <= record.images.min() < record.images.max() <= 1
+    assert record.cameras["world_mat_3"].shape == (4, 4) and record.synset + "_" + record.object_id == record.key
+
+
+def test_load_objects_subset_and_unknown_key(synth_shards):
+    keys = read_manifest(synth_shards)["splits"]["test"]["objects"]
+    assert list(load_objects(synth_shards, "test", keys=[keys[-1], keys[0]])) == [keys[0], keys[-1]]
+    with pytest.raises(ViewFusionError, match="not in the test split"):
+        load_objects(synth_shards, "test", keys=["02691156_nope"])
+
+
+def test_truncated_shard_is_an_error(synth_shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(synth_shards, copy)
+    shard = copy / "nmr-train-0001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ViewFusionError, match="nmr-train-0001.tar is .* bytes, the manifest says"):
+        _loader(copy)
+    with pytest.raises(ViewFusionError, match="truncated or modified"):
+        list(eval_objects(copy, "train"))
+    with pytest.raises(ViewFusionError, match="is truncated"):
+        list(iter_tar(shard))  # the reader itself also notices, even without the manifest

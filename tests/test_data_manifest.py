@@ -1,0 +1,82 @@
+"""Evaluation manifests (issue 3, item 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from viewfusion.cli import main
+from viewfusion.data import nmr
+from viewfusion.data.manifest import make_manifest
+from viewfusion.data.shard import read_manifest
+from viewfusion.errors import ViewFusionError
+
+
+def test_deterministic_and_well_formed(synth_shards):
+    a = make_manifest(synth_shards, split="train", view_count=3, seed=5, targets_per_object=3)
+    assert a == make_manifest(synth_shards, split="train", view_count=3, seed=5, targets_per_object=3)
+    assert a != make_manifest(synth_shards, split="train", view_count=3, seed=6, targets_per_object=3)
+    assert a["split"] == "train" and a["view_count"] == 3 and a["source"] == "random" and a["seed"] == 5
+    items = a["items"]
+    assert len(items) == 18 * 3 and len({i["item"] for i in items}) == len(items)
+    for item in items:
+        assert item["target_view"] not in item["cond_views"] and len(set(item["cond_views"])) == 3
+        assert item["item"] == f"{item['key']}-t{item['target_view']:02d}-v3-{items.index(item) % 3}"
+        assert item["key"] == nmr.object_key(item["synset"], item["object_id"])
+        assert item["category"] == nmr.SYNSETS[item["synset"]] and 0 <= item["seed"] < 2**31
+    assert len({i["seed"] for i in items}) == len(items)
+
+
+def test_view_counts_share_targets_and_nest(synth_shards):
+    by_n = {n: make_manifest(synth_shards, split="test", view_count=n, seed=0, targets_per_object=2)["items"]
+            for n in (1, 3, 6, 23)}
+    for items in zip(*by_n.values()):
+        assert len({(i["key"], i["target_view"], i["seed"]) for i in items}) == 1
+        for small, large in zip(items, items[1:]):
+            assert large["cond_views"][: small["view_count"]] == small["cond_views"]
+    assert sorted(by_n[23][0]["cond_views"] + [by_n[23][0]["target_view"]]) == list(range(24))
+
+
+def test_max_objects_balances_categories(synth_shards):
+    m = make_manifest(synth_shards, split="train", view_count=1, seed=0, max_objects=5)
+    synsets = [i["synset"] for i in m["items"]]
+    assert m["objects"] == 5 and len(set(synsets)) == 5
+    order = read_manifest(synth_shards)["splits"]["train"]["objects"]
+    keys = [i["key"] for i in m["items"]]
+    assert keys == sorted(keys, key=order.index)
+
+
+def test_bad_arguments(synth_shards):
+    for kwargs, message in [({"view_count": 0}, "--views must be"), ({"view_count": 24}, "--views must be"),
+                            ({"split": "nope"}, "no split 'nope'"), ({"max_objects": 0}, "--max-objects")]:
+        with pytest.raises(ViewFusionError, match=message):
+            make_manifest(synth_shards, **{"view_count": 1, **kwargs})
+
+
+def test_viewlist_one_view_protocol(synth_shards, tmp_path):
+    keys = read_manifest(synth_shards)["splits"]["test"]["objects"]
+    lines = [f"{k[:8]} {k[9:]} {i + 2}" for i, k in enumerate(keys[:3])] + ["04530566 not_in_split 0", ""]
+    viewlist = tmp_path / "src_dvr.txt"
+    viewlist.write_text("\n".join(lines))
+    m = make_manifest(synth_shards, split="test", view_count=1, seed=0, viewlist=viewlist)
+    assert m["source"] == "viewlist" and m["objects"] == 3 and len(m["items"]) == 3 * 23
+    assert m["viewlist"]["matched"] == 3 and m["viewlist"]["split_objects_without_line"] == len(keys) - 3
+    first = [i for i in m["items"] if i["key"] == keys[0]]
+    assert {i["cond_views"][0] for i in first} == {2} and sorted(i["target_view"] for i in first) == [
+        v for v in range(24) if v != 2]
+    with pytest.raises(ViewFusionError, match="use it with --views 1"):
+        make_manifest(synth_shards, split="test", view_count=2, viewlist=viewlist)
+    viewlist.write_text("02691156 abc\n")
+    with pytest.raises(ViewFusionError, match="src_dvr.txt:1: expected"):
+        make_manifest(synth_shards, split="test", view_count=1, viewlist=viewlist)
+
+
+def test_cli_writes_json(synth_shards, tmp_path, capsys):
+    out = tmp_path / "m" / "test-v2.json"
+    assert main(["data", "manifest", "--shards", str(synth_shards), "--split", "test", "--views", "2",
+                 "--seed", "3", "--targets-per-object", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["view_count"] == 2 and len(data["items"]) == 10 and '"items": 10' in capsys.readouterr().out
+    assert main(["data", "manifest", "--shards", str(tmp_path), "--views", "1", "--out", str(out)]) == 2
+    assert "manifest.json missing" in capsys.readouterr().err

@@ -1,0 +1,207 @@
+"""Sharding (issue 3, item 3): round trip, determinism, manifest, subsets, and bad inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from viewfusion.cli import main
+from viewfusion.data import nmr
+from viewfusion.data.loader import load_objects
+from viewfusion.data.shard import member_names, read_manifest, write_shards
+
+
+def _zip_object(zip_path, key):
+    synset, object_id = nmr.split_key(key)
+    with zipfile.ZipFile(zip_path) as z:
+        images = np.stack([np.asarray(Image.open(io.BytesIO(z.read(nmr.image_member(synset, object_id, v)))))
+                           for v in range(24)])
+        cameras = nmr.load_cameras(z.read(nmr.cameras_member(synset, object_id)), member="c")
+    return images, cameras
+
+
+def test_round_trip_returns_exactly_what_went_in(synth_zip, synth_shards):
+    manifest = read_manifest(synth_shards)
+    for split in nmr.SPLITS:
+        records = load_objects(synth_shards, split)
+        assert list(records) == manifest["splits"][split]["objects"]
+        for key, record in records.items():
+            images, cameras = _zip_object(synth_zip, key)
+            got = (record.images.permute(0, 2, 3, 1) * 255).round().to(dtype=__import__("torch").uint8).numpy()
+            np.testing.assert_array_equal(got, images)
+            assert record.cameras.keys() == cameras.keys()
+            for name, matrix in cameras.items():
+                np.testing.assert_array_equal(record.cameras[name], matrix)
+    assert sum(len(load_objects(synth_shards, s)) for s in nmr.SPLITS) == 26
+
+
+def test_manifest_describes_shards(synth_shards):
+    manifest = read_manifest(synth_shards)
+    assert manifest["image_size"] == 64 and manifest["withheld"] == [] and manifest["gpus"] == 2
+    for split, entry in manifest["splits"].items():
+        counts = [shard["objects"] for shard in entry["shards"]]
+        assert sum(counts) == len(entry["objects"]) == sum(entry["categories"].values())
+        assert max(counts) - min(counts) <= 1  # balanced
+        for i, shard in enumerate(entry["shards"]):
+            assert shard["name"] == f"nmr-{split}-{i:04d}.tar"
+            data = (synth_shards / shard["name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
+    assert sorted(p.name for p in synth_shards.iterdir()) == sorted(
+        ["manifest.json"] + [s["name"] for e in manifest["splits"].values() for s in e["shards"]])
+
+
+def test_shards_are_standard_tars_with_fixed_metadata(synth_shards):
+    import webdataset as wds
+
+    path = synth_shards / "nmr-train-0000.tar"
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mode == 0o644 for m in members)
+    key = members[0].name.split(".")[0]
+    assert [m.name for m in members[:26]] == member_names(key)
+    meta = json.loads(tarfile.open(path).extractfile(members[0]).read())
+    assert meta == {"synset": key[:8], "object_id": key[9:], "category": nmr.SYNSETS[key[:8]], "split": "train"}
+    samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    assert samples[0]["__key__"] == key and "0023.png" in samples[0] and "cameras.npz" in samples[0]
+
+
+def test_same_input_gives_byte_identical_shards(synth_zip, synth_shards, tmp_path):
+    again = tmp_path / "again"
+    write_shards(synth_zip, again, shards=2, gpus=2)
+    for path in synth_shards.iterdir():
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_objects_mix_categories_and_percent_is_nested(synth_zip, tmp_path):
+    full = read_manifest(_shard(synth_zip, tmp_path / "full", shards=1))
+    half = read_manifest(_shard(synth_zip, tmp_path / "half", shards=1, percent=50))
+    for split in nmr.SPLITS:
+        assert set(half["splits"][split]["objects"]) <= set(full["splits"][split]["objects"])
+        for name, count in full["splits"][split]["categories"].items():
+            assert half["splits"][split]["categories"][name] == -(-count // 2)  # ceil
+    assert len({key[:8] for key in full["splits"]["train"]["objects"][:9]}) > 5
+
+
+def test_withhold_removes_category_from_train_only(synth_zip, tmp_path):
+    manifest = read_manifest(_shard(synth_zip, tmp_path / "nocar", shards=1, withhold=("car",)))
+    assert manifest["withheld"] == ["car"] and manifest["withheld_synsets"] == ["02958343"]
+    assert manifest["splits"]["train"]["categories"]["car"] == 0
+    assert manifest["splits"]["test"]["categories"]["car"] > 0
+    assert not any(k.startswith("02958343") for k in manifest["splits"]["train"]["objects"])
+
+
+def test_softras_lists(synth_zip, tmp_path):
+    manifest = read_manifest(_shard(synth_zip, tmp_path / "soft", shards=1, lists="softras"))
+    default = read_manifest(_shard(synth_zip, tmp_path / "vf", shards=1))
+    assert manifest["lists"] == "softras"
+    assert manifest["splits"]["test"]["objects"] != default["splits"]["test"]["objects"]
+
+
+def _shard(zip_path, out, **kwargs):
+    write_shards(zip_path, out, **kwargs)
+    return out
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+def _fails(capsys, out, *args) -> str:
+    """Run `viewfusion data shard`; it must exit 2 and leave nothing at (or next to) OUT."""
+    code = main(["data", "shard", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not out.exists() and not list(out.parent.glob(out.name + ".tmp-*"))
+    return err
+
+
+def _first(zip_path, synset="02691156", split="train"):
+    with nmr.NMRZip(zip_path) as z:
+        return z.split_list(synset, split)[0]
+
+
+def test_shards_not_divisible_by_gpus(synth_zip, tmp_path, capsys):
+    err = _fails(capsys, tmp_path / "o", "--zip", str(synth_zip), "--shards", "3", "--gpus", "2")
+    assert "--shards 3 is not divisible by --gpus 2" in err
+
+
+def test_unknown_category(synth_zip, tmp_path, capsys):
+    err = _fails(capsys, tmp_path / "o", "--zip", str(synth_zip), "--shards", "1", "--withhold", "spaceship")
+    assert "unknown category 'spaceship'" in err
+
+
+def test_wrong_image_size(synth_zip, edit_zip, tmp_path, capsys):
+    object_id = _first(synth_zip)
+    member = nmr.image_member("02691156", object_id, 4)
+    small = io.BytesIO()
+    Image.new("RGB", (32, 32), "white").save(small, format="PNG")
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", replace={member: small.getvalue()})
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert member in err and "image is 32x32, expected 64x64" in err
+
+
+def test_corrupt_png(synth_zip, edit_zip, tmp_path, capsys):
+    object_id = _first(synth_zip)
+    member = nmr.image_member("02691156", object_id, 7)
+    with zipfile.ZipFile(synth_zip) as z:
+        data = bytearray(z.read(member))
+    data[60:70] = b"garbage!!!"
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", replace={member: bytes(data)})
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert member in err and "corrupt PNG" in err
+
+
+def test_missing_camera_file(synth_zip, edit_zip, tmp_path, capsys):
+    object_id = _first(synth_zip)
+    member = nmr.cameras_member("02691156", object_id)
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", drop=(member,))
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert f"object 02691156/{object_id}" in err and member in err
+
+
+def test_missing_camera_matrix(synth_zip, edit_zip, tmp_path, capsys):
+    object_id = _first(synth_zip)
+    member = nmr.cameras_member("02691156", object_id)
+    with zipfile.ZipFile(synth_zip) as z:
+        cams = nmr.load_cameras(z.read(member), member="c")
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v for k, v in cams.items() if k != "world_mat_11"})
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", replace={member: buf.getvalue()})
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert member in err and "camera world_mat_11 missing" in err
+
+
+def test_truncated_zip(synth_zip, tmp_path, capsys):
+    bad = tmp_path / "z.zip"
+    bad.write_bytes(synth_zip.read_bytes()[:100_000])
+    assert "not a complete zip" in _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+
+
+@pytest.mark.parametrize("name", ["NMR_Dataset/../../evil.sh", "/tmp/evil.sh"])
+def test_unsafe_member_names(synth_zip, edit_zip, tmp_path, capsys, name):
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", add={name: b"#!/bin/sh\n"})
+    assert "unsafe member name" in _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+
+
+def test_missing_metadata(synth_zip, edit_zip, tmp_path, capsys):
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", drop=("metadata.yaml",))
+    assert "metadata.yaml missing" in _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+
+
+def test_too_many_shards_for_train(synth_zip, tmp_path, capsys):
+    assert "fewer than --shards 40" in _fails(capsys, tmp_path / "o", "--zip", str(synth_zip), "--shards", "40")
+
+
+def test_existing_output_needs_force(synth_zip, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    assert main(["data", "shard", "--zip", str(synth_zip), "--out", str(out), "--shards", "1"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["data", "shard", "--zip", str(synth_zip), "--out", str(out), "--shards", "1", "--force"]) == 0
+    assert (out / "manifest.json").exists() and len(list(tmp_path.iterdir())) == 1
