@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import pickle
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -177,16 +178,19 @@ def test_metrics_cli_writes_one_row_per_item(tmp_path, capsys):
     assert set(frame["experiment"]) == {"tiny"} and set(frame["checkpoint_step"]) == {1000}
 
 
-def test_metrics_cli_with_lpips_to_parquet(tmp_path, lpips_model):
+def test_metrics_cli_with_alexnet_lpips_to_parquet(tmp_path):
     sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=3)
     out = tmp_path / "m.parquet"
-    flags = [] if lpips_model[1] else ["--lpips-random-for-tests"]
+    real = metrics.backbone_path("alex").exists()
+    if not real:
+        warnings.warn("LPIPS-alex backbone not cached: CLI test runs with --lpips-random-for-tests", stacklevel=1)
+    flags = ["--lpips-net", "alex"] + ([] if real else ["--lpips-random-for-tests"])
     assert cli.main(["metrics", "--generated", str(sample_dir), "--manifest", str(manifest),
                      "--out", str(out), *flags]) == 0
     frame = pd.read_parquet(out)
     assert frame["lpips"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # the identical pair
     assert (frame["lpips"].iloc[1:] > 0).all()
-    assert set(frame["lpips_net"]) == ({"vgg"} if lpips_model[1] else {"vgg-random"})
+    assert set(frame["lpips_net"]) == ({"alex"} if real else {"alex-random"})
 
 
 def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
@@ -207,11 +211,27 @@ def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
 
 # ---------------------------------------------------------------- tools/fetch_lpips_weights.py
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("fetch_lpips_weights", REPO / "tools" / "fetch_lpips_weights.py")
+def load_tool(name: str = "fetch_lpips_weights"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_torchvision_shim_line_runs_as_site_runs_it(monkeypatch):
+    shim = load_tool("install_torchvision_shim")
+    names = ("torchvision._meta_registrations", "torchvision._autograd_registrations")
+
+    def addpackage(line: str) -> None:  # site.py exec()s a .pth import line inside a function
+        exec(line)
+
+    for disabled in (False, True):
+        for name in names:
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        if disabled:
+            monkeypatch.setenv(shim.DISABLE_VAR, "1")
+        addpackage(shim.SHIM_LINE)
+        assert all((name in sys.modules) != disabled for name in names)
 
 
 def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
