@@ -119,7 +119,7 @@ def summarize(frame: pd.DataFrame, by: list[str], *, count: str = "n", means: tu
 def latest_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of each experiment's latest checkpoint (what the ablations compare)."""
     latest = frame.groupby("experiment")["checkpoint_step"].transform("max")
-    return frame[(frame["checkpoint_step"] == latest) | latest.isna()]
+    return frame[(frame["checkpoint_step"] == latest).fillna(False).astype(bool) | latest.isna()]
 
 
 def reference_rows(rows: list[dict]) -> pd.DataFrame:
