@@ -44,6 +44,7 @@ _SPLIT_PATTERN = ("train", "test", "train", "val", "train", "train", "test", "tr
 _SOFTRAS_SHIFT = 3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SUPERSAMPLE = 2
+_VIEW_CHUNK = 4
 _FILL = 0.9
 # World-fixed lights: (direction, intensity); plus ambient. Max albedo 0.85 keeps every lit
 # surface visibly darker than the white background (the silhouette stays recoverable).
@@ -195,9 +196,9 @@ def _intersect(prim: "Primitive", o: np.ndarray, d: np.ndarray) -> tuple[np.ndar
     return _intersect_frustum(o, d, prim.taper)
 
 
-def _candidate_rays(prim: Primitive, *, image_size: int) -> np.ndarray:
-    """Indices of the rays inside the screen rectangle that the part's local bounding box
-    projects to, in every view: the only rays that can hit it (culls ~90% of the work)."""
+def _screen_rects(prim: Primitive, *, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last (column, row) of the supersampled pixels, per view (24, 2) each, inside
+    the rectangle that the part's local bounding box projects to: only those rays can hit it."""
     radial = max(1.0, prim.taper) if prim.kind == "frustum" else 1.0
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
     corners = prim.center + (signs * prim.half * [radial, 1.0, radial]) @ prim.rotation.T
@@ -206,36 +207,56 @@ def _candidate_rays(prim: Primitive, *, image_size: int) -> np.ndarray:
     res = image_size * _SUPERSAMPLE
     low = np.clip(np.ceil(((ndc.min(2) + 1) * res - 1) / 2), 0, res).astype(int)
     high = np.clip(np.floor(((ndc.max(2) + 1) * res - 1) / 2), -1, res - 1).astype(int)
+    return low, high
+
+
+def _candidate_rays(low: np.ndarray, high: np.ndarray, views: range, res: int) -> np.ndarray:
+    """Indices, relative to the first of `views`, of the rays inside each view's rectangle."""
     blocks = []
-    for view in range(nmr.NUM_VIEWS):
+    for offset, view in enumerate(views):
         (col0, row0), (col1, row1) = low[view], high[view]
         if col1 >= col0 and row1 >= row0:
-            rows = np.arange(row0, row1 + 1) * res + view * res * res
+            rows = np.arange(row0, row1 + 1) * res + offset * res * res
             blocks.append((rows[:, None] + np.arange(col0, col1 + 1)).ravel())
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=int)
 
 
 def render(obj: SynthObject, *, image_size: int = nmr.IMAGE_SIZE) -> np.ndarray:
-    """All 24 views of `obj` as (24, H, W, 3) uint8: z-buffered, Lambertian, white background."""
+    """All 24 views of `obj` as (24, H, W, 3) uint8: z-buffered, Lambertian, white background.
+
+    Views are cast `_VIEW_CHUNK` at a time: the per-ray buffers then stay in the CPU cache,
+    which makes the whole render ~3x faster than one pass over all 24 views."""
     centres, dirs = _rays(image_size)
-    per_view = (image_size * _SUPERSAMPLE) ** 2
+    res = image_size * _SUPERSAMPLE
+    rects = [_screen_rects(prim, image_size=image_size) for prim in obj.primitives]
+    chunks = []
+    for first in range(0, nmr.NUM_VIEWS, _VIEW_CHUNK):
+        views = range(first, min(first + _VIEW_CHUNK, nmr.NUM_VIEWS))
+        chunk_dirs = dirs[:, first * res * res : views.stop * res * res]
+        normal, part = _cast(obj, rects, views, centres[:, views.start : views.stop], chunk_dirs, res)
+        chunks.append(_shade(obj, normal, part, chunk_dirs, image_size))
+    return np.concatenate(chunks)
+
+
+def _cast(obj, rects, views: range, centres, dirs, res) -> tuple[np.ndarray, np.ndarray]:
+    """Z-buffered ray casting of `views`: per ray the hit part's index (-1 = none) and normal."""
     depth = np.full(dirs.shape[1], np.inf, dtype=np.float32)
     normal = np.zeros_like(dirs)
     part = np.full(dirs.shape[1], -1, dtype=np.int16)
-    for index, prim in enumerate(obj.primitives):
-        rays = _candidate_rays(prim, image_size=image_size)
+    for index, (prim, (low, high)) in enumerate(zip(obj.primitives, rects)):
+        rays = _candidate_rays(low, high, views, res)
         if not len(rays):
             continue
         # World -> unit frame of the part: x_local = diag(1/half) R^T (x - centre).
         to_local = (prim.rotation.T / prim.half[:, None]).astype(np.float32)
         o_views = to_local @ (centres - prim.center[:, None].astype(np.float32))
-        t, n_local = _intersect(prim, o_views[:, rays // per_view], to_local @ dirs[:, rays])
+        t, n_local = _intersect(prim, o_views[:, rays // (res * res)], to_local @ dirs[:, rays])
         closer = t < depth[rays]
         rays = rays[closer]
         depth[rays] = t[closer]
         normal[:, rays] = to_local.T @ n_local[:, closer]  # normals map by the inverse transpose
         part[rays] = index
-    return _shade(obj, normal, part, dirs, image_size)
+    return normal, part
 
 
 def _shade(obj, normal, part, dirs, image_size) -> np.ndarray:
@@ -251,7 +272,7 @@ def _shade(obj, normal, part, dirs, image_size) -> np.ndarray:
     rgb = np.ones((dirs.shape[1], 3), dtype=np.float32)
     rgb[hit] = colors[part[hit]] * light[:, None]
     s = _SUPERSAMPLE
-    blocks = rgb.reshape(nmr.NUM_VIEWS, image_size, s, image_size, s, 3)
+    blocks = rgb.reshape(-1, image_size, s, image_size, s, 3)
     # Box filter as a sum of strided slices (a mean over inner axes is a slow reduce).
     total = sum(blocks[:, :, i, :, j] for i in range(s) for j in range(s))
     return np.clip(np.rint(total * (255 / s**2)), 0, 255).astype(np.uint8)
