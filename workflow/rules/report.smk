@@ -13,10 +13,17 @@ rule tables:
         ),
     conda:
         "../envs/viewfusion.yaml"
+    params:
+        speed=(
+            f"--speed-view-count {EVAL['speed_view_count']}"
+            if EVAL["speed_view_count"]
+            else ""
+        ),
     log:
         f"{LOGS}/tables.log",
     shell:
-        "viewfusion tables --metrics {input.metrics} --out {output.tables} > {log} 2>&1"
+        "viewfusion tables --metrics {input.metrics} {params.speed} --out {output.tables}"
+        " > {log} 2>&1"
 
 
 rule figures:
