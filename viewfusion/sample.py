@@ -49,6 +49,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str = "auto"):
+    """(model in eval mode, {"step", "weights"}); auto prefers EMA weights, which sample better."""
+    model, _, ckpt = load_model(checkpoint, device=device, ema=weights == "ema")
+    use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
+    if use_ema and weights == "auto":
+        model.load_state_dict(ckpt["ema"]["model"], strict=True)
+    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw"}
+
+
 def parse_chunk(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -161,7 +170,7 @@ def _load_progress(path: Path) -> dict:
 def sample_chunk(
     *, checkpoint: str, manifest: str, shards: str, out: str, chunk: str = "1/1",
     spec: SamplerSpec = SamplerSpec("ddim", 50), batch_size: int = 16, device: str = "auto",
-    save_weights: bool = False, weights_every: int = 1, experiment: str = "", ema: bool = False,
+    save_weights: bool = False, weights_every: int = 1, experiment: str = "", weights: str = "auto",
 ) -> Path:
     """Generate chunk `i/N` of `manifest` into `out`; return the chunk's completion marker."""
     i, n = parse_chunk(chunk)
@@ -171,8 +180,7 @@ def sample_chunk(
     items = chunk_items(man["items"], i, n)
     todo = [it for it in items if not item_done(out_dir, it["item"], weights=save_weights)]
     dev = resolve_device(device)
-    model, _, ckpt = load_model(checkpoint, device=dev, ema=ema)
-    info = {"step": ckpt.get("step")}
+    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     progress_file = _progress_path(out_dir, i, n)
     progress = _load_progress(progress_file)
     if todo:
@@ -184,13 +192,13 @@ def sample_chunk(
             part = todo[start : start + batch_size]
             batch = build_batch(part, objects, relative=model.relative, device=dev)
             tick = time.perf_counter()
-            images, weights, steps = generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
+            images, view_weights, steps = generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
             progress["seconds"] += time.perf_counter() - tick
             progress["targets"] += len(part)
             progress["unet_evals"] += int(batch["view_count"].sum()) * _steps_taken(model, spec)
             for row, it in enumerate(part):
                 gt = objects[it["key"]].images[it["target_view"]]
-                _save_item(out_dir, it, images[row], gt, None if weights is None else weights[:, row], steps)
+                _save_item(out_dir, it, images[row], gt, None if view_weights is None else view_weights[:, row], steps)
             atomic_write_json(progress_file, progress)
     _write_marker(marker, items=items, i=i, n=n, spec=spec, steps_taken=_steps_taken(model, spec), progress=progress, checkpoint=checkpoint,
                   info=info, experiment=experiment, device=str(dev))
@@ -206,7 +214,7 @@ def _write_marker(marker: Path, *, items, i, n, spec, steps_taken, progress, che
     atomic_write_json(marker, {
         "chunk": i, "of": n, "items": [it["item"] for it in items],
         "sampler": spec.name, "steps": steps_taken, "eta": spec.eta,
-        "checkpoint": str(checkpoint), "checkpoint_step": info.get("step"),
+        "checkpoint": str(checkpoint), "checkpoint_step": info.get("step"), "weights": info["weights"],
         "experiment": experiment,
         "seconds_per_target": progress["seconds"] / targets if progress["targets"] else math.nan,
         "unet_evals_per_target": progress["unet_evals"] / targets if progress["targets"] else math.nan,
@@ -228,7 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-weights", action="store_true", help="also save the per-step view weights")
     parser.add_argument("--weights-every", type=int, default=1, help="record weights every k steps")
     parser.add_argument("--experiment", default="", help="experiment name recorded with the results")
-    parser.add_argument("--ema", action="store_true", help="sample the EMA weights of the checkpoint")
+    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                        help="auto: the EMA weights when the checkpoint has them, else the raw ones")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards, out=args.out,
         chunk=args.chunk, spec=spec, batch_size=args.batch_size, device=args.device,
         save_weights=args.save_weights, weights_every=args.weights_every, experiment=args.experiment,
-        ema=args.ema,
+        weights=args.weights,
     )
     print(f"chunk complete: {marker}")
     return 0
@@ -299,7 +308,7 @@ def autoregressive(model, images: torch.Tensor, *, spec: SamplerSpec, start_view
 
 def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: SamplerSpec,
                    seed: int = 0, key: str | None = None, stride: int = 3, device: str = "auto",
-                   experiment: str = "", ema: bool = False) -> Path:
+                   experiment: str = "", weights: str = "auto") -> Path:
     out_dir = Path(out)
     key = figure_object(shards, split, seed=seed, key=key)
     manifest = weights_manifest(key, split=split, seed=seed)
@@ -307,10 +316,9 @@ def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: 
     atomic_write_json(manifest_file, manifest)
     sample_chunk(checkpoint=checkpoint, manifest=str(manifest_file), shards=shards, out=str(out_dir / "weights"),
                  spec=spec, batch_size=NUM_VIEWS, device=device, save_weights=True,
-                 weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, ema=ema)
+                 weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, weights=weights)
     dev = resolve_device(device)
-    model, _, ckpt = load_model(checkpoint, device=dev, ema=ema)
-    info = {"step": ckpt.get("step")}
+    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     images = load_objects(shards, split, keys={key})[key].images
     autoregressive(model, images, spec=spec, start_view=FIGURE_COND_VIEWS[0], stride=stride,
                    seed=seed, device=dev, out=out_dir / "autoregressive", key=key)
@@ -333,14 +341,15 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--experiment", default="")
-    parser.add_argument("--ema", action="store_true", help="sample the EMA weights of the checkpoint")
+    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                        help="auto: the EMA weights when the checkpoint has them, else the raw ones")
 
 
 def run_figures(args: argparse.Namespace) -> int:
     done = sample_figures(
         checkpoint=args.checkpoint, shards=args.shards, split=args.split, out=args.out,
         spec=SamplerSpec(args.sampler, args.steps, args.eta), seed=args.seed, key=args.object,
-        stride=args.stride, device=args.device, experiment=args.experiment, ema=args.ema,
+        stride=args.stride, device=args.device, experiment=args.experiment, weights=args.weights,
     )
     print(f"figure samples complete: {done}")
     return 0
