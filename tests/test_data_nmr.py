@@ -89,6 +89,13 @@ def test_verify_synthetic_zip(synth_zip):
     assert main(["data", "verify", "--zip", str(synth_zip)]) == 0
 
 
+def test_verify_report(synth_zip, tmp_path):
+    report = tmp_path / "r" / "check.json"
+    assert main(["data", "verify", "--zip", str(synth_zip), "--report", str(report)]) == 0
+    summary = __import__("json").loads(report.read_text())
+    assert summary["objects"] == 26 and summary["per_category"]["train"]["airplane"] == 1
+
+
 def test_verify_missing_metadata(synth_zip, edit_zip, tmp_path, capsys):
     bad = edit_zip(synth_zip, tmp_path / "z.zip", drop=("metadata.yaml",))
     assert main(["data", "verify", "--zip", str(bad)]) == 2

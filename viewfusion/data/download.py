@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import write_json_atomic
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_json
 
 URL = ("https://s3.eu-central-1.amazonaws.com/avg-projects/differentiable_volumetric_rendering/"
        "data/NMR_Dataset.zip")
@@ -155,7 +155,7 @@ def _record(out: Path, *, url: str, sample: int, verified: bool = False) -> dict
     if not verified:
         nmr.verify_zip(out, sample=sample)
     record = {"file": out.name, "bytes": size, "sha256": sha256_file(out), "url": url}
-    write_json_atomic(path, record)
+    atomic_write_json(path, record)
     return record
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_manifest, write_json_atomic
+from viewfusion.data.shard import read_manifest
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_json
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
@@ -164,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
                              max_objects=args.max_objects, targets_per_object=args.targets_per_object,
                              viewlist=args.viewlist)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, manifest)
+    atomic_write_json(out, manifest)
     print(json.dumps({"out": str(out), "objects": manifest["objects"], "items": len(manifest["items"])}))
     return 0

@@ -83,7 +83,6 @@ LIST_PREFIXES = {"viewfusion": "", "softras": "softras_"}
 CAMERA_NAMES = ("world_mat", "camera_mat", "world_mat_inv", "camera_mat_inv")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _NPZ_NAME = re.compile(rb"((?:world|camera)_mat(?:_inv)?_\d+)\.npy")
 
@@ -394,9 +393,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="expected image size")
     parser.add_argument("--sample", type=int, default=32, help="objects to decode fully")
     parser.add_argument("--full", action="store_true", help="decode every object (slow on NMR)")
+    parser.add_argument("--report", default=None, help="also write the full summary (per category) as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     summary = verify_zip(args.zip, image_size=args.image_size, sample=args.sample, full=args.full)
+    if args.report:
+        from viewfusion.fsutil import atomic_write_json
+
+        atomic_write_json(args.report, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_category"}))
     return 0

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_json
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -190,16 +191,6 @@ def _source_record(zip_path: Path) -> dict:
     return source
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -241,7 +232,7 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
                 "members": {"meta": "meta.json", "image": "{view:04d}.png", "cameras": "cameras.npz"},
                 "source": _source_record(zip_path), "splits": splits,
             }
-            write_json_atomic(tmp / MANIFEST, manifest)
+            atomic_write_json(tmp / MANIFEST, manifest)
             _fsync_dir(tmp)
             _replace_dir(tmp, out)
         finally:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_path
 
 _SPLIT_PATTERN = ("train", "test", "train", "val", "train", "train", "test", "train", "train", "train")
 _SOFTRAS_SHIFT = 3
@@ -771,25 +772,16 @@ def write_synth_zip(out, *, objects: int, seed: int = 0, image_size: int = nmr.I
     if image_size < 8:
         raise ViewFusionError(f"--image-size must be at least 8, got {image_size}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     start = time.perf_counter()
     cameras = cameras_npz()
     jobs = [(index, seed, image_size) for index in range(objects)]
-    try:
-        with open(tmp, "wb") as fh:
-            with zipfile.ZipFile(fh, "w") as zf:
-                _write_index(zf, objects=objects, seed=seed)
-                for synset, object_id, pngs in _rendered(jobs, workers=workers):
-                    for view, png in enumerate(pngs):
-                        # PNGs are compressed already: store them, as NMR's readers expect no cost.
-                        _zip_write(zf, nmr.image_member(synset, object_id, view), png, zipfile.ZIP_STORED)
-                    _zip_write(zf, nmr.cameras_member(synset, object_id), cameras, zipfile.ZIP_DEFLATED)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        _write_index(zf, objects=objects, seed=seed)
+        for synset, object_id, pngs in _rendered(jobs, workers=workers):
+            for view, png in enumerate(pngs):
+                # PNGs are compressed already: store them, deflating again gains nothing.
+                _zip_write(zf, nmr.image_member(synset, object_id, view), png, zipfile.ZIP_STORED)
+            _zip_write(zf, nmr.cameras_member(synset, object_id), cameras, zipfile.ZIP_DEFLATED)
     seconds = time.perf_counter() - start
     return {"zip": str(out), "objects": objects, "seed": seed, "image_size": image_size,
             "bytes": out.stat().st_size, "seconds": round(seconds, 3),
