@@ -48,9 +48,17 @@ def test_lint_is_clean():
     assert "Lints for" not in proc.stdout + proc.stderr
 
 
+def overlay(work: Path, name: str, text: str) -> str:
+    """A small config file merged over config/config.yaml (dicts merge, lists replace)."""
+    path = work / "config" / name
+    path.write_text(text)
+    return str(path.relative_to(work))
+
+
 def test_schema_rejects_unknown_key(tmp_path):
     work = _copy_workflow(tmp_path)
-    proc = snakemake(work, "-n", "--config", "evaluation={speling: 1}", check=False)
+    bad = overlay(work, "bad.yaml", "evaluation:\n  speling: 1\n")
+    proc = snakemake(work, "-n", "--configfile", bad, check=False)
     assert proc.returncode != 0
     assert "speling" in proc.stdout + proc.stderr
 
@@ -89,7 +97,8 @@ def test_pipeline_produces_finite_tables_figures_and_report(pipeline):
 @pytest.mark.slow
 def test_evaluation_change_reruns_only_evaluation(pipeline):
     """Changing the sampler steps must rerun sampling, metrics and tables, never training."""
-    proc = snakemake(pipeline, "-n", "--config", "evaluation={samplers: [{name: ddim, steps: 20}]}")
+    steps = overlay(pipeline, "steps20.yaml", "evaluation:\n  samplers: [{name: ddim, steps: 20}]\n")
+    proc = snakemake(pipeline, "-n", "--configfile", steps)
     rules = _dry_run_rules(proc.stdout + proc.stderr)
     assert "sample" in rules and "metrics" in rules and "tables" in rules, rules
     assert rules <= {"sample", "metrics", "tables", "figures", "all"}, rules
