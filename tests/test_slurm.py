@@ -33,7 +33,7 @@ CI_OVERRIDES = {
         "tiny": {
             "config": "config/experiments/tiny.yaml",
             "shard_set": "all",
-            "set": ["train.max_steps=30", "train.checkpoint_every=10"],
+            "set": ["train.max_steps=20", "train.checkpoint_every=10"],
         }
     },
     "evaluation": {
