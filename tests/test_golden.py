@@ -18,6 +18,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small models: intra-op threads only fight the other processes of a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def golden():
     return torch.load(REFERENCE / "golden_small.pt", weights_only=True)
@@ -70,7 +79,8 @@ def test_golden_reverse_step(golden, golden_model):
 def test_load_official_infers_config_from_golden(golden, tmp_path):
     path = tmp_path / "official.pt"
     torch.save({"model": golden["state_dict"], "it": 3, "psnr": 0.0}, path)
-    model = load_official(path, {k: v for k, v in golden["unet_kwargs"].items() if k not in ("in_channel", "out_channel")})
+    kwargs = {k: v for k, v in golden["unet_kwargs"].items() if k not in ("in_channel", "out_channel")}
+    model = load_official(path, kwargs)
     assert model.weighting and not model.relative and not model.training
     inputs = golden["denoiser_inputs"]
     with torch.no_grad():

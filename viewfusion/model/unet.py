@@ -101,7 +101,8 @@ class FeatureWiseAffine(nn.Module):
         self.noise_func = nn.Sequential(nn.Linear(in_channels, out_channels))
 
     def forward(self, x: Tensor, embed: Tensor) -> Tensor:
-        return x + self.noise_func(embed)[:, :, None, None]
+        # In place: x is a fresh convolution output that autograd does not keep.
+        return x.add_(self.noise_func(embed)[:, :, None, None])
 
 
 class ResnetBlock(nn.Module):
@@ -110,11 +111,32 @@ class ResnetBlock(nn.Module):
         self.noise_func = FeatureWiseAffine(emb_dim, dim_out)
         self.block1 = Block(dim, dim_out, groups=norm_groups)
         self.block2 = Block(dim_out, dim_out, groups=norm_groups, dropout=dropout)
-        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.res_conv = Conv1x1(dim, dim_out) if dim != dim_out else nn.Identity()
 
     def forward(self, x: Tensor, embed: Tensor) -> Tensor:
         h = self.noise_func(self.block1(x), embed)
-        return self.block2(h) + self.res_conv(x)
+        return self.block2(h).add_(self.res_conv(x))  # in place on a fresh conv output
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution (same parameters as nn.Conv2d) computed as a GEMM over channels.
+
+    On a channels-last tensor the (B, H, W, C) view is free, so this is one matmul with no
+    im2col or layout reorders (CPU picks its slow THNN path for 1x1 convs on one thread).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+            return super().forward(x)
+        return _linear_nhwc(x, self.weight, self.bias)
+
+
+def _linear_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    tokens = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (B, H, W, C_out)
+    return tokens.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 
 class SelfAttention(nn.Module):
@@ -123,17 +145,18 @@ class SelfAttention(nn.Module):
     def __init__(self, in_channel: int, *, norm_groups: int = 32) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(norm_groups, in_channel)
-        self.qkv = nn.Conv2d(in_channel, in_channel * 3, 1, bias=False)
-        self.out = nn.Conv2d(in_channel, in_channel, 1)
+        self.qkv = Conv1x1(in_channel, in_channel * 3, bias=False)
+        self.out = Conv1x1(in_channel, in_channel)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channel, height, width = x.shape
-        # The official layout: channels [0:C] are the query, [C:2C] the key, [2C:3C] the value.
-        qkv = self.qkv(self.norm(x)).reshape(batch, 3, channel, height * width)
-        q, k, v = qkv.transpose(-1, -2).unsqueeze(2).unbind(1)  # each (B, 1, HW, C)
+        # Work on (B, HW, C) tokens: a free view of a channels-last tensor; q, k, v are the
+        # official channel thirds [0:C], [C:2C], [2C:3C] of the qkv projection.
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(batch, 1, height * width, channel)
+        q, k, v = F.linear(tokens, self.qkv.weight.flatten(1)).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(channel))
-        out = out.squeeze(1).transpose(-1, -2).reshape(batch, channel, height, width)
-        return self.out(out) + x
+        out = F.linear(out, self.out.weight.flatten(1), self.out.bias)
+        return out.reshape(batch, height, width, channel).permute(0, 3, 1, 2) + x
 
 
 class ResnetBlocWithAttn(nn.Module):
