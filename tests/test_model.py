@@ -157,6 +157,34 @@ def test_fused_groupnorm_silu_gradients_equal_autograd():
         torch.testing.assert_close(got, want)
 
 
+def test_channels_last_layout_changes_no_value_or_gradient():
+    torch.manual_seed(0)
+    fast = UNet(**TINY)
+    plain = UNet(**TINY, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    x, angle, gamma = torch.randn(3, 6, 16, 16), torch.rand(3), torch.rand(3)
+    outs, grads = [], []
+    for net in (fast, plain):
+        out = net(x, angle, gamma)
+        out.square().mean().backward()
+        outs.append(out)
+        grads.append({name: p.grad for name, p in net.named_parameters()})
+    assert fast.downs[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_bf16_autocast_training_step_runs():
+    model = tiny_model().train()
+    y_0, y_cond, angle, _ = batch(b=2, n=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(y_0, y_cond, torch.tensor([2, 1]), angle, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and bool(g.isfinite().all()) for g in grads)
+
+
 def test_attention_equals_the_official_einsum():
     torch.manual_seed(0)
     attn = SelfAttention(32, norm_groups=8)

@@ -47,29 +47,42 @@ def _group_norm_silu(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: 
         return F.silu(F.group_norm(x.to(weight.dtype), groups, weight, bias, eps))
 
 
-class _GroupNormSiLU(torch.autograd.Function):
-    """silu(group_norm(x)) that keeps only x (and the affine parameters) for backward.
+def _native_group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float):
+    n, c = x.shape[:2]
+    return torch.ops.aten.native_group_norm(x, weight, bias, n, c, x.numel() // (n * c), groups, eps)
 
-    The normalised tensor is recomputed in backward: GroupNorm is memory-bound and a fraction of
-    a 3x3 convolution's cost, while keeping its output, the sigmoid and the product alive (as the
-    official `x * sigmoid(x)` does) triples the activation memory of every Block.
+
+class _GroupNormSiLU(torch.autograd.Function):
+    """silu(group_norm(x)) that keeps only x and the per-group statistics for backward.
+
+    The normalised tensor is recomputed in backward (one memory-bound pass, a fraction of a
+    3x3 convolution's cost), while keeping it alive, as autograd would, and the sigmoid and the
+    product (as the official `x * sigmoid(x)` does) triples the activation memory of a Block.
+    Backward calls the native silu and GroupNorm backward kernels directly.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
-        ctx.save_for_backward(x, weight, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            normed, mean, rstd = _native_group_norm(x.to(weight.dtype), weight, bias, groups, eps)
+            out = F.silu(normed)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.groups, ctx.eps = groups, eps
-        return _group_norm_silu(x, weight, bias, groups, eps)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        saved = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad)]
-            out = _group_norm_silu(*leaves, ctx.groups, ctx.eps)
-        wanted = [t for t in leaves if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        return tuple(next(grads) if t.requires_grad else None for t in leaves) + (None, None)
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        xw = x.to(weight.dtype)
+        normed = _native_group_norm(xw, weight, bias, ctx.groups, ctx.eps)[0]
+        grad_normed = torch.ops.aten.silu_backward(grad_out.to(normed.dtype), normed)
+        del normed
+        n, c = x.shape[:2]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
+            grad_normed, xw, mean, rstd, weight, n, c, x.numel() // (n * c), ctx.groups, list(ctx.needs_input_grad[:3])
+        )
+        grad_x = grad_x.to(x.dtype) if grad_x is not None else None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class Block(nn.Module):
@@ -206,7 +219,8 @@ class UNet(nn.Module):
 
     `forward(x, angle, noise_level)`: x (B, in_channel, H, W) = [conditioning view, (reference
     view,) noisy target]; angle and noise_level (B,) or (B, 1). Returns (B, out_channel, H, W):
-    3 noise channels, then 3 view-weight logits when out_channel is 6.
+    3 noise channels, then 3 view-weight logits when out_channel is 6. `channels_last` (not an
+    official keyword) only picks the memory layout.
     """
 
     def __init__(
@@ -221,6 +235,7 @@ class UNet(nn.Module):
         res_blocks: int = 3,
         dropout: float = 0.0,
         image_size: int = 64,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         _check_config(inner_channel, norm_groups, channel_mults, image_size)
@@ -242,6 +257,12 @@ class UNet(nn.Module):
         )
         self.ups = nn.ModuleList(self._build_ups(feat_channels, channel_mults, attn_res, res_blocks, now_res, block))
         self.final_conv = Block(inner_channel * channel_mults[0], out_channel, groups=norm_groups)
+        # Channels-last: oneDNN convolutions run without layout reorders, 1x1 convolutions and
+        # attention projections become plain GEMMs on free (B, H, W, C) views. Values and
+        # state-dict names are unchanged; only strides differ.
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def _build_downs(self, in_channel, channel_mults, attn_res, res_blocks, image_size, block):
         inner = self.config["inner_channel"]
@@ -276,6 +297,8 @@ class UNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.config["in_channel"]:
             raise ValueError(f"x must be (B, {self.config['in_channel']}, H, W), got {tuple(x.shape)}")
         batch = x.shape[0]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         angle = _as_batch_vector(angle, "angle", batch).to(x.dtype)
         noise_level = _as_batch_vector(noise_level, "noise_level", batch).to(x.dtype)
         embed = self.noise_level_mlp(torch.cat([self.pos_encoding(noise_level), self.pos_encoding(angle)], dim=-1))
