@@ -16,7 +16,7 @@ channels) and `angle` is the target azimuth minus the reference view's azimuth.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import NamedTuple
 
@@ -35,13 +35,19 @@ from viewfusion.diffusion import (
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import UNet
 
-__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "ViewFusion", "count_unet_evals", "load_official"]
+__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals", "load_official"]
 
 # The paper's denoiser (configs/*-small-v100-4.yaml of the official code).
 PAPER_UNET_KWARGS = dict(
     image_size=64, in_channel=6, out_channel=6, inner_channel=64, res_blocks=3, attn_res=[16],
     channel_mults=[1, 2, 3, 5], norm_groups=32, dropout=0.0,
 )
+
+
+class SampleStep(NamedTuple):
+    t: int  # the timestep just denoised
+    y_prev: Tensor  # (B, C, H, W) the sample after this step
+    view_weights: Tensor  # (B, N, C, H, W) the composition weights used in this step
 
 
 class GenerationResult(NamedTuple):
@@ -180,6 +186,26 @@ class ViewFusion(nn.Module):
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {kind!r}")
 
     @torch.no_grad()
+    def iter_sample(
+        self, y_cond: Tensor, view_count: Tensor, angle: Tensor, *, sampler: str = "ddpm",
+        steps: int | None = None, eta: float = 0.0, seeds: Tensor | Sequence[int] | None = None,
+        y_ref: Tensor | None = None,
+    ) -> Iterator[SampleStep]:
+        """The sampling loop one step at a time: yields SampleStep(t, y_prev, view_weights).
+
+        seeds (B,): each target draws its initial and per-step noise from its own CPU generator,
+        so a target with a given seed gets the same image whatever batch it sits in.
+        """
+        smp = self.make_sampler(sampler, steps=steps, eta=eta)
+        batch, _, channels, height, width = y_cond.shape
+        generators = _generators(seeds, batch)
+        y_t = _randn(generators, (batch, channels, height, width), y_cond)
+        for t in smp.timesteps.tolist():
+            eps, weights = self.compose(y_t, y_cond, view_count, angle, smp.noise_level(t).expand(batch), y_ref=y_ref)
+            noise = _randn(generators, y_t.shape, y_t) if smp.uses_noise(t) else None
+            y_t = smp.step(eps, t, y_t, noise=noise).prev_sample
+            yield SampleStep(t, y_t, weights)
+
     def generate(
         self, y_cond: Tensor, view_count: Tensor, angle: Tensor, *, sampler: str = "ddpm",
         steps: int | None = None, eta: float = 0.0, seeds: Tensor | Sequence[int] | None = None,
@@ -187,28 +213,20 @@ class ViewFusion(nn.Module):
     ) -> Tensor | GenerationResult:
         """Sample targets (B, C, H, W) in [0, 1]; with return_weights a GenerationResult.
 
-        seeds (B,): each target draws its initial and per-step noise from its own CPU generator,
-        so a target with a given seed gets the same image whatever batch it sits in. Weights are
-        recorded every `weights_every` steps counted back from the last step (always included).
+        See `iter_sample` for seeds. Weights are recorded every `weights_every` steps counted
+        back from the last step (always included), averaged over colour channels.
         """
-        smp = self.make_sampler(sampler, steps=steps, eta=eta)
         if weights_every < 1:
             raise ValueError(f"weights_every must be >= 1, got {weights_every}")
-        batch, _, channels, height, width = y_cond.shape
-        generators = _generators(seeds, batch)
-        y_t = _randn(generators, (batch, channels, height, width), y_cond)
-        timesteps = smp.timesteps.tolist()
+        timesteps = self.make_sampler(sampler, steps=steps, eta=eta).timesteps.tolist()
         recorded = set(timesteps[len(timesteps) - 1 :: -weights_every]) if return_weights else set()
+        loop = self.iter_sample(y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, seeds=seeds, y_ref=y_ref)
         weights, weight_steps = [], []
-        for t in _progress(timesteps, progress):
-            noise_level = smp.noise_level(t).expand(batch)
-            eps, w = self.compose(y_t, y_cond, view_count, angle, noise_level, y_ref=y_ref)
-            noise = _randn(generators, y_t.shape, y_t) if smp.uses_noise(t) else None
-            y_t = smp.step(eps, t, y_t, noise=noise).prev_sample
-            if t in recorded:
-                weights.append(w.mean(dim=2).half())
-                weight_steps.append(t)
-        images = y_t.clamp(0.0, 1.0)
+        for step in _progress(loop, progress, total=len(timesteps)):
+            if step.t in recorded:
+                weights.append(step.view_weights.mean(dim=2).half())
+                weight_steps.append(step.t)
+        images = step.y_prev.clamp(0.0, 1.0)
         if not return_weights:
             return images
         return GenerationResult(
@@ -233,12 +251,12 @@ def _randn(generators: list[torch.Generator] | None, shape, like: Tensor) -> Ten
     return noise.to(device=like.device, dtype=like.dtype)
 
 
-def _progress(timesteps: list[int], enabled: bool):
+def _progress(steps: Iterable, enabled: bool, *, total: int):
     if not enabled:
-        return timesteps
+        return steps
     from tqdm import tqdm
 
-    return tqdm(timesteps, desc="sampling", unit="step")
+    return tqdm(steps, desc="sampling", unit="step", total=total)
 
 
 def _check_denoiser(denoiser: nn.Module, *, weighting: bool, relative: bool) -> None:
