@@ -268,7 +268,7 @@ def run(args) -> dict:
     fwd_bwd = {name: min(ts) for name, ts in times.items()}
     flops = count_flops(args, device)
     ours = models["ours"]
-    per_step = {"ddpm": time_sampler(ours, args, clock, "ddpm", None), "ddim": time_sampler(ours, args, clock, "ddim", 50)}
+    per_step = {kind: time_sampler(ours, args, clock, kind, steps) for kind, steps in (("ddpm", None), ("ddim", 50))}
     whole = {"ddpm": per_step["ddpm"] * ours.num_timesteps, "ddim": per_step["ddim"] * 50}
     achieved = flops["forward_backward"] * rows / fwd_bwd["ours"] / 1e12
     peak = peak_tflops(args, device)

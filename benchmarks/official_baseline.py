@@ -123,7 +123,8 @@ class BaselineUNet(nn.Module):
             nn.Linear(inner_channel, inner_channel * 4), Swish(), nn.Linear(inner_channel * 4, inner_channel)
         )
         blk = dict(emb_dim=inner_channel, groups=norm_groups, dropout=dropout)
-        downs, feats, pre, res = [nn.Conv2d(in_channel, inner_channel, 3, padding=1)], [inner_channel], inner_channel, image_size
+        downs = [nn.Conv2d(in_channel, inner_channel, 3, padding=1)]
+        feats, pre, res = [inner_channel], inner_channel, image_size
         for level, mult in enumerate(channel_mults):
             for _ in range(res_blocks):
                 downs.append(ResAttn(pre, inner_channel * mult, with_attn=res in attn_res, **blk))
@@ -138,8 +139,9 @@ class BaselineUNet(nn.Module):
         ups = []
         for level in reversed(range(len(channel_mults))):
             for _ in range(res_blocks + 1):
-                ups.append(ResAttn(pre + feats.pop(), inner_channel * channel_mults[level], with_attn=res in attn_res, **blk))
-                pre = inner_channel * channel_mults[level]
+                out = inner_channel * channel_mults[level]
+                ups.append(ResAttn(pre + feats.pop(), out, with_attn=res in attn_res, **blk))
+                pre = out
             if level:
                 ups.append(Up(pre))
                 res *= 2

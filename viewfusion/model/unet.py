@@ -249,11 +249,13 @@ class UNet(nn.Module):
             nn.Linear(inner_channel, inner_channel * 4), nn.SiLU(), nn.Linear(inner_channel * 4, inner_channel)
         )
         block = dict(emb_dim=inner_channel, norm_groups=norm_groups, dropout=dropout)
-        downs, feat_channels, now_res = self._build_downs(in_channel, channel_mults, attn_res, res_blocks, image_size, block)
+        downs, feat_channels, now_res = self._build_downs(
+            in_channel, channel_mults, attn_res, res_blocks, image_size, block
+        )
         self.downs = nn.ModuleList(downs)
         pre = feat_channels[-1]
         self.mid = nn.ModuleList(
-            [ResnetBlocWithAttn(pre, pre, with_attn=True, **block), ResnetBlocWithAttn(pre, pre, with_attn=False, **block)]
+            [ResnetBlocWithAttn(pre, pre, with_attn=attn, **block) for attn in (True, False)]
         )
         self.ups = nn.ModuleList(self._build_ups(feat_channels, channel_mults, attn_res, res_blocks, now_res, block))
         self.final_conv = Block(inner_channel * channel_mults[0], out_channel, groups=norm_groups)

@@ -2,8 +2,8 @@
 
 Every (target, conditioning view) pair is one U-Net row: input = [view, (reference view,) noisy
 target] along channels, output = 3 noise channels (+ 3 weight logits). The noise predictions of
-one target's views are composed (paper eq. 6) with a softmax over views of the logits, per pixel
-and channel (padding = -inf, so it gets weight exactly 0), or by a plain mean without weighting.
+one target's views are composed with a softmax over views of the logits, per pixel and
+channel (padding = -inf, so it gets weight exactly 0), or by a plain mean without weighting.
 
 Vectorised: a (B, N) mask `view index < view_count` selects the valid rows, the U-Net runs once on
 them, and the results are scattered back into (B, N, ...) for the masked softmax. The state dict
@@ -114,7 +114,7 @@ class ViewFusion(nn.Module):
         full = (batch, views, channels, *y_t.shape[2:])
         eps = out.new_zeros(full).index_put(rows, out[:, :channels])
         if self.weighting:
-            # Paper eq. 6: w = softmax over views of the logits; padding -inf -> weight exactly 0.
+            # The paper's composition: softmax over views of the logits; padding -inf -> weight 0.
             logits = out.new_full(full, float("-inf")).index_put(rows, out[:, channels : 2 * channels])
             weights = torch.softmax(logits, dim=1)
         else:
@@ -131,7 +131,9 @@ class ViewFusion(nn.Module):
         if view_count.shape != (batch,) or view_count.is_floating_point():
             raise ValueError(f"view_count must be an integer tensor of shape ({batch},), got {tuple(view_count.shape)}")
         if bool(((view_count < 1) | (view_count > views)).any()):
-            raise ValueError(f"view_count must be in 1..{views} (y_cond holds {views} views), got {view_count.tolist()}")
+            raise ValueError(
+                f"view_count must be in 1..{views} (y_cond holds {views} views), got {view_count.tolist()}"
+            )
         angle = torch.as_tensor(angle, device=y_cond.device)
         if angle.dim() == 2 and angle.shape[1] == 1:
             angle = angle[:, 0]
@@ -220,7 +222,9 @@ class ViewFusion(nn.Module):
             raise ValueError(f"weights_every must be >= 1, got {weights_every}")
         timesteps = self.make_sampler(sampler, steps=steps, eta=eta).timesteps.tolist()
         recorded = set(timesteps[len(timesteps) - 1 :: -weights_every]) if return_weights else set()
-        loop = self.iter_sample(y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, seeds=seeds, y_ref=y_ref)
+        loop = self.iter_sample(
+            y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, seeds=seeds, y_ref=y_ref
+        )
         weights, weight_steps = [], []
         for step in _progress(loop, progress, total=len(timesteps)):
             if step.t in recorded:
