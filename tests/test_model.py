@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from viewfusion.diffusion import Schedule
 from viewfusion.errors import ViewFusionError
-from viewfusion.model.unet import Block, SelfAttention, UNet
+from viewfusion.model.unet import Block, SelfAttention, UNet, _GroupNormSiLU
 from viewfusion.model.viewfusion import ViewFusion, count_unet_evals, load_official
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,10 +143,15 @@ def test_relative_variant_concatenates_view_reference_target():
         model.compose(y_t, y_cond, torch.tensor([2, 1]), angle, gamma)
 
 
-def test_fused_groupnorm_silu_gradients_equal_autograd():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_groupnorm_silu_gradients_equal_autograd(layout):
     torch.manual_seed(0)
     block = Block(16, 8, groups=4).double()
-    x = torch.randn(3, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        block.block[0].weight.uniform_(0.5, 1.5)
+        block.block[0].bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 16, 6, 6, dtype=torch.float64) * 2 + 1).contiguous(memory_format=layout)
+    x.requires_grad_()
     out = block(x)
     grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
     norm, _, _, conv = block.block
@@ -155,6 +160,22 @@ def test_fused_groupnorm_silu_gradients_equal_autograd():
     torch.testing.assert_close(out, ref)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_fused_groupnorm_silu_in_bf16_stays_close_to_fp32():
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 16)
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 16, 8, 8)
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf = x.to(dtype).detach().requires_grad_()
+        out = _GroupNormSiLU.apply(leaf, norm.weight, norm.bias, 4, 1e-5)
+        (out.float() * grad).sum().backward()
+        results.append((out.float(), leaf.grad.float()))
+    assert results[1][0].dtype == torch.float32  # compared in fp32; bf16 in, bf16 out
+    torch.testing.assert_close(results[1][0], results[0][0], atol=0.05, rtol=0.02)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=0.05, rtol=0.05)
 
 
 def test_channels_last_layout_changes_no_value_or_gradient():
