@@ -52,6 +52,10 @@ def resolve_device(device: str) -> torch.device:
 def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str = "auto"):
     """(model in eval mode, {"step", "weights"}); auto prefers EMA weights, which sample better."""
     model, _, ckpt = load_model(checkpoint, device=device, ema=weights == "ema")
+    # Plain NCHW layout: channels-last GEMMs pick kernels by row count, so a target's pixels
+    # would depend (in the last bits, then visibly after 50 steps) on the batch it sits in.
+    model.denoise_fn.channels_last = False
+    model.to(memory_format=torch.contiguous_format)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
