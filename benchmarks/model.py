@@ -1,8 +1,12 @@
 """Benchmark of the ViewFusion model against an official-style baseline; prints ONE JSON line.
 
-    .venv/bin/python benchmarks/model.py                          # CPU, fp32, paper config
-    .venv/bin/python benchmarks/model.py --threads 1 --clock cpu  # on a shared machine
+    .venv/bin/python benchmarks/model.py                     # CPU, fp32, paper config
+    .venv/bin/python benchmarks/model.py --dtype bf16        # CPU, bf16 autocast on both sides
+    .venv/bin/python benchmarks/model.py --threads 16        # a dedicated CPU: all cores, wall time
     .venv/bin/python benchmarks/model.py --device cuda --dtype bf16   # a GPU, with MFU
+
+On CPU the default is one thread timed by process CPU time: on a shared machine wall-clock
+timings of multi-threaded runs measure the neighbours (OpenMP threads spin against them).
 
 What is measured (paper U-Net, batch 4 targets x 3 valid views of 6 = 12 U-Net rows, 64x64):
 * training: forward + backward of the loss, ours and `official_baseline.py` (loaded with the
@@ -13,7 +17,8 @@ What is measured (paper U-Net, batch 4 targets x 3 valid views of 6 = 12 U-Net r
   is measured through the same `iter_sample` loop over `--sample-steps` steps, and a whole run is
   per-step cost x steps (2000 ancestral steps are not run: 30+ minutes on a CPU).
 * FLOPs per U-Net evaluation: `torch.utils.flop_counter` on one row (forward, and forward +
-  backward), with the CPU flash-attention kernels counted by torch's own SDPA formulas.
+  backward), with the CPU flash-attention kernels counted by torch's own SDPA formulas; the
+  achieved rate of both models as a fraction of a 2048^3 GEMM's rate (the practical roof).
 * peak memory of one forward + backward: a fresh subprocess per variant (`--peak-mem`); CPU:
   VmHWM - VmRSS (peak reset with /proc/self/clear_refs after a warm-up step and malloc_trim),
   so imports, weights and gradient buffers are excluded; CUDA: max_memory_allocated delta.
@@ -58,12 +63,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-views", type=int, default=6, help="views held by y_cond (the rest is padding)")
     p.add_argument("--repeats", type=int, default=5, help="timed training steps per model")
     p.add_argument("--sample-steps", type=int, default=5, help="timed steps per sampler")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="cpu: process CPU time, robust on a shared machine; needs --threads 1")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on cpu)")
+    p.add_argument("--clock", default=None, choices=["wall", "cpu"],
+                   help="cpu: process CPU time, needs --threads 1 (default on cpu with one thread)")
     p.add_argument("--peak-tflops", type=float, default=None, help="for MFU when the device is not known")
     p.add_argument("--peak-mem", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
     if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
         p.error("--clock cpu measures one CPU thread: use it with --threads 1 on --device cpu")
     if not 1 <= args.views <= args.max_views:
@@ -202,6 +211,18 @@ def count_flops(args, device: torch.device) -> dict[str, float]:
     return {"forward": float(forward.get_total_flops()), "forward_backward": float(both.get_total_flops())}
 
 
+def gemm_roof_tflops(args, clock: Clock) -> float:
+    """A large GEMM's throughput in the run's precision: the practical roof for the convolutions."""
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    a = torch.randn(2048, 2048, device=clock.device, dtype=dtype)
+    times = []
+    for _ in range(4):
+        start = clock.now()
+        a @ a
+        times.append(clock.now() - start)
+    return 2 * 2048**3 / min(times[1:]) / 1e12
+
+
 def _proc_status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -293,6 +314,8 @@ def run(args) -> dict:
         "sampler_timing": f"1 target x {args.views} views; per-step cost of each sampler over "
                           f"{args.sample_steps} steps of iter_sample, whole run = per step x steps",
         "achieved_tflops": achieved, "mfu": achieved / peak if peak else None,
+        "gemm_roof_tflops": (roof := gemm_roof_tflops(args, clock)), "fraction_of_gemm_roof": achieved / roof,
+        "baseline_fraction_of_gemm_roof": flops["forward_backward"] * rows / fwd_bwd["baseline"] / 1e12 / roof,
         "loss_abs_diff_vs_baseline": abs(losses["ours"] - losses["baseline"]),
         "process_peak_mem_mb": memory["ours"].get("process_peak_mb"),
         "baseline_process_peak_mem_mb": memory["baseline"].get("process_peak_mb"),
