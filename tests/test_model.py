@@ -119,6 +119,8 @@ def test_bad_view_counts_and_shapes_raise():
         ViewFusion(UNet(in_channel=6, **TINY), SCHEDULE, relative=True)
     with pytest.raises(ValueError, match="out_channel"):
         ViewFusion(UNet(out_channel=3, **TINY), SCHEDULE, weighting=True)
+    with pytest.raises(ValueError, match="clamp"):
+        ViewFusion(UNet(**TINY), SCHEDULE, clamp=(1.0, 0.0))
     with pytest.raises(ValueError, match="noise_level"):
         model.denoiser(torch.zeros(2, 6, 16, 16), angle, gamma[:1])
 

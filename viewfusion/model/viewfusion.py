@@ -79,7 +79,10 @@ class ViewFusion(nn.Module):
         for name, value in schedule.buffers().items():
             self.register_buffer(name, value)
         self.denoise_fn = denoiser
-        self.weighting, self.relative, self.clamp = weighting, relative, clamp
+        if clamp is not None and not float(clamp[0]) < float(clamp[1]):
+            raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp}")
+        self.weighting, self.relative = weighting, relative
+        self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.unet_evals = 0  # U-Net rows evaluated so far by this module (cost accounting)
 
     @property
