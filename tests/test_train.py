@@ -12,7 +12,7 @@ import torch
 from train_utils import (assert_same_weights, load, make_shards, metrics, run_train, start_train,
                          wait_for)
 from viewfusion import distributed, train
-from viewfusion.config import TrainConfig
+from viewfusion.config import TrainConfig, from_dict
 from viewfusion.errors import ViewFusionError
 
 
@@ -54,6 +54,8 @@ def test_run_writes_checkpoints_metrics_and_is_idempotent(shards, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 and r["samples_per_s"] > 0
                for r in rows)
+    tc = from_dict(final["config"]).train
+    assert [r["lr"] for r in rows] == pytest.approx([tc.lr * train.lr_factor(i, tc) for i in range(4)])
     assert "step 4/4" in res.stdout  # plain progress lines when not on a terminal
     again = run_train(shards, out, "train.max_steps=4")
     assert again.returncode == 0 and "nothing to do" in again.stdout

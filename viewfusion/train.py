@@ -133,8 +133,9 @@ def _loop(state, cfg, d, out, stream, log, stop) -> Outcome:
             raise ViewFusionError(
                 f"loss became {loss} at step {state.step + 1}; training stopped before the optimizer "
                 f"step, and the last good checkpoint ({_last_saved(out)}) is intact")
+        lr = state.optimizer.param_groups[0]["lr"]  # the rate this step uses
         _optimizer_step(state)
-        log.step(state.step, loss, state.scheduler.get_last_lr()[0], grad_norm,
+        log.step(state.step, loss, lr, grad_norm,
                  batch_time=time.perf_counter() - t0, data_time=t1 - t0)
         paths = _due_checkpoints(state.step, tc, out, stopping=signum is not None)
         if paths:
@@ -205,6 +206,10 @@ def lr_factor(step: int, tc: TrainConfig) -> float:
 
 def _build(cfg: ExperimentConfig, d: distributed.Dist) -> State:
     tc = cfg.train
+    if d.device.type == "cuda":
+        # Autotuned convolutions and TF32 matmuls: speed over bitwise GPU reproducibility.
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(_seed(tc.seed, "init"))  # identical initial weights on every rank
     model = build_model(cfg).to(d.device)
     net = model
