@@ -12,6 +12,18 @@ SYNTH_OBJECTS = 26
 SYNTH_SEED = 0
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+    threads spinning against other processes make them 10-30x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth_zip(tmp_path_factory) -> Path:
     """A synthetic NMR_Dataset.zip: 26 objects at 64 px, seed 0 (18 train, 3 val, 5 test)."""

@@ -16,13 +16,7 @@ from viewfusion.model.viewfusion import ViewFusion, load_official
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small models: intra-op threads only fight the other processes of a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

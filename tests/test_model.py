@@ -13,14 +13,7 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import Block, SelfAttention, UNet, _GroupNormSiLU
 from viewfusion.model.viewfusion import ViewFusion, count_unet_evals, load_official
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    # threads spinning against other processes make them 10-30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
