@@ -47,7 +47,7 @@ def test_local_job_requeues_at_a_time_limit_and_finishes(shards, tmp_path, monke
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "run"
     argv = ["--config", str(TINY), "--shards", str(shards), "--out", str(out), "--device", "cpu"]
-    for s in [*SMALL, "train.max_steps=12", "train.checkpoint_every=100"]:
+    for s in [*SMALL, "train.max_steps=20", "train.checkpoint_every=100"]:
         argv += ["--set", s]
     # --time 5: submitit counts any signal in a job shorter than 50 min as a time-out
     args = launch_args(*argv, "--executor", "local", "--gpus", "0", "--time", "5")
@@ -56,13 +56,13 @@ def test_local_job_requeues_at_a_time_limit_and_finishes(shards, tmp_path, monke
     wait_for(out / "metrics.jsonl", timeout=300)  # training runs: its signal handlers are set
     for task in children(job._process.pid):  # what the controller does before the time limit
         os.kill(task, signal.SIGUSR2)
-    assert job.result() == 12  # waits across the requeue
+    assert job.result() == 20  # waits across the requeue
     rows = metrics(out)
     stops = [r for r in rows if r.get("event") == "checkpoint" and r["files"] == ["checkpoints/last.pt"]]
-    assert len(stops) == 1 and 1 <= stops[0]["step"] < 12  # the time-limit checkpoint
+    assert len(stops) == 1 and 1 <= stops[0]["step"] < 20  # the time-limit checkpoint
     steps = [r["step"] for r in rows if "loss" in r]
-    assert steps == list(range(1, 13))  # every step once: resumed where it stopped
-    assert load(out / "final.pt")["step"] == 12
+    assert steps == list(range(1, 21))  # every step once: resumed where it stopped
+    assert load(out / "final.pt")["step"] == 20
     log = "".join(p.read_text() for p in (out / "submitit").glob("*_log.out"))
     assert "this job is timed-out" in log and "Requeued job" in log
     assert log.count("Starting with JobEnvironment") == 2  # the first run and the requeued one
