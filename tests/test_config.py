@@ -56,9 +56,10 @@ def test_checkpoint_variants_match_the_yamls():
 
 
 def test_schedule_kinds_match_the_diffusion_module():
-    from viewfusion.diffusion import SCHEDULE_KINDS
+    from viewfusion.diffusion import PREDICTIONS, SCHEDULE_KINDS
 
     assert set(C.SCHEDULES) == set(SCHEDULE_KINDS)
+    assert C.PREDICTIONS == PREDICTIONS
 
 
 def test_unknown_key_names_the_file_and_suggests(tmp_path):
@@ -109,6 +110,7 @@ def test_set_overrides_are_typed_and_checked():
     cfg = load("tiny", "train.max_steps=10", "model.clamp=null", "train.adam_betas=[0.5, 0.9]", "name=x")
     assert (cfg.train.max_steps, cfg.model.clamp, cfg.train.adam_betas, cfg.name) == (10, None, (0.5, 0.9), "x")
     assert load("tiny", "train.lr=1").train.lr == 1.0  # ints are fine where floats go
+    assert load("tiny", "diffusion.linear_start=1e-6").diffusion.linear_start == 1e-6  # YAML 1.1 reads a string
     for bad, message in [("train.max_steps", "expected key=value"), ("train.nope=1", "unknown key"),
                          ("train.max_steps=ten", "must be int"), ("a.b.c=1", "unknown key"),
                          ("model.inner_channel=30", r"tiny\.yaml --set model.inner_channel=30: ")]:

@@ -13,8 +13,10 @@ from viewfusion.diffusion import (
     DDIMSampler,
     Schedule,
     add_noise,
+    eps_from_v,
     make_beta_schedule,
     sample_continuous_gamma,
+    v_target,
 )
 
 T = 2000
@@ -83,6 +85,13 @@ def test_add_noise():
     out = add_noise(y0, eps, torch.tensor([1.0, 0.25]))
     torch.testing.assert_close(out[0], y0[0])
     torch.testing.assert_close(out[1], 0.5 * y0[1] + math.sqrt(0.75) * eps[1])
+
+
+def test_v_prediction_round_trip():
+    y0, eps, gamma = torch.rand(3, 3, 4, 4), torch.randn(3, 3, 4, 4), torch.tensor([0.999, 0.3, 4.5e-5])
+    v = v_target(y0, eps, gamma)
+    torch.testing.assert_close(v[0], math.sqrt(0.999) * eps[0] - math.sqrt(0.001) * y0[0])
+    torch.testing.assert_close(eps_from_v(v, add_noise(y0, eps, gamma), gamma), eps, atol=1e-5, rtol=1e-5)
 
 
 def _oracle_eps(x0):

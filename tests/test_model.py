@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from viewfusion.diffusion import Schedule
+from viewfusion.diffusion import Schedule, add_noise, sample_continuous_gamma
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import Block, SelfAttention, UNet, _GroupNormSiLU
 from viewfusion.model.viewfusion import ViewFusion, count_unet_evals, load_official
@@ -59,6 +59,31 @@ def test_compose_equals_per_sample_loop(weighting):
     torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(weights.sum(1), torch.ones_like(eps))
     assert model.unet_evals == int(view_count.sum())
+
+
+def test_v_prediction_composes_v_and_samples_its_noise():
+    """Weights sum to 1 per pixel, so composing v's then converting equals converting each view's
+    v then composing: the paper's composition is unchanged by the parameterization."""
+    from viewfusion.diffusion import eps_from_v, v_target
+
+    model = tiny_model()
+    model.prediction = "v"
+    y_t, y_cond, angle, gamma = batch(b=3)
+    view_count = torch.tensor([1, 4, 2])
+    with torch.no_grad():
+        eps, weights = model.predict_noise(y_t, y_cond, view_count, angle, gamma)
+        ref_v, ref_weights = reference_compose(model, y_t, y_cond, view_count, angle, gamma)
+        per_view = eps_from_v(ref_v, y_t, gamma)
+    torch.testing.assert_close(eps, per_view, atol=1e-5, rtol=1e-5)
+    y0, noise = torch.rand_like(y_t), torch.randn_like(y_t)
+    gen = torch.Generator().manual_seed(3)
+    loss = model.loss(y0, y_cond, view_count, angle, noise=noise, generator=gen)
+    gen = torch.Generator().manual_seed(3)
+    _, g = sample_continuous_gamma(model.gammas, 3, generator=gen)
+    out, _ = model.compose(add_noise(y0, noise, g), y_cond, view_count, angle, g)
+    torch.testing.assert_close(loss, F.mse_loss(out, v_target(y0, noise, g)))
+    with pytest.raises(ValueError, match="prediction"):
+        ViewFusion(model.denoiser, SCHEDULE, prediction="x0")
 
 
 def test_one_view_gets_weight_exactly_one():

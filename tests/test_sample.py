@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from viewfusion import checkpoint
 from viewfusion.config import build_model, load_config, to_dict
@@ -101,3 +103,27 @@ def test_bad_chunk_and_missing_checkpoint_are_clear_errors(manifest, synth_shard
     assert main([*base, "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert main([*base, "--checkpoint", str(tmp_path / "nope.pt"), "--chunk", "4/3"]) == 2
     assert not (tmp_path / "o" / "chunks").exists()
+
+
+def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_shards, tmp_path):
+    """The copy baseline picks by circular azimuth distance: view 1 is 2 steps from view 23,
+    view 20 is 3; ties go to the first listed view."""
+    from viewfusion.data.loader import load_objects
+
+    objects = load_objects(synth_shards, "test")
+    key = sorted(objects)[0]
+    cases = [(23, [20, 1]), (6, [9, 3]), (12, [12, 0])]  # -> 1, 9 (tie: first), 12
+    items = [{"item": f"{key}_t{t}_v{len(c)}_{k}", "key": key, "target_view": t, "cond_views": c, "seed": k}
+             for k, (t, c) in enumerate(cases)]
+    manifest = tmp_path / "m.json"
+    atomic_write_json(manifest, {"split": "test", "seed": 0, "view_count": None, "source": "random", "items": items})
+    out = tmp_path / "nearest"
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out,
+                 spec=SamplerSpec("nearest", None), device="cpu")
+    images = objects[key].images
+    for it, view in zip(items, (1, 9, 12)):
+        png = torch.from_numpy(np.array(Image.open(out / "images" / f"{it['item']}.png"))).permute(2, 0, 1)
+        assert torch.equal(png, (images[view] * 255).round().to(torch.uint8))
+    marker = json.loads((out / "chunks/1-of-1.json").read_text())
+    assert marker["sampler"] == "nearest" and marker["steps"] == 0 and marker["checkpoint_step"] == 7
+    assert marker["unet_evals_per_target"] == 0

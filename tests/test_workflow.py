@@ -80,7 +80,7 @@ experiments:
     config: config/experiments/tiny.yaml
     shard_set: all
     set: ["train.max_steps=40", "train.snapshot_steps=[]", "train.checkpoint_every=20"]
-evaluation: {max_objects: 6, samplers: [{name: ddim, steps: 10}], chunks: 2, batch_size: 16}
+evaluation: {max_objects: 6, samplers: [{name: ddim, steps: 10}, {name: nearest}], chunks: 2, batch_size: 16}
 figures: {sampler: {name: ddim, steps: 5}}
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ import yaml
 
 from viewfusion.errors import ViewFusionError
 
-# viewfusion.diffusion.SCHEDULE_KINDS, repeated so that reading a config never imports torch
-# (tests/test_config.py keeps the two equal).
+# viewfusion.diffusion.SCHEDULE_KINDS and PREDICTIONS, repeated so that reading a config never
+# imports torch (tests/test_config.py keeps them equal).
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
+PREDICTIONS = ("eps", "v")
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,14 @@ class DiffusionConfig:
     n_timestep: int = 2000
     linear_start: float = 1e-6
     linear_end: float = 1e-2
+    prediction: str = "eps"
 
     def __post_init__(self):
         _require(self.schedule in SCHEDULES,
                  f"diffusion.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         _require(self.n_timestep >= 2, "diffusion.n_timestep must be at least 2")
+        _require(self.prediction in PREDICTIONS,
+                 f"diffusion.prediction {self.prediction!r} is not one of {', '.join(PREDICTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,9 @@ def _unknown(key: str, source: str) -> ViewFusionError:
     return ViewFusionError(f"{source}: unknown key {key!r}{hint}")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_value(value: Any, type_: Any, key: str, source: str) -> Any:
     """`value` converted to `type_` (lists -> tuples, ints -> floats), or a clear error."""
     origin, args = typing.get_origin(type_), typing.get_args(type_)
@@ -188,6 +196,8 @@ def _check_value(value: Any, type_: Any, key: str, source: str) -> Any:
             raise ViewFusionError(f"{source}: {key} must be {n}, got {value!r}")
         items = args[:1] * len(value) if args[-1] is Ellipsis else args
         return tuple(_check_value(v, t, f"{key}[{i}]", source) for i, (v, t) in enumerate(zip(value, items)))
+    if type_ is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # PyYAML (YAML 1.1) reads 1e-6 without a dot as a string
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -304,4 +314,4 @@ def build_model(cfg: ExperimentConfig):
     schedule = Schedule.make(d.schedule, d.n_timestep, linear_start=d.linear_start,
                              linear_end=d.linear_end)
     return ViewFusion(UNet(**m.unet_kwargs()), schedule, weighting=m.weighting,
-                      relative=m.relative, clamp=m.clamp)
+                      relative=m.relative, clamp=m.clamp, prediction=d.prediction)

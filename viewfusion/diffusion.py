@@ -144,6 +144,22 @@ def add_noise(y_0: Tensor, noise: Tensor, gamma: Tensor) -> Tensor:
     return gamma.sqrt() * y_0 + (1 - gamma).sqrt() * noise
 
 
+PREDICTIONS = ("eps", "v")
+
+
+def v_target(y_0: Tensor, noise: Tensor, gamma: Tensor) -> Tensor:
+    """Salimans & Ho 2022 eq. 9 (alpha^2 = gamma): v = sqrt(gamma) eps - sqrt(1 - gamma) y_0."""
+    gamma = gamma.reshape(-1, *([1] * (y_0.dim() - 1))).to(y_0.dtype)
+    return gamma.sqrt() * noise - (1 - gamma).sqrt() * y_0
+
+
+def eps_from_v(v: Tensor, y_t: Tensor, gamma: Tensor) -> Tensor:
+    """The noise a v-prediction implies: eps = sqrt(gamma) v + sqrt(1 - gamma) y_t (add_noise
+    substituted into v_target); affine in v with fixed y_t, so composing v's composes eps's."""
+    gamma = gamma.reshape(-1, *([1] * (y_t.dim() - 1))).to(y_t.dtype)
+    return gamma.sqrt() * v + (1 - gamma).sqrt() * y_t
+
+
 class StepOutput(NamedTuple):
     prev_sample: Tensor
     pred_original_sample: Tensor

@@ -42,7 +42,7 @@ from PIL import Image  # noqa: E402
 
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
-from viewfusion.tables import CONFIG, PIXELNERF_NUMBERS, load_metrics, summarize  # noqa: E402
+from viewfusion.tables import BASELINE, CONFIG, PIXELNERF_NUMBERS, load_metrics, sampler_label, summarize  # noqa: E402
 
 NUM_VIEWS = 24
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
@@ -115,7 +115,7 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
     for ax, metric in zip(axes[0], metrics):
         for config, group in summary.groupby(CONFIG, dropna=False, sort=True):
             experiment, step, sampler, steps = config
-            label = f"{experiment} @{step} {sampler}-{'full' if pd.isna(steps) else steps}"
+            label = f"{experiment} @{step} {sampler_label(sampler, steps)}"
             ax.errorbar(group["view_count"].astype(float), group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
                         marker="o", capsize=3, label=label)
         if summary["view_count"].max() > max_train_views:
@@ -346,7 +346,9 @@ def grid_figures(sample_dirs: list[Path], out: Path, args: argparse.Namespace) -
         groups.setdefault(info["setting"], {}).setdefault(info["views"], info)
     notes = []
     for setting, by_views in groups.items():
-        if len(by_views) < 2:
+        if setting[2] == BASELINE:
+            notes.append(f"{setting}: the copy baseline, no extrapolation grid")
+        elif len(by_views) < 2:
             notes.append(f"{setting}: one view count only, no extrapolation grid")
         elif extrapolation_grid(list(by_views.values()), out, objects=args.grid_objects,
                                 max_train_views=args.max_train_views) is None:

@@ -10,6 +10,9 @@ chunking and any batch size give byte-identical PNGs. Each PNG is written atomic
 items are skipped on restart, and `chunks/{i}-of-{N}.json` is written last: its presence means
 the chunk is complete. Targets with different view counts share a batch (views padded, masked).
 Output layout: docs/FORMATS.md, section Samples.
+
+`--sampler nearest` is the trivial baseline the tables compare against: no network, each target
+is the conditioning view nearest to it in azimuth, copied (it knows the poses; the model does not).
 """
 
 from __future__ import annotations
@@ -26,19 +29,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viewfusion.checkpoint import load_model
+from viewfusion.checkpoint import load, load_model
 from viewfusion.data.loader import load_objects
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
 
-SAMPLERS = ("ddpm", "ddim")
+MODEL_SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = (*MODEL_SAMPLERS, "nearest")  # nearest: the copy baseline, no network
 NUM_VIEWS = 24
 VIEW_STEP = 2 * math.pi / NUM_VIEWS  # radians between neighbouring NMR views
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: str  # "ddpm" (the paper's ancestral sampler) or "ddim"
+    name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
     steps: int | None  # None: the full training schedule (ddpm-2000 for the paper)
     eta: float = 0.0
 
@@ -60,6 +64,11 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
     return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw"}
+
+
+def checkpoint_info(checkpoint: str) -> dict:
+    """What the markers record of a checkpoint the copy baseline does not run (its step)."""
+    return {"step": load(checkpoint).get("step"), "weights": "none"}
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -161,6 +170,16 @@ def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool,
     return result.cpu(), None, None
 
 
+def nearest_view_images(items: list[dict], objects: dict) -> torch.Tensor:
+    """(B,3,H,W): per target, the conditioning view at the smallest circular azimuth distance
+    (ties: the first listed, so the result is deterministic)."""
+    def distance(view: int, target: int) -> int:
+        return min((view - target) % NUM_VIEWS, (target - view) % NUM_VIEWS)
+
+    picks = [min(it["cond_views"], key=lambda v, t=it["target_view"]: distance(v, t)) for it in items]
+    return torch.stack([objects[it["key"]].images[v] for it, v in zip(items, picks)])
+
+
 def _progress_path(out: Path, i: int, n: int) -> Path:
     return out / "chunks" / f"{i}-of-{n}.progress.json"
 
@@ -178,13 +197,18 @@ def sample_chunk(
 ) -> Path:
     """Generate chunk `i/N` of `manifest` into `out`; return the chunk's completion marker."""
     i, n = parse_chunk(chunk)
+    if spec.name == "nearest" and save_weights:
+        raise ViewFusionError("--sampler nearest copies a view and has no view weights; drop --save-weights")
     out_dir = Path(out)
     marker = out_dir / "chunks" / f"{i}-of-{n}.json"
     man = read_manifest(manifest)
     items = chunk_items(man["items"], i, n)
     todo = [it for it in items if not item_done(out_dir, it["item"], weights=save_weights)]
     dev = resolve_device(device)
-    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
+    if spec.name == "nearest":
+        model, info = None, checkpoint_info(checkpoint)
+    else:
+        model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     progress_file = _progress_path(out_dir, i, n)
     progress = _load_progress(progress_file)
     if todo:
@@ -194,12 +218,15 @@ def sample_chunk(
             raise ViewFusionError(f"{shards}: split {man['split']!r} lacks objects {missing[:5]} named in {manifest}; shard and manifest disagree")
         for start in range(0, len(todo), batch_size):
             part = todo[start : start + batch_size]
-            batch = build_batch(part, objects, relative=model.relative, device=dev)
+            batch = None if model is None else build_batch(part, objects, relative=model.relative, device=dev)
             tick = time.perf_counter()
-            images, view_weights, steps = generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
+            if batch is None:
+                images, view_weights, steps = nearest_view_images(part, objects), None, None
+            else:
+                images, view_weights, steps = generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
             progress["seconds"] += time.perf_counter() - tick
             progress["targets"] += len(part)
-            progress["unet_evals"] += int(batch["view_count"].sum()) * _steps_taken(model, spec)
+            progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * _steps_taken(model, spec)
             for row, it in enumerate(part):
                 gt = objects[it["key"]].images[it["target_view"]]
                 _save_item(out_dir, it, images[row], gt, None if view_weights is None else view_weights[:, row], steps)
@@ -210,6 +237,8 @@ def sample_chunk(
 
 
 def _steps_taken(model, spec: SamplerSpec) -> int:
+    if model is None:
+        return 0
     return spec.steps if spec.steps is not None else model.num_timesteps
 
 
@@ -323,7 +352,10 @@ def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: 
                  spec=spec, batch_size=len(manifest["items"]), device=device, save_weights=True,
                  weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, weights=weights)
     dev = resolve_device(device)
-    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
+    if spec.name == "nearest":
+        model, info = None, checkpoint_info(checkpoint)
+    else:
+        model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     images = load_objects(shards, split, keys={key})[key].images
     autoregressive(model, images, spec=spec, start_view=FIGURE_COND_VIEWS[0], stride=stride,
                    seed=seed, device=dev, out=out_dir / "autoregressive", key=key)
@@ -341,7 +373,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object", default=None, help="object key synset_objectid (default: drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stride", type=int, default=3, help="views between autoregressive targets")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    parser.add_argument("--sampler", choices=MODEL_SAMPLERS, default="ddim")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--device", default="auto")

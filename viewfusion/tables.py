@@ -64,6 +64,7 @@ PIXELNERF_NUMBERS = {
 SRT_PSNR = 27.28
 TABLES = ("views", "per_category", "weighting", "relative_angle", "withheld_category",
           "sampler_speed_quality", "sampler_speed_quality_detail")
+BASELINE = "nearest"  # `viewfusion sample --sampler nearest`: the conditioning view nearest the target
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "seconds_per_target": 3}
 
 
@@ -90,6 +91,13 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
     for column in ("checkpoint_step", "steps", "view_count"):
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     return frame
+
+
+def sampler_label(sampler: str, steps) -> str:
+    """ddim-50, ddpm-2000; the copy baseline has no steps."""
+    if sampler == BASELINE:
+        return "nearest view copied (baseline)"
+    return f"{sampler}-{'full' if pd.isna(steps) else steps}"
 
 
 # ---------------------------------------------------------------- statistics

@@ -10,6 +10,11 @@ them, and the results are scattered back into (B, N, ...) for the masked softmax
 equals the official one (`denoise_fn.*` plus the six schedule buffers), and all sampling reads
 those buffers, so a loaded checkpoint samples exactly as the official code did.
 
+`prediction="v"` (not in the paper; the tiny CPU config) trains the network to predict
+v = sqrt(gamma) eps - sqrt(1 - gamma) y_0 instead of eps: at high noise the loss then weighs x0
+errors directly, which a short run needs to learn to sample at all. Samplers see the noise the
+composed v implies (the conversion is affine in v, so composing v's composes eps's).
+
 Relative variant: the denoiser input is [conditioning view, reference view, noisy target] (9
 channels) and `angle` is the target azimuth minus the reference view's azimuth.
 """
@@ -28,9 +33,12 @@ from viewfusion.diffusion import (
     BUFFER_NAMES,
     AncestralSampler,
     DDIMSampler,
+    PREDICTIONS,
     Schedule,
     add_noise,
+    eps_from_v,
     sample_continuous_gamma,
+    v_target,
 )
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import UNet
@@ -73,15 +81,18 @@ class ViewFusion(nn.Module):
         weighting: bool = True,
         relative: bool = False,
         clamp: tuple[float, float] | None = (-1.0, 1.0),
+        prediction: str = "eps",
     ) -> None:
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         _check_denoiser(denoiser, weighting=weighting, relative=relative)
         for name, value in schedule.buffers().items():
             self.register_buffer(name, value)
         self.denoise_fn = denoiser
         if clamp is not None and not float(clamp[0]) < float(clamp[1]):
             raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp}")
-        self.weighting, self.relative = weighting, relative
+        self.weighting, self.relative, self.prediction = weighting, relative, prediction
         self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.unet_evals = 0  # U-Net rows evaluated so far by this module (cost accounting)
 
@@ -100,7 +111,7 @@ class ViewFusion(nn.Module):
         self, y_t: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, noise_level: Tensor,
         *, y_ref: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Composed noise (B, C, H, W) and view weights (B, N, C, H, W) (0 on padded views).
+        """Composed output (B, C, H, W) (noise, or v) and view weights (B, N, C, H, W) (0 on padding).
 
         noise_level: (B,) continuous gamma. One U-Net batch over the valid rows only.
         """
@@ -156,8 +167,17 @@ class ViewFusion(nn.Module):
         _, gamma = sample_continuous_gamma(self.gammas, y_0.shape[0], generator=generator)
         if noise is None:
             noise = torch.randn(y_0.shape, generator=generator, device=y_0.device, dtype=y_0.dtype)
-        eps_hat, _ = self.compose(add_noise(y_0, noise, gamma), y_cond, view_count, angle, gamma, y_ref=y_ref)
-        return F.mse_loss(eps_hat, noise)
+        target = noise if self.prediction == "eps" else v_target(y_0, noise, gamma)
+        out, _ = self.compose(add_noise(y_0, noise, gamma), y_cond, view_count, angle, gamma, y_ref=y_ref)
+        return F.mse_loss(out, target)
+
+    def predict_noise(
+        self, y_t: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, noise_level: Tensor,
+        *, y_ref: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(composed noise, view weights): `compose`, with a v-prediction turned into noise."""
+        out, weights = self.compose(y_t, y_cond, view_count, angle, noise_level, y_ref=y_ref)
+        return (out if self.prediction == "eps" else eps_from_v(out, y_t, noise_level)), weights
 
     def forward(self, y_0: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, **kwargs) -> Tensor:
         """The training loss (what DDP wraps); see `loss`."""
@@ -173,7 +193,7 @@ class ViewFusion(nn.Module):
         """
         t = torch.as_tensor(t, device=y_t.device, dtype=torch.long).expand(y_t.shape[0])
         sampler = AncestralSampler(self.schedule_buffers(), clamp=self.clamp)
-        eps, weights = self.compose(y_t, y_cond, view_count, angle, sampler.noise_level(t), y_ref=y_ref)
+        eps, weights = self.predict_noise(y_t, y_cond, view_count, angle, sampler.noise_level(t), y_ref=y_ref)
         mean, log_var, _ = sampler.mean_variance(eps, y_t, t)
         return mean, log_var, weights
 
@@ -206,7 +226,7 @@ class ViewFusion(nn.Module):
         generators = _generators(seeds, batch)
         y_t = _randn(generators, (batch, channels, height, width), y_cond)
         for t in smp.timesteps.tolist():
-            eps, weights = self.compose(y_t, y_cond, view_count, angle, smp.noise_level(t).expand(batch), y_ref=y_ref)
+            eps, weights = self.predict_noise(y_t, y_cond, view_count, angle, smp.noise_level(t).expand(batch), y_ref=y_ref)
             noise = _randn(generators, y_t.shape, y_t) if smp.uses_noise(t) else None
             y_t = smp.step(eps, t, y_t, noise=noise).prev_sample
             yield SampleStep(t, y_t, weights)

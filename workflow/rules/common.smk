@@ -15,13 +15,15 @@ wildcard_constraints:
     exp="[A-Za-z0-9_]+",
     shard_set="[A-Za-z0-9_]+",
     ckpt="final|step[0-9]+",
-    sampler="(ddpm|ddim)-(full|[0-9]+)(-eta[0-9.]+)?",
+    sampler="nearest|(ddpm|ddim)-(full|[0-9]+)(-eta[0-9.]+)?",
     views="[0-9]+",
     chunk="[0-9]+",
 
 
 def sampler_tag(spec):
-    """{name, steps, eta} -> a path-safe tag: ddim-50, ddim-50-eta0.5, ddpm-full."""
+    """{name, steps, eta} -> a path-safe tag: ddim-50, ddim-50-eta0.5, ddpm-full, nearest."""
+    if spec["name"] == "nearest":
+        return "nearest"
     steps = spec.get("steps")
     tag = f"{spec['name']}-{'full' if steps is None else steps}"
     return tag + (f"-eta{spec['eta']:g}" if spec.get("eta", 0) else "")
@@ -29,8 +31,11 @@ def sampler_tag(spec):
 
 def parse_sampler(tag):
     """Inverse of sampler_tag: the CLI flags of `viewfusion sample`."""
-    name, steps, *rest = tag.split("-")
+    name, *rest = tag.split("-")
     flags = f"--sampler {name}"
+    if not rest:
+        return flags
+    steps, *rest = rest
     if steps != "full":
         flags += f" --steps {steps}"
     if rest:
