@@ -95,6 +95,8 @@ class ViewFusion(nn.Module):
         self.weighting, self.relative, self.prediction = weighting, relative, prediction
         self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.unet_evals = 0  # U-Net rows evaluated so far by this module (cost accounting)
+        # Sampling sets this: U-Net calls of exactly this many rows (see _denoise_rows).
+        self.row_batch: int | None = None
 
     @property
     def denoiser(self) -> nn.Module:
@@ -121,7 +123,7 @@ class ViewFusion(nn.Module):
         rows = mask.nonzero(as_tuple=True)  # (target, view) pairs, targets in order as the official
         parts = [y_cond[rows], y_ref[rows[0]]] if self.relative else [y_cond[rows]]
         target_rows = rows[0]
-        out = self.denoise_fn(
+        out = self._denoise_rows(
             torch.cat([*parts, y_t[target_rows]], dim=1), angle[target_rows], noise_level.reshape(-1)[target_rows]
         )
         self.unet_evals += out.shape[0]
@@ -134,6 +136,22 @@ class ViewFusion(nn.Module):
         else:
             weights = (mask / view_count[:, None]).to(out.dtype)[:, :, None, None, None].expand(full)
         return (eps * weights).sum(dim=1), weights
+
+    def _denoise_rows(self, x: Tensor, angle: Tensor, level: Tensor) -> Tensor:
+        """The U-Net over all rows; without autograd and with `row_batch` set, in calls of exactly
+        `row_batch` rows (the last padded with copies of row 0). Convolution backends pick kernels
+        by batch size, so a fixed size makes a row's output independent of the batch around it:
+        a target with a given seed then samples the same image in any chunk or batch."""
+        size = self.row_batch
+        if size is None or torch.is_grad_enabled():
+            return self.denoise_fn(x, angle, level)
+        rows = x.shape[0]
+        index = torch.arange(rows + (-rows) % size, device=x.device)
+        index[rows:] = 0
+        x, angle, level = x[index], angle[index], level[index]
+        outs = [self.denoise_fn(x[i : i + size], angle[i : i + size], level[i : i + size])
+                for i in range(0, x.shape[0], size)]
+        return torch.cat(outs)[:rows]
 
     def _check_views(self, y_t, y_cond, view_count, angle, y_ref) -> tuple[Tensor, Tensor]:
         if y_cond.dim() != 5:
