@@ -73,6 +73,7 @@ def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shard
     assert a == b
     marker = json.loads((split / "chunks/2-of-3.json").read_text())
     assert marker["checkpoint_step"] == 7 and marker["steps"] == 4 and marker["seconds_per_target"] > 0
+    assert marker["row_batch"] == 8  # the CPU default: images depend on it, so it is recorded
     assert sorted(p.name for p in (split / "chunks").glob("*-of-3.json")) == ["1-of-3.json", "2-of-3.json", "3-of-3.json"]
 
 

@@ -67,7 +67,7 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
-    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw"}
+    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch}
 
 
 def checkpoint_info(checkpoint: str) -> dict:
@@ -253,7 +253,7 @@ def _write_marker(marker: Path, *, items, i, n, spec, steps_taken, progress, che
         "chunk": i, "of": n, "items": [it["item"] for it in items],
         "sampler": spec.name, "steps": steps_taken, "eta": spec.eta,
         "checkpoint": str(checkpoint), "checkpoint_step": info.get("step"), "weights": info["weights"],
-        "experiment": experiment,
+        "experiment": experiment, "row_batch": info.get("row_batch"),
         "seconds_per_target": progress["seconds"] / targets if progress["targets"] else math.nan,
         "unet_evals_per_target": progress["unet_evals"] / targets if progress["targets"] else math.nan,
         "device": device,
