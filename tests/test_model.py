@@ -86,6 +86,24 @@ def test_v_prediction_composes_v_and_samples_its_noise():
         ViewFusion(model.denoiser, SCHEDULE, prediction="x0")
 
 
+def test_row_batch_gives_each_target_the_same_result_alone_or_in_a_batch():
+    """Sampling calls the U-Net with a fixed number of rows (kernels are picked by batch size):
+    a target's composed noise is then bit-identical alone or among others; padding rows are
+    neither counted nor returned."""
+    model = tiny_model()
+    model.row_batch = 4
+    y_t, y_cond, angle, gamma = batch(b=5)
+    view_count = torch.tensor([1, 5, 2, 3, 1])
+    with torch.no_grad():
+        eps, weights = model.compose(y_t, y_cond, view_count, angle, gamma)
+        for i, n in enumerate(view_count.tolist()):
+            one, _ = model.compose(y_t[i : i + 1], y_cond[i : i + 1, :n], view_count[i : i + 1], angle[i : i + 1], gamma[i : i + 1])
+            assert torch.equal(one[0], eps[i])
+        ref, ref_weights = reference_compose(model, y_t, y_cond, view_count, angle, gamma)
+    torch.testing.assert_close(eps, ref, atol=1e-5, rtol=1e-5)
+    assert model.unet_evals == 2 * int(view_count.sum())  # compose twice (batch + singles), no padding
+
+
 def test_one_view_gets_weight_exactly_one():
     model = tiny_model()
     y_t, y_cond, angle, gamma = batch(b=3)
