@@ -169,7 +169,8 @@ def _clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
     return x if clamp is None else x.clamp(clamp[0], clamp[1])
 
 
-def _check_clamp(clamp) -> tuple[float, float] | None:
+def check_clamp(clamp) -> tuple[float, float] | None:
+    """A clamp range as (low, high) floats, or None; ValueError unless low < high."""
     if clamp is None:
         return None
     lo, hi = (float(v) for v in clamp)
@@ -196,7 +197,7 @@ class AncestralSampler:
         if missing:
             raise ValueError(f"buffers lacks {missing}")
         self.buffers = {name: buffers[name] for name in BUFFER_NAMES}
-        self.clamp = _check_clamp(clamp)
+        self.clamp = check_clamp(clamp)
         self.num_timesteps = self.buffers["gammas"].shape[0]
         self.timesteps = torch.arange(self.num_timesteps - 1, -1, -1)
 
@@ -243,7 +244,7 @@ class DDIMSampler:
             raise ValueError(f"steps must be in 1..{total} (the trained schedule), got {steps}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        self.gammas, self.eta, self.clamp = gammas, float(eta), _check_clamp(clamp)
+        self.gammas, self.eta, self.clamp = gammas, float(eta), check_clamp(clamp)
         self.num_timesteps = total
         # Python floats (float64) of the trained gammas: no device sync per step.
         self._abar = gammas.detach().double().cpu().tolist()

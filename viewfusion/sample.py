@@ -60,10 +60,6 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     depend on the batch a target sits in; change it and the last bits of the images change."""
     model, _, ckpt = load_model(checkpoint, device=device, ema=weights == "ema")
     model.row_batch = row_batch or (64 if device.type == "cuda" else 8)
-    # Plain NCHW layout: channels-last GEMMs pick kernels by row count, so a target's pixels
-    # would depend (in the last bits, then visibly after 50 steps) on the batch it sits in.
-    model.denoise_fn.channels_last = False
-    model.to(memory_format=torch.contiguous_format)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
@@ -360,10 +356,7 @@ def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: 
                  spec=spec, batch_size=len(manifest["items"]), device=device, save_weights=True,
                  weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, weights=weights)
     dev = resolve_device(device)
-    if spec.name == "nearest":
-        model, info = None, checkpoint_info(checkpoint)
-    else:
-        model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
+    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     images = load_objects(shards, split, keys={key})[key].images
     autoregressive(model, images, spec=spec, start_view=FIGURE_COND_VIEWS[0], stride=stride,
                    seed=seed, device=dev, out=out_dir / "autoregressive", key=key)

@@ -36,6 +36,7 @@ from viewfusion.diffusion import (
     PREDICTIONS,
     Schedule,
     add_noise,
+    check_clamp,
     eps_from_v,
     sample_continuous_gamma,
     v_target,
@@ -90,10 +91,8 @@ class ViewFusion(nn.Module):
         for name, value in schedule.buffers().items():
             self.register_buffer(name, value)
         self.denoise_fn = denoiser
-        if clamp is not None and not float(clamp[0]) < float(clamp[1]):
-            raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp}")
         self.weighting, self.relative, self.prediction = weighting, relative, prediction
-        self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
+        self.clamp = check_clamp(clamp)
         self.unet_evals = 0  # U-Net rows evaluated so far by this module (cost accounting)
         # Sampling sets this: U-Net calls of exactly this many rows (see _denoise_rows).
         self.row_batch: int | None = None
