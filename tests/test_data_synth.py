@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from viewfusion.cli import main
-from viewfusion.data import nmr, synth
+from viewfusion.data import nmr, shapes, synth
 
 
 def _images(zip_path, obj) -> np.ndarray:
@@ -125,9 +125,9 @@ def _hull(points: np.ndarray) -> np.ndarray:
 def test_box_silhouette_is_exactly_its_projected_corners():
     """A lone box: pixels whose centre lies 0.4 px inside the projected hull are object, 0.4 px
     outside pure white. A half-pixel or flipped-axis convention error would break this."""
-    box = synth.Primitive("box", np.array([0.05, -0.02, 0.03]), synth._rot(yaw=0.5, roll=0.2),
+    box = shapes.Primitive("box", np.array([0.05, -0.02, 0.03]), shapes.rotation(yaw=0.5, roll=0.2),
                           np.array([0.35, 0.2, 0.25]), np.array([0.5, 0.3, 0.2]))
-    images = synth.render(synth.SynthObject("02933112", "x", (box,)), image_size=64)
+    images = synth.render(shapes.SynthObject("02933112", "x", (box,)), image_size=64)
     cams = nmr.load_cameras(synth.cameras_npz(), member="c")
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
     corners = box.center + (signs * box.half) @ box.rotation.T
