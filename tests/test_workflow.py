@@ -7,7 +7,6 @@ config/, profiles/), so the checkout's own results/ is never touched.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re

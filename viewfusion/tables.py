@@ -35,7 +35,6 @@ per run: mixing VGG and AlexNet files is an error).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np

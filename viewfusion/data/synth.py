@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import time
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
