@@ -1,0 +1,111 @@
+"""How much does a checkpoint use its conditioning views? Prints ONE JSON line.
+
+    python tools/probe_model.py --checkpoint results/runs/tiny/final.pt \
+        --manifest results/manifests/all/test-v3.json --shards results/shards/all
+    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50
+
+For the targets of an evaluation manifest it measures, in PSNR against the ground truth:
+* `x0`: the model's one-step estimate of the clean target from y_t = sqrt(gamma_t) y_0 +
+  sqrt(1 - gamma_t) eps at each `--levels` step t, once with the target's own conditioning views
+  (`cond`) and once with those of another target (`other_cond`, the manifest rolled by one). At
+  the top of the schedule y_t holds almost no signal, so `cond` there is the model's posterior
+  mean given its inputs; `cond` close to `other_cond` means the views are barely used.
+* `samples`: DDIM samples from `--seeds` seeds per target (PSNR per seed), the PSNR of their
+  pixel mean (what averaging away the sample variance gives) and between two seeds' samples;
+* `copy_baseline`: the conditioning view nearest the target in azimuth, copied (the tables'
+  `nearest` sampler).
+
+A sample's squared error is about the posterior mean's plus the sample variance, so samples of a
+model whose mean only matches the copy baseline score below it (docs/NOTES.md has the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from viewfusion.data.loader import load_objects  # noqa: E402
+from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images, read_manifest  # noqa: E402
+
+
+def psnr(image: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over images of the per-image PSNR (data range 1), as the tables average it."""
+    mse = (image - target).square().mean(dim=(1, 2, 3)).clamp(min=1e-10)
+    return round(float((-10 * torch.log10(mse)).mean()), 3)
+
+
+def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: torch.Generator) -> dict:
+    """PSNR of the clamped x0 estimate at step t, with the targets' own and with rolled views."""
+    gamma = model.gammas[t]
+    y_t = gamma.sqrt() * gt + (1 - gamma).sqrt() * torch.randn(gt.shape, generator=generator)
+    roll = torch.roll(torch.arange(gt.shape[0]), 1)
+    out = {}
+    for name, index in (("cond", slice(None)), ("other_cond", roll)):
+        extra = {"y_ref": batch["y_ref"][index]} if "y_ref" in batch else {}
+        eps, _ = model.predict_noise(y_t, batch["y_cond"][index], batch["view_count"][index],
+                                     batch["angle"], gamma.expand(gt.shape[0]), **extra)
+        out[name] = psnr(((y_t - (1 - gamma).sqrt() * eps) / gamma.sqrt()).clamp(0, 1), gt)
+    return out
+
+
+def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: int) -> dict:
+    """DDIM samples from `seeds` seeds per target: PSNR per seed, of their mean, between two."""
+    extra = {"y_ref": batch["y_ref"]} if "y_ref" in batch else {}
+    images = []
+    for k in range(seeds):
+        image = model.generate(batch["y_cond"], batch["view_count"], batch["angle"], sampler="ddim",
+                               steps=steps, seeds=batch["seeds"] + 1_000_003 * k, **extra)
+        images.append((image * 255).round() / 255)  # scored as the 8-bit PNGs are
+    out = {"sampler": "ddim", "steps": steps, "psnr_per_seed": [psnr(i, gt) for i in images],
+           "psnr_of_mean": psnr(torch.stack(images).mean(0), gt)}
+    if seeds > 1:
+        out["psnr_between_seeds"] = psnr(images[0], images[1])
+    return out
+
+
+def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], seeds: int, steps: int,
+          max_targets: int | None = None) -> dict:
+    model, info = load_sampling_model(checkpoint, device=torch.device("cpu"))
+    bad = [t for t in levels if not 0 <= t < model.num_timesteps]
+    if bad:
+        raise SystemExit(f"--levels {bad}: steps must be in 0..{model.num_timesteps - 1} for {checkpoint}")
+    m = read_manifest(manifest)
+    items = m["items"][:max_targets]
+    objects = load_objects(shards, m["split"], sorted({it["key"] for it in items}))
+    batch = build_batch(items, objects, relative=model.relative, device=torch.device("cpu"))
+    gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        x0 = {str(t): x0_estimates(model, batch, gt, t, generator=generator) for t in levels}
+        samples = sample_spread(model, batch, gt, seeds=seeds, steps=steps) if seeds else None
+    return {"checkpoint": checkpoint, "step": info["step"], "weights": info["weights"],
+            "manifest": manifest, "targets": len(items),
+            "copy_baseline": psnr(nearest_view_images(items, objects), gt),
+            "x0": x0, "samples": samples}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True, help="an evaluation manifest (viewfusion data manifest)")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--levels", default="1999,1500,1000,600,200,50",
+                   help="comma-separated schedule steps t for the x0 estimates")
+    p.add_argument("--seeds", type=int, default=4, help="samples per target (0: no sampling)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per sample")
+    p.add_argument("--max-targets", type=int, default=None)
+    args = p.parse_args(argv)
+    levels = [int(v) for v in args.levels.split(",") if v.strip()]
+    print(json.dumps(probe(checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards,
+                           levels=levels, seeds=args.seeds, steps=args.steps, max_targets=args.max_targets)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
