@@ -31,26 +31,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewfusion.data.loader import load_objects  # noqa: E402
+from viewfusion.diffusion import add_noise  # noqa: E402
+from viewfusion.metrics import psnr as image_psnr  # noqa: E402
 from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images, read_manifest  # noqa: E402
 
 
 def psnr(image: torch.Tensor, target: torch.Tensor) -> float:
     """Mean over images of the per-image PSNR (data range 1), as the tables average it."""
-    mse = (image - target).square().mean(dim=(1, 2, 3)).clamp(min=1e-10)
-    return round(float((-10 * torch.log10(mse)).mean()), 3)
+    return round(float(image_psnr(image, target).mean()), 3)
 
 
 def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: torch.Generator) -> dict:
     """PSNR of the clamped x0 estimate at step t, with the targets' own and with rolled views."""
-    gamma = model.gammas[t]
-    y_t = gamma.sqrt() * gt + (1 - gamma).sqrt() * torch.randn(gt.shape, generator=generator)
+    sampler = model.make_sampler("ddpm")  # its x0 estimate: DDPM eq. 15 inverted, clamped as the model's
+    gamma = sampler.noise_level(t).expand(gt.shape[0])
+    y_t = add_noise(gt, torch.randn(gt.shape, generator=generator), gamma)
     roll = torch.roll(torch.arange(gt.shape[0]), 1)
     out = {}
     for name, index in (("cond", slice(None)), ("other_cond", roll)):
         extra = {"y_ref": batch["y_ref"][index]} if "y_ref" in batch else {}
         eps, _ = model.predict_noise(y_t, batch["y_cond"][index], batch["view_count"][index],
-                                     batch["angle"], gamma.expand(gt.shape[0]), **extra)
-        out[name] = psnr(((y_t - (1 - gamma).sqrt() * eps) / gamma.sqrt()).clamp(0, 1), gt)
+                                     batch["angle"], gamma, **extra)
+        out[name] = psnr(sampler.mean_variance(eps, y_t, t)[2].clamp(0, 1), gt)
     return out
 
 
