@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from viewfusion import checkpoint
-from viewfusion.config import build_model, load_config, to_dict
+from train_utils import save_random_model
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
 
@@ -20,21 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import probe_model  # noqa: E402
 
-SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.norm_groups=8",
-         "model.res_blocks=1", "model.attn_res=[]", "diffusion.n_timestep=100"]
-
 
 def _checkpoint(path: Path, *, blind: bool) -> Path:
     """A random-weight model; `blind` zeroes the first convolution's conditioning-view inputs."""
-    cfg = load_config(REPO / "config/experiments/tiny.yaml", SMALL)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if blind:
-        with torch.no_grad():
-            model.denoise_fn.downs[0].weight[:, :3] = 0
-    checkpoint.save(path, {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
-                           "model": model.state_dict(), "step": 3, "config": to_dict(cfg)})
-    return path
+    def zero_view_inputs(model):
+        model.denoise_fn.downs[0].weight[:, :3] = 0
+
+    return save_random_model(path, step=3, edit=zero_view_inputs if blind else None)
 
 
 @pytest.fixture(scope="module")

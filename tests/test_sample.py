@@ -15,28 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-from viewfusion import checkpoint
-from viewfusion.config import build_model, load_config, to_dict
+from train_utils import save_random_model
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
 from viewfusion.sample import SamplerSpec, chunk_items, sample_chunk
 
 REPO = Path(__file__).resolve().parents[1]
-# A small random-weight model is enough: determinism does not depend on training.
-SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.norm_groups=8",
-         "model.res_blocks=1", "model.attn_res=[]", "diffusion.n_timestep=100"]
 SPEC = SamplerSpec("ddim", 4)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    cfg = load_config(REPO / "config/experiments/tiny.yaml", SMALL)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    checkpoint.save(path, {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
-                           "model": model.state_dict(), "step": 7, "config": to_dict(cfg)})
-    return path
+    # A small random-weight model is enough: determinism does not depend on training.
+    return save_random_model(tmp_path_factory.mktemp("ckpt") / "model.pt", step=7)
 
 
 @pytest.fixture(scope="module")

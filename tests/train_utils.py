@@ -1,4 +1,5 @@
-"""Shared by the training tests: small synthetic shards, a 32 px model, subprocess runs."""
+"""Shared by the training and sampling tests: small synthetic shards, a 32 px model, subprocess
+runs, and a random-weight 64 px checkpoint for sampling."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ SMALL = ["model.image_size=32", "model.inner_channel=16", "model.channel_mults=[
          "data.max_views=3", "data.num_workers=0", "train.global_batch_size=4",
          "train.checkpoint_every=3", "train.log_every=1", "train.snapshot_steps=[]",
          "train.warmup_steps=5"]
+# A random-weight 64 px model for the sampling tests: determinism does not depend on training.
+SAMPLE_SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.norm_groups=8",
+                "model.res_blocks=1", "model.attn_res=[]", "diffusion.n_timestep=100"]
+
+
+def save_random_model(path: Path, *, step: int, edit=None) -> Path:
+    """A checkpoint of the tiny config with `SAMPLE_SMALL` and seed-0 random weights; `edit(model)`
+    may change the weights before saving."""
+    from viewfusion import checkpoint
+    from viewfusion.config import build_model, load_config, to_dict
+
+    cfg = load_config(TINY, SAMPLE_SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+                           "model": model.state_dict(), "step": step, "config": to_dict(cfg)})
+    return path
 
 
 def make_shards(out: Path) -> Path:
