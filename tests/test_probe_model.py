@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from train_utils import save_random_model
 from viewfusion.data.manifest import make_manifest
@@ -38,11 +39,18 @@ def manifest(synth_shards, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("blind", [False, True])
 def test_probe_separates_blind_and_seeing_models(blind, manifest, synth_shards, tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "model.pt", blind=blind)
+    grid = tmp_path / "grid.png"
     assert probe_model.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards",
-                             str(synth_shards), "--levels", "99,1", "--seeds", "2", "--steps", "3"]) == 0
+                             str(synth_shards), "--levels", "99,1", "--seeds", "2", "--steps", "3",
+                             "--grid", str(grid)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["targets"] == 4 and out["step"] == 3
     top, low = out["x0"]["99"], out["x0"]["1"]
+    assert all(math.isfinite(level["loss"]) and level["loss"] > 0 for level in (top, low))
+    # One column per target; rows: 2 views, the ground truth, the x0 estimate, one sample.
+    with Image.open(grid) as im:
+        size = im.size
+    assert size == (4 * 64, 5 * 64)
     if blind:
         assert top["cond"] == top["other_cond"] and low["cond"] == low["other_cond"]
     else:

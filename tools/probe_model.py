@@ -2,18 +2,20 @@
 
     python tools/probe_model.py --checkpoint results/runs/tiny/final.pt \
         --manifest results/manifests/all/test-v3.json --shards results/shards/all
-    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50
+    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50 --grid probe.png
 
 For the targets of an evaluation manifest it measures, in PSNR against the ground truth:
 * `x0`: the model's one-step estimate of the clean target from y_t = sqrt(gamma_t) y_0 +
   sqrt(1 - gamma_t) eps at each `--levels` step t, once with the target's own conditioning views
   (`cond`) and once with those of another target (`other_cond`, the manifest rolled by one). At
   the top of the schedule y_t holds almost no signal, so `cond` there is the model's posterior
-  mean given its inputs; `cond` close to `other_cond` means the views are barely used.
+  mean given its inputs; `cond` close to `other_cond` means the views are barely used. `loss`
+  is the training objective there (MSE of the composed eps or v prediction, own views);
 * `samples`: DDIM samples from `--seeds` seeds per target (PSNR per seed), the PSNR of their
   pixel mean (what averaging away the sample variance gives) and between two seeds' samples;
 * `copy_baseline`: the conditioning view nearest the target in azimuth, copied (the tables'
-  `nearest` sampler).
+  `nearest` sampler);
+* with `--grid`, a PNG of the first 8 targets: views, ground truth, x0 estimate, one sample.
 
 A sample's squared error is about the posterior mean's plus the sample variance, so samples of a
 model whose mean only matches the copy baseline score below it (docs/NOTES.md has the figures).
@@ -22,16 +24,19 @@ model whose mean only matches the copy baseline score below it (docs/NOTES.md ha
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewfusion.data.loader import load_objects  # noqa: E402
-from viewfusion.diffusion import add_noise  # noqa: E402
+from viewfusion.diffusion import add_noise, eps_from_v, v_target  # noqa: E402
+from viewfusion.fsutil import atomic_write_bytes  # noqa: E402
 from viewfusion.metrics import psnr as image_psnr  # noqa: E402
 from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images, read_manifest  # noqa: E402
 
@@ -41,22 +46,31 @@ def psnr(image: torch.Tensor, target: torch.Tensor) -> float:
     return round(float(image_psnr(image, target).mean()), 3)
 
 
-def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: torch.Generator) -> dict:
-    """PSNR of the clamped x0 estimate at step t, with the targets' own and with rolled views."""
+def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: torch.Generator
+                 ) -> tuple[dict, torch.Tensor]:
+    """PSNR of the clamped x0 estimate at step t, with the targets' own and with rolled views, and
+    the training objective there (MSE of the composed eps or v, own views); also the estimates."""
     sampler = model.make_sampler("ddpm")  # its x0 estimate: DDPM eq. 15 inverted, clamped as the model's
     gamma = sampler.noise_level(t).expand(gt.shape[0])
-    y_t = add_noise(gt, torch.randn(gt.shape, generator=generator), gamma)
+    noise = torch.randn(gt.shape, generator=generator)
+    y_t = add_noise(gt, noise, gamma)
     roll = torch.roll(torch.arange(gt.shape[0]), 1)
-    out = {}
+    out, images = {}, {}
     for name, index in (("cond", slice(None)), ("other_cond", roll)):
         extra = {"y_ref": batch["y_ref"][index]} if "y_ref" in batch else {}
-        eps, _ = model.predict_noise(y_t, batch["y_cond"][index], batch["view_count"][index],
-                                     batch["angle"], gamma, **extra)
-        out[name] = psnr(sampler.mean_variance(eps, y_t, t)[2].clamp(0, 1), gt)
-    return out
+        pred, _ = model.compose(y_t, batch["y_cond"][index], batch["view_count"][index], batch["angle"],
+                                gamma, **extra)
+        eps = pred if model.prediction == "eps" else eps_from_v(pred, y_t, gamma)
+        images[name] = sampler.mean_variance(eps, y_t, t)[2].clamp(0, 1)
+        out[name] = psnr(images[name], gt)
+        if name == "cond":
+            target = noise if model.prediction == "eps" else v_target(gt, noise, gamma)
+            out["loss"] = round(float(torch.nn.functional.mse_loss(pred, target)), 5)
+    return out, images["cond"]
 
 
-def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: int) -> dict:
+def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: int
+                  ) -> tuple[dict, list[torch.Tensor]]:
     """DDIM samples from `seeds` seeds per target: PSNR per seed, of their mean, between two."""
     extra = {"y_ref": batch["y_ref"]} if "y_ref" in batch else {}
     images = []
@@ -68,11 +82,11 @@ def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: in
            "psnr_of_mean": psnr(torch.stack(images).mean(0), gt)}
     if seeds > 1:
         out["psnr_between_seeds"] = psnr(images[0], images[1])
-    return out
+    return out, images
 
 
 def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], seeds: int, steps: int,
-          max_targets: int | None = None) -> dict:
+          max_targets: int | None = None, grid: str | None = None) -> dict:
     model, info = load_sampling_model(checkpoint, device=torch.device("cpu"))
     bad = [t for t in levels if not 0 <= t < model.num_timesteps]
     if bad:
@@ -83,13 +97,37 @@ def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], see
     batch = build_batch(items, objects, relative=model.relative, device=torch.device("cpu"))
     gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
     generator = torch.Generator().manual_seed(0)
+    x0, estimates, samples, images = {}, [], None, []
     with torch.inference_mode():
-        x0 = {str(t): x0_estimates(model, batch, gt, t, generator=generator) for t in levels}
-        samples = sample_spread(model, batch, gt, seeds=seeds, steps=steps) if seeds else None
+        for t in levels:
+            x0[str(t)], estimate = x0_estimates(model, batch, gt, t, generator=generator)
+            estimates.append(estimate)
+        if seeds:
+            samples, images = sample_spread(model, batch, gt, seeds=seeds, steps=steps)
+    if grid:
+        write_grid(grid, batch, gt, [*estimates[:1], *images[:1]])
     return {"checkpoint": checkpoint, "step": info["step"], "weights": info["weights"],
             "manifest": manifest, "targets": len(items),
             "copy_baseline": psnr(nearest_view_images(items, objects), gt),
             "x0": x0, "samples": samples}
+
+
+def write_grid(path: str, batch: dict, gt: torch.Tensor, outputs: list[torch.Tensor], *, columns: int = 8) -> None:
+    """A PNG with one column per target (the first `columns`): its conditioning views (black when
+    padding), the ground truth, then `outputs` (the first level's x0 estimate, the first sample)."""
+    n = min(columns, gt.shape[0])
+    rows = [batch["y_cond"][:n, v] for v in range(batch["y_cond"].shape[1])] + [gt[:n]] + [o[:n] for o in outputs]
+    tiles = torch.stack(rows)  # (R, n, 3, H, W)
+    r, _, _, h, w = tiles.shape
+    canvas = tiles.permute(0, 3, 1, 4, 2).reshape(r * h, n * w, 3)
+    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    atomic_write_bytes(path, _png(pixels))
+
+
+def _png(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def main(argv=None) -> int:
@@ -102,10 +140,13 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=4, help="samples per target (0: no sampling)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per sample")
     p.add_argument("--max-targets", type=int, default=None)
+    p.add_argument("--grid", default=None, help="also write a PNG: per target its views, the ground truth, "
+                   "the x0 estimate at the first level and the first seed's sample")
     args = p.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",") if v.strip()]
     print(json.dumps(probe(checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards,
-                           levels=levels, seeds=args.seeds, steps=args.steps, max_targets=args.max_targets)))
+                           levels=levels, seeds=args.seeds, steps=args.steps, max_targets=args.max_targets,
+                           grid=args.grid)))
     return 0
 
 
