@@ -44,14 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from official_baseline import BaselineUNet, BaselineViewFusion  # noqa: E402
+from peaks import peak_tflops as known_peak  # noqa: E402
 
 from viewfusion.diffusion import Schedule  # noqa: E402
 from viewfusion.model.unet import UNet  # noqa: E402
 from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion  # noqa: E402
-
-# Dense peak TFLOP/s for MFU (bf16 tensor cores / fp32 non-tensor), by device-name substring.
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},
-               "A100": {"bf16": 312.0, "fp32": 19.5}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -262,8 +259,7 @@ def measure_peak_memory(which: str, args) -> dict:
 def peak_tflops(args, device: torch.device) -> float | None:
     if args.peak_tflops is not None or device.type != "cuda":
         return args.peak_tflops
-    name = torch.cuda.get_device_name(device)
-    return next((peaks[args.dtype] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+    return known_peak(torch.cuda.get_device_name(device), args.dtype)
 
 
 def describe_config(args, device: torch.device, rows: int) -> dict:

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from viewfusion import distributed, train
-from viewfusion.config import build_model, load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peaks import peak_tflops  # noqa: E402
+from viewfusion import distributed, train  # noqa: E402
+from viewfusion.config import build_model, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# Dense bf16 tensor-core peaks (vendor data sheets), matched against torch's device name.
-PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-             "A10G": 70e12, "V100": 125e12}
 
 
 def make_shards(tmp: Path, objects: int) -> Path:
@@ -58,7 +58,7 @@ def flops_per_unet_eval(cfg, device: torch.device) -> int:
 
 
 def measure(name: str, shards: Path, *, device: str, batch: int, steps: int, warmup: int,
-            bf16: bool) -> dict:
+            bf16: bool, peak_tflops_override: float | None = None) -> dict:
     cfg = load_config(ROOT / "config" / "experiments" / f"{name}.yaml",
                       [f"train.global_batch_size={batch}", f"train.checkpoint_every={steps + warmup}",
                        f"train.bf16={str(bf16).lower()}"])
@@ -86,8 +86,9 @@ def measure(name: str, shards: Path, *, device: str, batch: int, steps: int, war
            "dtype": "bf16" if d.device.type == "cuda" and bf16 else "fp32"}
     if d.device.type == "cuda":
         gpu = torch.cuda.get_device_name(d.device)
-        peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-        out.update(gpu=gpu, peak_bf16_flops=peak,
+        tflops = peak_tflops_override or peak_tflops(gpu, "bf16" if bf16 else "fp32")
+        peak = tflops * 1e12 if tflops else None
+        out.update(gpu=gpu, peak_flops=peak,
                    mfu=rows / total * flops / peak if peak else None,
                    peak_mem_mb=torch.cuda.max_memory_allocated(d.device) / 2**20)
     return out
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=52, help="synthetic objects rendered")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CPU configs, plus the GPU run when CUDA is present")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the GPU's dense bf16 peak for MFU when benchmarks/peaks.py does not know it")
     args = parser.parse_args()
     result = {"benchmark": "train", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -117,7 +120,8 @@ def main() -> None:
                                  steps=args.paper_steps_cpu, warmup=1, bf16=False)}
         if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
             result["gpu"] = {"paper": measure("paper", shards, device="cuda", batch=args.gpu_batch,
-                                              steps=args.steps * 2, warmup=5, bf16=True)}
+                                              steps=args.steps * 2, warmup=5, bf16=True,
+                                              peak_tflops_override=args.peak_tflops)}
     print(json.dumps(result))
 
 
