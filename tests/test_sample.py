@@ -65,6 +65,7 @@ def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shard
     marker = json.loads((split / "chunks/2-of-3.json").read_text())
     assert marker["checkpoint_step"] == 7 and marker["steps"] == 4 and marker["seconds_per_target"] > 0
     assert marker["row_batch"] == 8  # the CPU default: images depend on it, so it is recorded
+    assert marker["max_train_views"] == 3  # the tiny config's data.max_views: tables mark more as extrapolation
     assert sorted(p.name for p in (split / "chunks").glob("*-of-3.json")) == ["1-of-3.json", "2-of-3.json", "3-of-3.json"]
 
 
@@ -118,4 +119,4 @@ def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_sh
         assert torch.equal(png, (images[view] * 255).round().to(torch.uint8))
     marker = json.loads((out / "chunks/1-of-1.json").read_text())
     assert marker["sampler"] == "nearest" and marker["steps"] == 0 and marker["checkpoint_step"] == 7
-    assert marker["unet_evals_per_target"] == 0
+    assert marker["unet_evals_per_target"] == 0 and marker["max_train_views"] == 3

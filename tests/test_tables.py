@@ -78,6 +78,21 @@ def test_views_table_exact(out):
     assert len(measured) == 4  # paper ddim v1, v2; paper ddpm v1; no_weighting ddim v1
 
 
+def test_extrapolation_follows_each_experiments_own_training_views(tmp_path):
+    """`max_train_views` (from the checkpoint, via the chunk markers) decides the regime per
+    experiment; where it is missing (older metrics files) `--max-train-views` does."""
+    frame = hand_made()
+    frame["max_train_views"] = [1 if e == "paper" else None for e in frame["experiment"]]
+    frame["max_train_views"] = frame["max_train_views"].astype("Int64")
+    frame.to_parquet(tmp_path / "m.parquet")
+    views = tables.table_views(tables.load_metrics([str(tmp_path / "m.parquet")]), reference=False,
+                               max_train_views=6)
+    regime = {(r.experiment, r.sampler, r.view_count): r.regime for r in views.itertuples()}
+    assert regime[("paper", "ddim", 1)] == "1-1 views (as trained)"
+    assert regime[("paper", "ddim", 2)] == "extrapolation (> 1)"
+    assert regime[("no_weighting", "ddim", 1)] == "1-6 views (as trained)"
+
+
 def test_published_rows_are_labelled_and_apart(out, tmp_path):
     views = pd.read_csv(out / "views.csv")
     published = views[views["source"].str.startswith("published:")]

@@ -7,8 +7,8 @@
 
 - `metrics_vs_views.png` (from `--metrics`): PSNR, SSIM and LPIPS against the number of
   conditioning views, mean and 95% CI as `viewfusion tables` computes them, one line per
-  experiment, checkpoint and sampler; view counts above `--max-train-views` are shaded as
-  extrapolation; the published pixelNeRF one-view numbers as a labelled marker (`--no-reference`
+  experiment, checkpoint and sampler; view counts above the views the experiments trained with
+  (recorded in the metrics; `--max-train-views` where not) are shaded as extrapolation; the published pixelNeRF one-view numbers as a labelled marker (`--no-reference`
   drops it).
 - `view_weights_{exp}.png`, `weight_maps_{exp}.png`, `weight_maps_{exp}.gif` (paper Fig. 2, from
   `DIR/weights/` of each `--figure-samples DIR`): how the weight of each of the six input views
@@ -42,7 +42,9 @@ from PIL import Image  # noqa: E402
 
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
-from viewfusion.tables import BASELINE, CONFIG, PIXELNERF_NUMBERS, load_metrics, sampler_label, summarize  # noqa: E402
+from viewfusion.tables import (  # noqa: E402
+    BASELINE, CONFIG, PIXELNERF_NUMBERS, load_metrics, sampler_label, summarize, trained_views,
+)
 
 NUM_VIEWS = 24
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
@@ -108,8 +110,10 @@ def experiment_name(figure_dir: Path) -> str:
 # ---------------------------------------------------------------- metrics against view count
 
 def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6, reference: bool = True) -> Path:
-    """One panel per metric; error bars are the tables' 95% confidence intervals."""
+    """One panel per metric; error bars are the tables' 95% confidence intervals. View counts
+    above the fewest views any shown experiment trained with are shaded as extrapolation."""
     summary = summarize(frame, [*CONFIG, "view_count"])
+    limit = min(trained_views(frame, default=max_train_views).values())
     metrics = [m for m in METRIC_LABELS if summary[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -118,8 +122,8 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
             label = f"{experiment} @{step} {sampler_label(sampler, steps)}"
             ax.errorbar(group["view_count"].astype(float), group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
                         marker="o", capsize=3, label=label)
-        if summary["view_count"].max() > max_train_views:
-            ax.axvspan(max_train_views + 0.5, summary["view_count"].max() + 0.5, color="0.9", label="extrapolation")
+        if summary["view_count"].max() > limit:
+            ax.axvspan(limit + 0.5, summary["view_count"].max() + 0.5, color="0.9", label="extrapolation")
         if reference:
             ax.plot([1], [PIXELNERF_NUMBERS["overall"][list(METRIC_LABELS).index(metric)]], marker="*",
                     markersize=11, linestyle="none", markerfacecolor="none", color="k",
@@ -279,7 +283,8 @@ def sample_dir_info(sample_dir: Path) -> dict:
     if len(views) != 1:
         raise ViewFusionError(f"{sample_dir}: expected items of one view count, found {sorted(views) or 'none'}")
     setting = (marker.get("experiment") or "", marker.get("checkpoint_step"), marker.get("sampler"), marker.get("steps"))
-    return {"dir": sample_dir, "views": views.pop(), "setting": setting, "items": items}
+    return {"dir": sample_dir, "views": views.pop(), "setting": setting, "items": items,
+            "max_train_views": marker.get("max_train_views")}
 
 
 def grid_cells(infos: list[dict], *, objects: int) -> tuple[list[str], dict]:
@@ -310,7 +315,7 @@ def extrapolation_grid(infos: list[dict], out: Path, *, objects: int, max_train_
                  "" if row_target == target else f"view {row_target}")
     axes[0][0].set_ylabel("ground truth", fontsize=8)
     for r, info in enumerate(infos, start=1):
-        extra = " (extrap.)" if info["views"] > max_train_views else ""
+        extra = " (extrap.)" if info["views"] > (info["max_train_views"] or max_train_views) else ""
         axes[r][0].set_ylabel(f"{info['views']} view{'s' if info['views'] > 1 else ''}{extra}", fontsize=8)
     experiment, step, sampler, steps = infos[0]["setting"]
     fig.suptitle(f"{experiment} @{step}, {sampler}-{steps or 'full'}: generated target by number of views", fontsize=9)
@@ -373,7 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-stat", choices=["final", "average"], default="final",
                         help="Fig. 2 curves: mean weight at the last recorded step, or averaged over steps")
     parser.add_argument("--weight-every", type=int, default=3, help="Fig. 2 grid: show every k-th target view")
-    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation")
+    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation where the metrics do not record the "
+                        "checkpoint's own max_views")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="mark the published pixelNeRF one-view numbers (default: on)")
 

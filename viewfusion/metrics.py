@@ -52,7 +52,8 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
-           "checkpoint_step", "sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", "lpips_net"]
+           "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
+           "lpips", "lpips_net"]
 CHUNK_SETTINGS = ("sampler", "steps", "checkpoint_step", "experiment")
 CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds the sampler's own progress files
 
@@ -219,7 +220,7 @@ def item_row(it: dict, chunk: dict) -> dict:
         "object_id": it.get("object_id"), "target_view": it.get("target_view"),
         "view_count": it.get("view_count", len(it.get("cond_views", []))),
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
-        "sampler": chunk.get("sampler"), "steps": chunk.get("steps"),
+        "max_train_views": chunk.get("max_train_views"), "sampler": chunk.get("sampler"), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),
     }
 
@@ -244,7 +245,8 @@ def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: s
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
     # A random backbone is labelled as such, so no table can mistake its numbers for LPIPS.
     frame["lpips_net"] = (f"{lpips_net}-random" if lpips_random_for_tests else lpips_net) if lpips_net else None
-    return frame.astype({"checkpoint_step": "Int64", "steps": "Int64", "target_view": "Int64", "view_count": "Int64"})
+    return frame.astype({"checkpoint_step": "Int64", "max_train_views": "Int64", "steps": "Int64",
+                         "target_view": "Int64", "view_count": "Int64"})
 
 
 def write_table(frame: pd.DataFrame, out: str | Path) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viewfusion.checkpoint import load, load_model
+from viewfusion.checkpoint import config_of, load, load_model
 from viewfusion.data.loader import load_objects
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
@@ -54,7 +54,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str = "auto", row_batch: int | None = None):
-    """(model in eval mode, {"step", "weights"}); auto prefers EMA weights, which sample better.
+    """(model in eval mode, {"step", "weights", "row_batch", "max_train_views"}); auto prefers EMA
+    weights, which sample better.
 
     row_batch: U-Net rows per call (default 8 on CPU, 64 on CUDA), fixed so that images do not
     depend on the batch a target sits in; change it and the last bits of the images change."""
@@ -63,12 +64,15 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
-    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch}
+    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch,
+                   "max_train_views": config_of(ckpt).data.max_views}
 
 
 def checkpoint_info(checkpoint: str) -> dict:
-    """What the markers record of a checkpoint the copy baseline does not run (its step)."""
-    return {"step": load(checkpoint).get("step"), "weights": "none"}
+    """What the markers record of a checkpoint the copy baseline does not run (its step and the
+    most views it trained with, so that its rows sit beside the model's in the tables)."""
+    ckpt = load(checkpoint)
+    return {"step": ckpt.get("step"), "weights": "none", "max_train_views": config_of(ckpt).data.max_views}
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -249,7 +253,7 @@ def _write_marker(marker: Path, *, items, i, n, spec, steps_taken, progress, che
         "chunk": i, "of": n, "items": [it["item"] for it in items],
         "sampler": spec.name, "steps": steps_taken, "eta": spec.eta,
         "checkpoint": str(checkpoint), "checkpoint_step": info.get("step"), "weights": info["weights"],
-        "experiment": experiment, "row_batch": info.get("row_batch"),
+        "experiment": experiment, "row_batch": info.get("row_batch"), "max_train_views": info.get("max_train_views"),
         "seconds_per_target": progress["seconds"] / targets if progress["targets"] else math.nan,
         "unet_evals_per_target": progress["unet_evals"] / targets if progress["targets"] else math.nan,
         "device": device,

@@ -13,7 +13,9 @@ why. A table without data in the given files (no relative-angle experiment, no c
 is skipped with a note, never filled in. Tables:
 
 - `views`: quality against the number of conditioning views, per experiment, checkpoint and
-  sampler; view counts above `--max-train-views` (6) are marked as extrapolation.
+  sampler; view counts above the most views the experiment trained with (the metrics'
+  `max_train_views`, from its checkpoint; `--max-train-views`, 6, where unrecorded) are marked as
+  extrapolation.
 - `per_category`: as pixelNeRF reports it: mean per object (over its targets), then mean and CI
   over objects, per category and overall.
 - `weighting`, `relative_angle`: two experiments compared (the latest checkpoint of each), plus
@@ -87,7 +89,9 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
         raise ViewFusionError(f"metrics files mix LPIPS nets {sorted(nets)}; tabulate one net at a time")
     frame["experiment"] = frame["experiment"].fillna("").astype(str)
     frame["sampler"] = frame["sampler"].astype(str)
-    for column in ("checkpoint_step", "steps", "view_count"):
+    if "max_train_views" not in frame:
+        frame["max_train_views"] = pd.NA  # metrics written before the column existed
+    for column in ("checkpoint_step", "steps", "view_count", "max_train_views"):
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     return frame
 
@@ -139,14 +143,24 @@ def with_source(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame
     return table[["source", *[c for c in table.columns if c != "source"]]]
 
 
+def trained_views(frame: pd.DataFrame, *, default: int) -> dict[str, int]:
+    """{experiment: the most conditioning views it trained with}, `default` where unrecorded."""
+    recorded = frame.get("max_train_views", pd.Series(pd.NA, index=frame.index))
+    most = recorded.groupby(frame["experiment"]).max()
+    return {name: default if pd.isna(n) else int(n) for name, n in most.items()}
+
+
 # ---------------------------------------------------------------- the tables
 
 def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 6) -> pd.DataFrame:
-    """Quality against the number of conditioning views (mean over images)."""
+    """Quality against the number of conditioning views (mean over images). A view count above
+    the most views the experiment trained with (its checkpoint's, recorded by `viewfusion
+    sample`; else `max_train_views`) is extrapolation."""
     table = summarize(frame, [*CONFIG, "view_count"])
-    seen = table["view_count"] <= max_train_views
-    regimes = (f"1-{max_train_views} views (as trained)", f"extrapolation (> {max_train_views})")
-    table.insert(5, "regime", np.where(seen, *regimes))
+    limit = table["experiment"].map(trained_views(frame, default=max_train_views))
+    seen = table["view_count"] <= limit
+    table.insert(5, "regime", [f"1-{n} views (as trained)" if ok else f"extrapolation (> {n})"
+                               for n, ok in zip(limit, seen)])
     published = reference_rows([
         {"source": PIXELNERF, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
          "ssim": PIXELNERF_NUMBERS["overall"][1], "lpips": PIXELNERF_NUMBERS["overall"][2], "note": PIXELNERF_NOTE},
@@ -388,7 +402,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paper model trained on all categories: baseline of the withheld-category table, "
                              "and the sampler table's experiment unless --speed-experiment is given (default: paper)")
     parser.add_argument("--withheld-category", default="car")
-    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation")
+    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation where the metrics do not record the "
+                        "checkpoint's own max_views")
     parser.add_argument("--speed-experiment", default=None,
                         help="sampler table: this experiment (default: see --main-experiment)")
     parser.add_argument("--speed-checkpoint", type=int, default=None, help="sampler table: this checkpoint step")
