@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewfusion.data.loader import load_objects  # noqa: E402
-from viewfusion.diffusion import add_noise, eps_from_v, v_target  # noqa: E402
+from viewfusion.diffusion import add_noise  # noqa: E402
 from viewfusion.fsutil import atomic_write_bytes  # noqa: E402
 from viewfusion.metrics import psnr as image_psnr  # noqa: E402
 from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images, read_manifest  # noqa: E402
@@ -60,12 +60,10 @@ def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: tor
         extra = {"y_ref": batch["y_ref"][index]} if "y_ref" in batch else {}
         pred, _ = model.compose(y_t, batch["y_cond"][index], batch["view_count"][index], batch["angle"],
                                 gamma, **extra)
-        eps = pred if model.prediction == "eps" else eps_from_v(pred, y_t, gamma)
-        images[name] = sampler.mean_variance(eps, y_t, t)[2].clamp(0, 1)
+        images[name] = sampler.mean_variance(model.noise_from_output(pred, y_t, gamma), y_t, t)[2].clamp(0, 1)
         out[name] = psnr(images[name], gt)
         if name == "cond":
-            target = noise if model.prediction == "eps" else v_target(gt, noise, gamma)
-            out["loss"] = round(float(torch.nn.functional.mse_loss(pred, target)), 5)
+            out["loss"] = round(float(torch.nn.functional.mse_loss(pred, model.training_target(gt, noise, gamma))), 5)
     return out, images["cond"]
 
 

@@ -8,8 +8,8 @@
 - `metrics_vs_views.png` (from `--metrics`): PSNR, SSIM and LPIPS against the number of
   conditioning views, mean and 95% CI as `viewfusion tables` computes them, one line per
   experiment, checkpoint and sampler; view counts above the views the experiments trained with
-  (recorded in the metrics; `--max-train-views` where not) are shaded as extrapolation; the published pixelNeRF one-view numbers as a labelled marker (`--no-reference`
-  drops it).
+  (recorded in the metrics; `--max-train-views` where not) are shaded as extrapolation; the
+  published pixelNeRF one-view numbers as a labelled marker (`--no-reference` drops it).
 - `view_weights_{exp}.png`, `weight_maps_{exp}.png`, `weight_maps_{exp}.gif` (paper Fig. 2, from
   `DIR/weights/` of each `--figure-samples DIR`): how the weight of each of the six input views
   shifts as the target azimuth turns: the mean weight per view against the target angle, and the
@@ -378,8 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-stat", choices=["final", "average"], default="final",
                         help="Fig. 2 curves: mean weight at the last recorded step, or averaged over steps")
     parser.add_argument("--weight-every", type=int, default=3, help="Fig. 2 grid: show every k-th target view")
-    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation where the metrics do not record the "
-                        "checkpoint's own max_views")
+    parser.add_argument("--max-train-views", type=int, default=6,
+                        help="view counts above it are extrapolation where the metrics do not record the "
+                             "checkpoint's own max_views")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="mark the published pixelNeRF one-view numbers (default: on)")
 

@@ -59,13 +59,13 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
 
     row_batch: U-Net rows per call (default 8 on CPU, 64 on CUDA), fixed so that images do not
     depend on the batch a target sits in; change it and the last bits of the images change."""
-    model, _, ckpt = load_model(checkpoint, device=device, ema=weights == "ema")
+    model, cfg, ckpt = load_model(checkpoint, device=device, ema=weights == "ema")
     model.row_batch = row_batch or (64 if device.type == "cuda" else 8)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
         model.load_state_dict(ckpt["ema"]["model"], strict=True)
     return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch,
-                   "max_train_views": config_of(ckpt).data.max_views}
+                   "max_train_views": cfg.data.max_views}
 
 
 def checkpoint_info(checkpoint: str) -> dict:

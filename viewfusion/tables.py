@@ -144,9 +144,9 @@ def with_source(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame
 
 
 def trained_views(frame: pd.DataFrame, *, default: int) -> dict[str, int]:
-    """{experiment: the most conditioning views it trained with}, `default` where unrecorded."""
-    recorded = frame.get("max_train_views", pd.Series(pd.NA, index=frame.index))
-    most = recorded.groupby(frame["experiment"]).max()
+    """{experiment: the most conditioning views it trained with}, `default` where unrecorded
+    (a frame from `load_metrics`, which adds the column to older files)."""
+    most = frame["max_train_views"].groupby(frame["experiment"]).max()
     return {name: default if pd.isna(n) else int(n) for name, n in most.items()}
 
 
@@ -402,8 +402,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paper model trained on all categories: baseline of the withheld-category table, "
                              "and the sampler table's experiment unless --speed-experiment is given (default: paper)")
     parser.add_argument("--withheld-category", default="car")
-    parser.add_argument("--max-train-views", type=int, default=6, help="view counts above it are extrapolation where the metrics do not record the "
-                        "checkpoint's own max_views")
+    parser.add_argument("--max-train-views", type=int, default=6,
+                        help="view counts above it are extrapolation where the metrics do not record the "
+                             "checkpoint's own max_views")
     parser.add_argument("--speed-experiment", default=None,
                         help="sampler table: this experiment (default: see --main-experiment)")
     parser.add_argument("--speed-checkpoint", type=int, default=None, help="sampler table: this checkpoint step")

@@ -184,7 +184,7 @@ class ViewFusion(nn.Module):
         _, gamma = sample_continuous_gamma(self.gammas, y_0.shape[0], generator=generator)
         if noise is None:
             noise = torch.randn(y_0.shape, generator=generator, device=y_0.device, dtype=y_0.dtype)
-        target = noise if self.prediction == "eps" else v_target(y_0, noise, gamma)
+        target = self.training_target(y_0, noise, gamma)
         out, _ = self.compose(add_noise(y_0, noise, gamma), y_cond, view_count, angle, gamma, y_ref=y_ref)
         return F.mse_loss(out, target)
 
@@ -194,7 +194,15 @@ class ViewFusion(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """(composed noise, view weights): `compose`, with a v-prediction turned into noise."""
         out, weights = self.compose(y_t, y_cond, view_count, angle, noise_level, y_ref=y_ref)
-        return (out if self.prediction == "eps" else eps_from_v(out, y_t, noise_level)), weights
+        return self.noise_from_output(out, y_t, noise_level), weights
+
+    def training_target(self, y_0: Tensor, noise: Tensor, gamma: Tensor) -> Tensor:
+        """What `compose` is trained to output at level gamma: the noise, or v."""
+        return noise if self.prediction == "eps" else v_target(y_0, noise, gamma)
+
+    def noise_from_output(self, out: Tensor, y_t: Tensor, gamma: Tensor) -> Tensor:
+        """The noise a `compose` output implies (itself, or converted from v)."""
+        return out if self.prediction == "eps" else eps_from_v(out, y_t, gamma)
 
     def forward(self, y_0: Tensor, y_cond: Tensor, view_count: Tensor, angle: Tensor, **kwargs) -> Tensor:
         """The training loss (what DDP wraps); see `loss`."""
