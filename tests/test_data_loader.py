@@ -31,6 +31,20 @@ def test_select_views_follows_the_paper():
         assert target not in cond
 
 
+def test_self_view_prob_puts_the_target_among_its_views():
+    rng = np.random.default_rng(0)
+    hits, positions = 0, set()
+    for _ in range(2000):
+        target, cond = select_views(rng, max_views=3, shuffle_prob=0.0, self_view_prob=0.6)
+        assert 1 <= len(cond) <= 3 and len(set(cond)) == len(cond)  # replaced, never duplicated
+        if target in cond:
+            hits += 1
+            positions.add(int(np.flatnonzero(cond == target)[0]))
+    assert 0.55 < hits / 2000 < 0.65 and positions == {0, 1, 2}
+    always = [select_views(rng, max_views=6, shuffle_prob=1.0, self_view_prob=1.0) for _ in range(200)]
+    assert all(target in cond and len(set(cond)) == len(cond) for target, cond in always)
+
+
 def test_relative_angle_wraps():
     assert relative_angle(3, 5) == pytest.approx(nmr.view_angle(22))
     assert relative_angle(5, 5) == 0.0

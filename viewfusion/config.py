@@ -101,12 +101,14 @@ class DiffusionConfig:
 class DataConfig:
     max_views: int = 6
     shuffle_prob: float = 0.1
+    self_view_prob: float = 0.0
     num_workers: int = 2
     withheld: tuple[str, ...] = ()
 
     def __post_init__(self):
         _require(self.max_views >= 1, "data.max_views must be at least 1")
         _require(0.0 <= self.shuffle_prob <= 1.0, "data.shuffle_prob must be in [0, 1]")
+        _require(0.0 <= self.self_view_prob <= 1.0, "data.self_view_prob must be in [0, 1]")
         _require(self.num_workers >= 0, "data.num_workers must be >= 0")
 
 

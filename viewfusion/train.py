@@ -376,7 +376,8 @@ def _data_stream(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, batch
     every, step = cfg.train.checkpoint_every, start
     while True:
         loader = train_loader(shards, batch_size=batch_size, max_views=cfg.data.max_views,
-                              shuffle_prob=cfg.data.shuffle_prob, relative=cfg.model.relative,
+                              shuffle_prob=cfg.data.shuffle_prob, self_view_prob=cfg.data.self_view_prob,
+                              relative=cfg.model.relative,
                               num_workers=cfg.data.num_workers, seed=_seed(cfg.train.seed, "data", step),
                               rank=d.rank, world_size=d.world_size, steps_per_epoch=every)
         batches = iter(loader)  # one epoch of `every` batches covers the longest segment

@@ -17,7 +17,8 @@ randomness comes from `numpy.random.default_rng([seed, rank, worker, epoch, stag
 View selection (the paper's, `select_views`): a random permutation of the 24 views; the first
 is the target, the next `view_count` (uniform in 1..max_views per sample) condition it. With
 probability `shuffle_prob` (0.1) the conditioning views are drawn afresh from all 24, so the
-target may be among them. `relative=True` adds the reference view (the first conditioning view)
+target may be among them. `self_view_prob` (0 in the paper) then puts the target itself among
+them, so a small model learns to carry the views' appearance over early. `relative=True` adds the reference view (the first conditioning view)
 and makes the angle target minus reference, computed after that reshuffle (the official code
 took the reference before it, so those samples got a wrong angle).
 
@@ -97,9 +98,11 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.divide(out, 255.0, out=out))
 
 
-def select_views(rng: np.random.Generator, *, max_views: int = 6, shuffle_prob: float = 0.1
-                 ) -> tuple[int, np.ndarray]:
-    """(target view, conditioning views) for one training sample, as the paper draws them."""
+def select_views(rng: np.random.Generator, *, max_views: int = 6, shuffle_prob: float = 0.1,
+                 self_view_prob: float = 0.0) -> tuple[int, np.ndarray]:
+    """(target view, conditioning views) for one training sample, as the paper draws them; with
+    probability `self_view_prob` (not in the paper) the target then replaces a random one of its
+    conditioning views, unless it is already among them."""
     if not 1 <= max_views < nmr.NUM_VIEWS:
         raise ViewFusionError(f"max_views must be in 1..{nmr.NUM_VIEWS - 1}, got {max_views}")
     order = rng.permutation(nmr.NUM_VIEWS)
@@ -107,6 +110,10 @@ def select_views(rng: np.random.Generator, *, max_views: int = 6, shuffle_prob: 
     cond = order[1 : 1 + view_count]
     if rng.random() < shuffle_prob:
         cond = rng.permutation(nmr.NUM_VIEWS)[:view_count]  # the target may now condition itself
+    # No draw at 0: the paper's selection keeps its random stream.
+    if self_view_prob > 0 and rng.random() < self_view_prob and order[0] not in cond:
+        cond = cond.copy()
+        cond[rng.integers(view_count)] = order[0]
     return int(order[0]), cond
 
 
@@ -221,10 +228,11 @@ class _Batches(_Seeded):
 
     stage = 2
 
-    def __init__(self, *, seed, rank, batch_size, max_views, shuffle_prob, relative, image_size,
-                 buffer):
+    def __init__(self, *, seed, rank, batch_size, max_views, shuffle_prob, self_view_prob, relative,
+                 image_size, buffer):
         super().__init__(seed=seed, rank=rank)
         self.batch_size, self.max_views, self.shuffle_prob = batch_size, max_views, shuffle_prob
+        self.self_view_prob = self_view_prob
         self.relative, self.image_size, self.buffer = relative, image_size, buffer
 
     def __call__(self, samples):
@@ -248,7 +256,8 @@ class _Batches(_Seeded):
         cond_views = np.full((n, views), -1, np.int64)
         angle, target_view = np.empty(n, np.float32), np.empty(n, np.int64)
         for i, sample in enumerate(batch):
-            target_view[i], chosen = select_views(rng, max_views=views, shuffle_prob=self.shuffle_prob)
+            target_view[i], chosen = select_views(rng, max_views=views, shuffle_prob=self.shuffle_prob,
+                                                   self_view_prob=self.self_view_prob)
             cond_views[i, : len(chosen)] = chosen
             decode_into(target[i], sample[_PNGS[target_view[i]]], where=_where(sample, target_view[i]))
             for j, view in enumerate(chosen):
@@ -277,7 +286,7 @@ def _check_sample(sample: dict) -> None:
 
 
 def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle_prob: float = 0.1,
-                 relative: bool = False, num_workers: int = 2, seed: int = 0, rank: int = 0,
+                 self_view_prob: float = 0.0, relative: bool = False, num_workers: int = 2, seed: int = 0, rank: int = 0,
                  world_size: int = 1, steps_per_epoch: int = 1000, split: str = "train",
                  shuffle_buffer: int = 256):
     """An endless, resampled stream of training batches, cut into epochs of `steps_per_epoch`.
@@ -302,7 +311,8 @@ def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle
         _Resample(seed=seed, rank=rank),
         tar_samples,
         _Batches(seed=seed, rank=rank, batch_size=batch_size, max_views=max_views,
-                 shuffle_prob=shuffle_prob, relative=relative, image_size=manifest["image_size"],
+                 shuffle_prob=shuffle_prob, self_view_prob=self_view_prob, relative=relative,
+                 image_size=manifest["image_size"],
                  buffer=shuffle_buffer),
     )
     # Persistent workers keep their stages (and so their epoch counters) between epochs;
