@@ -1,0 +1,116 @@
+"""Quick tiny-model experiments: the training loss and optimiser of `viewfusion train`, without
+its loader, checkpoints or DDP, on a train split held in memory. Prints one JSON line per eval.
+
+    OMP_NUM_THREADS=1 python tools/inmemory_train.py --shards results/shards/all \
+        --manifest results/manifests/all/test-v3.json --steps 2000 --eval-every 500 \
+        --set data.self_view_prob=0.8 [--save run.pt]
+
+Batches are drawn as `train_loader` draws them (`select_views` with the config's max_views,
+shuffle_prob and self_view_prob), objects uniformly with replacement; the learning rate warms
+up linearly and stays flat (the tiny config's decay is negligible within its steps); the EMA is
+the config's. Each eval scores the EMA weights on the manifest's targets: the clamped x0
+estimate at t = T-1 (the posterior mean) and DDIM-50 samples (eta from --eta, the targets'
+seeds), PSNR against the ground truth, beside the nearest-view copy baseline. For the figures
+in docs/NOTES.md only: runs of `viewfusion train` are what the pipeline evaluates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from viewfusion.config import build_model, load_config  # noqa: E402
+from viewfusion.data import nmr  # noqa: E402
+from viewfusion.data.loader import load_objects, select_views  # noqa: E402
+from viewfusion.diffusion import add_noise  # noqa: E402
+from viewfusion.metrics import psnr  # noqa: E402
+from viewfusion.sample import build_batch, nearest_view_images, read_manifest  # noqa: E402
+
+
+def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
+    """(y_0, y_cond, view_count, angle) for global_batch_size random objects of `images` (O,24,...)."""
+    size, views = cfg.train.global_batch_size, cfg.data.max_views
+    objects = rng.integers(len(images), size=size)
+    target = np.empty(size, np.int64)
+    cond = np.zeros((size, views), np.int64)  # padding repeats view 0; view_count masks it
+    count = np.empty(size, np.int64)
+    for i in range(size):
+        target[i], chosen = select_views(rng, max_views=views, shuffle_prob=cfg.data.shuffle_prob,
+                                         self_view_prob=cfg.data.self_view_prob)
+        cond[i, : len(chosen)], count[i] = chosen, len(chosen)
+    angle = torch.tensor([nmr.view_angle(int(t)) for t in target], dtype=torch.float32)
+    return images[objects, target], images[objects[:, None], cond], torch.from_numpy(count), angle
+
+
+@torch.inference_mode()
+def evaluate(model, batch: dict, gt: torch.Tensor, *, eta: float) -> tuple[float, float]:
+    """(PSNR of the x0 estimate at the top of the schedule, PSNR of DDIM-50 samples)."""
+    sampler, t = model.make_sampler("ddpm"), model.num_timesteps - 1
+    gamma = sampler.noise_level(t).expand(gt.shape[0])
+    y_t = add_noise(gt, torch.randn(gt.shape, generator=torch.Generator().manual_seed(0)), gamma)
+    out, _ = model.compose(y_t, batch["y_cond"], batch["view_count"], batch["angle"], gamma)
+    x0 = sampler.mean_variance(model.noise_from_output(out, y_t, gamma), y_t, t)[2].clamp(0, 1)
+    images = model.generate(batch["y_cond"], batch["view_count"], batch["angle"], sampler="ddim",
+                            steps=50, eta=eta, seeds=batch["seeds"])
+    images = (images * 255).round() / 255  # scored as the 8-bit PNGs are
+    return float(psnr(x0, gt).mean()), float(psnr(images, gt).mean())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="config/experiments/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--manifest", required=True, help="evaluation manifest (test split, one view count)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the eval samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, help="write {'ema', 'raw', 'set'} state dicts here at the end")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    ema = copy.deepcopy(model).eval()
+    images = torch.stack([o.images for o in load_objects(args.shards, "train").values()])
+    items = read_manifest(args.manifest)["items"]
+    objects = load_objects(args.shards, "test", sorted({it["key"] for it in items}))
+    batch = build_batch(items, objects, relative=False, device=torch.device("cpu"))
+    gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
+    copy_psnr = float(psnr(nearest_view_images(items, objects), gt).mean())
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    rng, start, losses = np.random.default_rng(args.seed), time.time(), []
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.train.lr * min(1.0, step / cfg.train.warmup_steps)
+        loss = model.loss(*draw_batch(images, rng, cfg))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        with torch.no_grad():
+            for e, w in zip(ema.parameters(), model.parameters()):
+                e.lerp_(w, 1 - cfg.train.ema_decay)
+        if step % args.eval_every == 0:
+            x0, sample = evaluate(ema, batch, gt, eta=args.eta)
+            print(json.dumps({"step": step, "loss": round(float(np.mean(losses[-100:])), 4),
+                              "x0_top": round(x0, 2), "ddim50": round(sample, 2), "eta": args.eta,
+                              "copy": round(copy_psnr, 2), "seconds": round(time.time() - start)}), flush=True)
+    if args.save:
+        torch.save({"ema": ema.state_dict(), "raw": model.state_dict(), "set": args.set}, args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
