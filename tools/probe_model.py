@@ -2,7 +2,7 @@
 
     python tools/probe_model.py --checkpoint results/runs/tiny/final.pt \
         --manifest results/manifests/all/test-v3.json --shards results/shards/all
-    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50 --grid probe.png
+    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50 --eta 1 --grid probe.png
 
 For the targets of an evaluation manifest it measures, in PSNR against the ground truth:
 * `x0`: the model's one-step estimate of the clean target from y_t = sqrt(gamma_t) y_0 +
@@ -11,7 +11,7 @@ For the targets of an evaluation manifest it measures, in PSNR against the groun
   the top of the schedule y_t holds almost no signal, so `cond` there is the model's posterior
   mean given its inputs; `cond` close to `other_cond` means the views are barely used. `loss`
   is the training objective there (MSE of the composed eps or v prediction, own views);
-* `samples`: DDIM samples from `--seeds` seeds per target (PSNR per seed), the PSNR of their
+* `samples`: DDIM samples (`--steps`, `--eta`) from `--seeds` seeds per target (PSNR per seed), the PSNR of their
   pixel mean (what averaging away the sample variance gives) and between two seeds' samples;
 * `copy_baseline`: the conditioning view nearest the target in azimuth, copied (the tables'
   `nearest` sampler);
@@ -67,16 +67,16 @@ def x0_estimates(model, batch: dict, gt: torch.Tensor, t: int, *, generator: tor
     return out, images["cond"]
 
 
-def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: int
+def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: int, eta: float = 0.0
                   ) -> tuple[dict, list[torch.Tensor]]:
     """DDIM samples from `seeds` seeds per target: PSNR per seed, of their mean, between two."""
     extra = {"y_ref": batch["y_ref"]} if "y_ref" in batch else {}
     images = []
     for k in range(seeds):
         image = model.generate(batch["y_cond"], batch["view_count"], batch["angle"], sampler="ddim",
-                               steps=steps, seeds=batch["seeds"] + 1_000_003 * k, **extra)
+                               steps=steps, eta=eta, seeds=batch["seeds"] + 1_000_003 * k, **extra)
         images.append((image * 255).round() / 255)  # scored as the 8-bit PNGs are
-    out = {"sampler": "ddim", "steps": steps, "psnr_per_seed": [psnr(i, gt) for i in images],
+    out = {"sampler": "ddim", "steps": steps, "eta": eta, "psnr_per_seed": [psnr(i, gt) for i in images],
            "psnr_of_mean": psnr(torch.stack(images).mean(0), gt)}
     if seeds > 1:
         out["psnr_between_seeds"] = psnr(images[0], images[1])
@@ -84,7 +84,7 @@ def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: in
 
 
 def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], seeds: int, steps: int,
-          max_targets: int | None = None, grid: str | None = None) -> dict:
+          eta: float = 0.0, max_targets: int | None = None, grid: str | None = None) -> dict:
     model, info = load_sampling_model(checkpoint, device=torch.device("cpu"))
     bad = [t for t in levels if not 0 <= t < model.num_timesteps]
     if bad:
@@ -101,7 +101,7 @@ def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], see
             x0[str(t)], estimate = x0_estimates(model, batch, gt, t, generator=generator)
             estimates.append(estimate)
         if seeds:
-            samples, images = sample_spread(model, batch, gt, seeds=seeds, steps=steps)
+            samples, images = sample_spread(model, batch, gt, seeds=seeds, steps=steps, eta=eta)
     if grid:
         write_grid(grid, batch, gt, [*estimates[:1], *images[:1]])
     return {"checkpoint": checkpoint, "step": info["step"], "weights": info["weights"],
@@ -137,13 +137,14 @@ def main(argv=None) -> int:
                    help="comma-separated schedule steps t for the x0 estimates")
     p.add_argument("--seeds", type=int, default=4, help="samples per target (0: no sampling)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per sample")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the samples (1: fresh noise every step)")
     p.add_argument("--max-targets", type=int, default=None)
     p.add_argument("--grid", default=None, help="also write a PNG: per target its views, the ground truth, "
                    "the x0 estimate at the first level and the first seed's sample")
     args = p.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",") if v.strip()]
     print(json.dumps(probe(checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards,
-                           levels=levels, seeds=args.seeds, steps=args.steps, max_targets=args.max_targets,
+                           levels=levels, seeds=args.seeds, steps=args.steps, eta=args.eta, max_targets=args.max_targets,
                            grid=args.grid)))
     return 0
 
