@@ -178,6 +178,20 @@ def test_metrics_cli_writes_one_row_per_item(tmp_path, capsys):
     assert set(frame["experiment"]) == {"tiny"} and set(frame["checkpoint_step"]) == {1000}
 
 
+def test_ddim_with_eta_is_named_apart_and_mixed_eta_refused(tmp_path):
+    sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=4)
+    markers = sorted((sample_dir / "chunks").glob("?-of-2.json"))
+    for path in markers:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "eta": 1.0}))
+    out = tmp_path / "m.csv"
+    args = ["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out", str(out), "--no-lpips"]
+    assert cli.main(args) == 0
+    assert set(pd.read_csv(out)["sampler"]) == {"ddim-eta1"}
+    markers[0].write_text(json.dumps({**json.loads(markers[0].read_text()), "eta": 0.5}))
+    with pytest.raises(ViewFusionError, match="disagree on eta"):
+        metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None)
+
+
 def test_metrics_cli_with_alexnet_lpips_to_parquet(tmp_path):
     sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=3)
     out = tmp_path / "m.parquet"

@@ -54,7 +54,7 @@ LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
            "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
            "lpips", "lpips_net"]
-CHUNK_SETTINGS = ("sampler", "steps", "checkpoint_step", "experiment")
+CHUNK_SETTINGS = ("sampler", "steps", "eta", "checkpoint_step", "experiment")
 CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds the sampler's own progress files
 
 
@@ -212,6 +212,13 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- putting it together
 
+def sampler_label(chunk: dict) -> str | None:
+    """The sampler as the tables name it: "ddim", or "ddim-eta1" when eta > 0, so that DDIM runs
+    that differ only in eta stay apart in every table."""
+    name, eta = chunk.get("sampler"), chunk.get("eta") or 0
+    return f"{name}-eta{eta:g}" if name == "ddim" and eta else name
+
+
 def item_row(it: dict, chunk: dict) -> dict:
     synset = str(it.get("synset", ""))
     return {
@@ -220,7 +227,7 @@ def item_row(it: dict, chunk: dict) -> dict:
         "object_id": it.get("object_id"), "target_view": it.get("target_view"),
         "view_count": it.get("view_count", len(it.get("cond_views", []))),
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
-        "max_train_views": chunk.get("max_train_views"), "sampler": chunk.get("sampler"), "steps": chunk.get("steps"),
+        "max_train_views": chunk.get("max_train_views"), "sampler": sampler_label(chunk), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),
     }
 
