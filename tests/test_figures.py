@@ -55,7 +55,7 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
     return root
 
 
-def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c")) -> Path:
+def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c"), eta: float = 0.0) -> Path:
     """A finished sample directory plus its metrics file, as the workflow lays them out."""
     rng = np.random.default_rng(views)
     rows = []
@@ -65,11 +65,12 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
         write_png(root / "gt" / f"{name}.png", rng)
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
                      "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
-                     "sampler": "ddim", "steps": 50, "seconds_per_target": 0.5, "psnr": 20 + views + rng.random(),
+                     "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5,
+                     "psnr": 20 + views + rng.random(),
                      "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})
     (root / "chunks").mkdir(parents=True)
     (root / "chunks" / "1-of-1.json").write_text(json.dumps({
-        "chunk": 1, "of": 1, "items": [r["item"] for r in rows], "sampler": "ddim", "steps": 50,
+        "chunk": 1, "of": 1, "items": [r["item"] for r in rows], "sampler": "ddim", "steps": 50, "eta": eta,
         "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5}))
     pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
     return root
@@ -99,6 +100,13 @@ def test_all_figures_from_workflow_layout(tmp_path, capsys):
     with Image.open(out / "autoregressive_paper.gif") as gif:
         assert gif.n_frames == 8  # the input view, then seven generated views
     assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_grids_keep_ddim_runs_apart_by_eta(tmp_path):
+    dirs = [make_sample_dir(tmp_path / f"eta{eta:g}" / f"v{v}", views=v, eta=eta) for eta in (0.0, 1.0) for v in (1, 3)]
+    out = tmp_path / "figures"
+    assert cli.main(["figures", "--metrics", *(str(d / "metrics.parquet") for d in dirs), "--out", str(out)]) == 0
+    assert_images(out, ["extrapolation_grid_tiny_step10_ddim-50.png", "extrapolation_grid_tiny_step10_ddim-eta1-50.png"])
 
 
 def test_weight_samples_read_as_documented(tmp_path):

@@ -17,7 +17,7 @@
 - `autoregressive_{exp}.png`, `autoregressive_{exp}.gif` (paper Fig. 3, from
   `DIR/autoregressive/`): generation from one input view, each generated view joining the
   conditioning set; generated row above the ground truth.
-- `extrapolation_grid_{exp}_step{N}_{sampler}-{steps}.png`: rows = view counts, columns = objects, from sample
+- `extrapolation_grid_{exp}_step{N}_{sampler}-{steps}.png` (sampler e.g. ddim-eta1): rows = view counts, columns = objects, from sample
   directories (`--grid-samples`, else the sample directories that hold the `--metrics` files).
 
 Input layouts: docs/FORMATS.md, "Samples" and "Figure inputs". Every file is written
@@ -42,13 +42,13 @@ from PIL import Image  # noqa: E402
 
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
+from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
 from viewfusion.tables import (  # noqa: E402
     BASELINE, CONFIG, PIXELNERF_NUMBERS, load_metrics, sampler_label, summarize, trained_views,
 )
 
 NUM_VIEWS = 24
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
-CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # FORMATS: Samples (not the sampler's progress files)
 ITEM_NAME = re.compile(r"^(?P<key>.+)-t(?P<target>\d+)-v(?P<views>\d+)-(?P<k>\d+)$")  # FORMATS: manifests
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 
@@ -282,7 +282,7 @@ def sample_dir_info(sample_dir: Path) -> dict:
             views.add(int(match["views"]))
     if len(views) != 1:
         raise ViewFusionError(f"{sample_dir}: expected items of one view count, found {sorted(views) or 'none'}")
-    setting = (marker.get("experiment") or "", marker.get("checkpoint_step"), marker.get("sampler"), marker.get("steps"))
+    setting = (marker.get("experiment") or "", marker.get("checkpoint_step"), sampler_name(marker), marker.get("steps"))
     return {"dir": sample_dir, "views": views.pop(), "setting": setting, "items": items,
             "max_train_views": marker.get("max_train_views")}
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +44,7 @@ from PIL import Image
 from viewfusion.data.nmr import SYNSETS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
+from viewfusion.markers import CHUNK_MARKER, sampler_name
 
 PSNR_CAP_DB = 100.0
 SSIM_WINDOW = 11
@@ -55,7 +55,6 @@ COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "vie
            "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
            "lpips", "lpips_net"]
 CHUNK_SETTINGS = ("sampler", "steps", "eta", "checkpoint_step", "experiment")
-CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds the sampler's own progress files
 
 
 # ---------------------------------------------------------------- the metrics themselves
@@ -212,13 +211,6 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- putting it together
 
-def sampler_label(chunk: dict) -> str | None:
-    """The sampler as the tables name it: "ddim", or "ddim-eta1" when eta > 0, so that DDIM runs
-    that differ only in eta stay apart in every table."""
-    name, eta = chunk.get("sampler"), chunk.get("eta") or 0
-    return f"{name}-eta{eta:g}" if name == "ddim" and eta else name
-
-
 def item_row(it: dict, chunk: dict) -> dict:
     synset = str(it.get("synset", ""))
     return {
@@ -227,7 +219,7 @@ def item_row(it: dict, chunk: dict) -> dict:
         "object_id": it.get("object_id"), "target_view": it.get("target_view"),
         "view_count": it.get("view_count", len(it.get("cond_views", []))),
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
-        "max_train_views": chunk.get("max_train_views"), "sampler": sampler_label(chunk), "steps": chunk.get("steps"),
+        "max_train_views": chunk.get("max_train_views"), "sampler": sampler_name(chunk), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),
     }
 
