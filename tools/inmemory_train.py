@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from viewfusion.config import build_model, load_config  # noqa: E402
 from viewfusion.data import nmr  # noqa: E402
 from viewfusion.data.loader import load_objects, select_views  # noqa: E402
-from viewfusion.diffusion import add_noise  # noqa: E402
-from viewfusion.metrics import psnr  # noqa: E402
 from viewfusion.sample import build_batch, nearest_view_images, read_manifest  # noqa: E402
+
+import probe_model  # noqa: E402  (tools/)
 
 
 def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
@@ -53,16 +54,12 @@ def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
 
 @torch.inference_mode()
 def evaluate(model, batch: dict, gt: torch.Tensor, *, eta: float) -> tuple[float, float]:
-    """(PSNR of the x0 estimate at the top of the schedule, PSNR of DDIM-50 samples)."""
-    sampler, t = model.make_sampler("ddpm"), model.num_timesteps - 1
-    gamma = sampler.noise_level(t).expand(gt.shape[0])
-    y_t = add_noise(gt, torch.randn(gt.shape, generator=torch.Generator().manual_seed(0)), gamma)
-    out, _ = model.compose(y_t, batch["y_cond"], batch["view_count"], batch["angle"], gamma)
-    x0 = sampler.mean_variance(model.noise_from_output(out, y_t, gamma), y_t, t)[2].clamp(0, 1)
-    images = model.generate(batch["y_cond"], batch["view_count"], batch["angle"], sampler="ddim",
-                            steps=50, eta=eta, seeds=batch["seeds"])
-    images = (images * 255).round() / 255  # scored as the 8-bit PNGs are
-    return float(psnr(x0, gt).mean()), float(psnr(images, gt).mean())
+    """(PSNR of the x0 estimate at the top of the schedule, PSNR of DDIM-50 samples), as
+    tools/probe_model.py measures them."""
+    x0, _ = probe_model.x0_estimates(model, batch, gt, model.num_timesteps - 1,
+                                     generator=torch.Generator().manual_seed(0))
+    samples, _ = probe_model.sample_spread(model, batch, gt, seeds=1, steps=50, eta=eta)
+    return x0["cond"], samples["psnr_per_seed"][0]
 
 
 def main(argv=None) -> int:
@@ -86,7 +83,7 @@ def main(argv=None) -> int:
     objects = load_objects(args.shards, "test", sorted({it["key"] for it in items}))
     batch = build_batch(items, objects, relative=False, device=torch.device("cpu"))
     gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
-    copy_psnr = float(psnr(nearest_view_images(items, objects), gt).mean())
+    copy_psnr = probe_model.psnr(nearest_view_images(items, objects), gt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     rng, start, losses = np.random.default_rng(args.seed), time.time(), []
     for step in range(1, args.steps + 1):
