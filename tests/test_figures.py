@@ -55,7 +55,8 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
     return root
 
 
-def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c"), eta: float = 0.0) -> Path:
+def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c"),
+                    eta: float = 0.0) -> Path:
     """A finished sample directory plus its metrics file, as the workflow lays them out."""
     rng = np.random.default_rng(views)
     rows = []
@@ -103,7 +104,8 @@ def test_all_figures_from_workflow_layout(tmp_path, capsys):
 
 
 def test_grids_keep_ddim_runs_apart_by_eta(tmp_path):
-    dirs = [make_sample_dir(tmp_path / f"eta{eta:g}" / f"v{v}", views=v, eta=eta) for eta in (0.0, 1.0) for v in (1, 3)]
+    dirs = [make_sample_dir(tmp_path / f"eta{eta:g}" / f"v{v}", views=v, eta=eta)
+            for eta in (0.0, 1.0) for v in (1, 3)]
     out = tmp_path / "figures"
     assert cli.main(["figures", "--metrics", *(str(d / "metrics.parquet") for d in dirs), "--out", str(out)]) == 0
     assert_images(out, ["extrapolation_grid_tiny_step10_ddim-50.png", "extrapolation_grid_tiny_step10_ddim-eta1-50.png"])

@@ -24,8 +24,8 @@ def test_inmemory_train_evaluates_and_saves(synth_shards, tmp_path, capsys):
     manifest = tmp_path / "v2.json"
     atomic_write_json(manifest, make_manifest(synth_shards, split="test", view_count=2, seed=0, max_objects=3))
     sets = [*SAMPLE_SMALL, "data.self_view_prob=1.0", "train.global_batch_size=2", "train.warmup_steps=2"]
-    argv = ["--config", str(TINY), "--shards", str(synth_shards), "--manifest", str(manifest), "--steps", "4", "--eval-every", "2",
-            "--save", str(tmp_path / "run.pt")]
+    argv = ["--config", str(TINY), "--shards", str(synth_shards), "--manifest", str(manifest),
+            "--steps", "4", "--eval-every", "2", "--save", str(tmp_path / "run.pt")]
     for item in sets:
         argv += ["--set", item]
     assert inmemory_train.main(argv) == 0

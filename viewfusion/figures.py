@@ -17,8 +17,9 @@
 - `autoregressive_{exp}.png`, `autoregressive_{exp}.gif` (paper Fig. 3, from
   `DIR/autoregressive/`): generation from one input view, each generated view joining the
   conditioning set; generated row above the ground truth.
-- `extrapolation_grid_{exp}_step{N}_{sampler}-{steps}.png` (sampler e.g. ddim-eta1): rows = view counts, columns = objects, from sample
-  directories (`--grid-samples`, else the sample directories that hold the `--metrics` files).
+- `extrapolation_grid_{exp}_step{N}_{sampler}-{steps}.png` (sampler e.g. ddim-eta1): rows = view
+  counts, columns = objects, from sample directories (`--grid-samples`, else the sample
+  directories that hold the `--metrics` files).
 
 Input layouts: docs/FORMATS.md, "Samples" and "Figure inputs". Every file is written
 atomically; an input that is absent skips its figure with a printed note.
