@@ -178,3 +178,24 @@ def test_mixed_lpips_nets_are_refused(tmp_path):
     hand_made().assign(lpips_net="alex").to_csv(b, index=False)
     with pytest.raises(ViewFusionError, match="mix LPIPS nets"):
         tables.load_metrics([a, b])
+
+
+def test_against_nearest_is_the_paired_difference(tmp_path):
+    frame = hand_made()
+    copies = [row(r["item"], r["key"], r["category"], 1, 21.0, 0.55, 0.25, sampler="nearest", steps=0, seconds=0.0)
+              for r in frame.iloc[:3].to_dict("records")]
+    path = tmp_path / "metrics.csv"
+    pd.concat([frame, pd.DataFrame(copies)]).to_csv(path, index=False)
+    assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "t"), "--no-reference"]) == 0
+    table = pd.read_csv(tmp_path / "t" / "against_nearest.csv")
+    # Only the paper experiment's one-view targets have copies: ddim and ddpm, 3 targets each.
+    assert sorted(zip(table.sampler, table.view_count, table.n)) == [("ddim", 1, 3), ("ddpm", 1, 3)]
+    ddim = table[table.sampler == "ddim"].iloc[0]
+    assert ddim["psnr"] == pytest.approx(1.0) and ddim["psnr_ci95"] == pytest.approx(ci([-1, 1, 3]), abs=1e-9)
+    assert ddim["ssim"] == pytest.approx(0.05) and ddim["lpips"] == pytest.approx(-0.05)
+    assert table[table.sampler == "ddpm"].iloc[0]["psnr"] == pytest.approx(2.0)
+
+
+def test_against_nearest_is_skipped_without_copies(out):
+    assert not (out / "against_nearest.csv").exists()
+    assert "`against_nearest`: no `nearest` baseline rows" in (out / "README.md").read_text()

@@ -52,6 +52,13 @@ def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
     return images[objects, target], images[objects[:, None], cond], torch.from_numpy(count), angle
 
 
+def lr_factor(step: int, warmup: int, total: int, anneal: bool) -> float:
+    """Linear warm-up, then flat or (anneal) linear decay to 0 at `total`."""
+    if step < warmup:
+        return step / warmup
+    return (total - step) / max(1, total - warmup) if anneal else 1.0
+
+
 @torch.inference_mode()
 def evaluate(model, batch: dict, gt: torch.Tensor, *, eta: float) -> tuple[float, float]:
     """(PSNR of the x0 estimate at the top of the schedule, PSNR of DDIM-50 samples), as
@@ -72,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the eval samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anneal", action="store_true",
+                   help="after the warm-up, decay the learning rate linearly to 0 at --steps")
     p.add_argument("--save", default=None, help="write {'ema', 'raw', 'set'} state dicts here at the end")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -88,7 +97,7 @@ def main(argv=None) -> int:
     rng, start, losses = np.random.default_rng(args.seed), time.time(), []
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.train.lr * min(1.0, step / cfg.train.warmup_steps)
+            group["lr"] = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, args.steps, args.anneal)
         loss = model.loss(*draw_batch(images, rng, cfg))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

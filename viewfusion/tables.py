@@ -16,6 +16,9 @@ is skipped with a note, never filled in. Tables:
   sampler; view counts above the most views the experiment trained with (the metrics'
   `max_train_views`, from its checkpoint; `--max-train-views`, 6, where unrecorded) are marked as
   extrapolation.
+- `against_nearest`: each sampler minus the copy baseline (`--sampler nearest`) on the same
+  targets (item names), per experiment, checkpoint and view count: mean and CI of the paired
+  per-image difference, the sharper test of whether samples beat copying a view.
 - `per_category`: as pixelNeRF reports it: mean per object (over its targets), then mean and CI
   over objects, per category and overall.
 - `weighting`, `relative_angle`: two experiments compared (the latest checkpoint of each), plus
@@ -63,7 +66,7 @@ PIXELNERF_NUMBERS = {
     "vessel": (29.18, 0.939, 0.111), "overall": (26.80, 0.910, 0.108),
 }
 SRT_PSNR = 27.28
-TABLES = ("views", "per_category", "weighting", "relative_angle", "withheld_category",
+TABLES = ("views", "against_nearest", "per_category", "weighting", "relative_angle", "withheld_category",
           "sampler_speed_quality", "sampler_speed_quality_detail")
 BASELINE = "nearest"  # `viewfusion sample --sampler nearest`: the conditioning view nearest the target
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "seconds_per_target": 3}
@@ -167,6 +170,27 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
         {"source": SRT, "view_count": pd.NA, "psnr": SRT_PSNR, "note": SRT_NOTE},
     ] if reference else [])
     return with_source(table, published)
+
+
+def table_against_baseline(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
+    """Per sampler setting: its metrics minus the copy baseline's on the same targets (paired)."""
+    keys = ["experiment", "checkpoint_step", "view_count"]
+    base = frame[frame["sampler"] == BASELINE]
+    if base.empty:
+        return None, f"no `{BASELINE}` baseline rows (add {{name: {BASELINE}}} to evaluation.samplers)"
+    on = [*keys, "item"]
+    twice = base[base.duplicated(on)]
+    if len(twice):
+        raise ViewFusionError(f"target {twice['item'].iloc[0]!r} scored twice by `{BASELINE}` in one experiment, "
+                              "checkpoint and view count; pass each metrics file once")
+    pairs = frame[frame["sampler"] != BASELINE].merge(base[[*on, *METRICS]], on=on, suffixes=("", "_base"))
+    if pairs.empty:
+        return None, f"no sampled target was also scored by the `{BASELINE}` baseline"
+    diff = pairs[[*CONFIG, "view_count"]].assign(**{m: pairs[m] - pairs[f"{m}_base"] for m in METRICS})
+    table = summarize(diff, [*CONFIG, "view_count"])
+    return with_source(table, pd.DataFrame()), (f"sampler minus `{BASELINE}` (nearest view copied) on the same "
+                                                "targets: mean ± 95% CI of the paired difference; PSNR and SSIM "
+                                                "above 0 and LPIPS below 0 beat copying")
 
 
 def table_per_category(frame: pd.DataFrame, *, reference: bool) -> pd.DataFrame:
@@ -349,6 +373,11 @@ def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, d
     written, skipped = {}, {}
     written["views"] = (table_views(frame, reference=args.reference, max_train_views=args.max_train_views),
                         "Quality against the number of conditioning views", "mean ± 95% CI over targets")
+    table, note = table_against_baseline(frame)
+    if table is None:
+        skipped["against_nearest"] = note
+    else:
+        written["against_nearest"] = (table, "Samples against the nearest-view copy (paired)", note)
     written["per_category"] = (table_per_category(frame, reference=args.reference), "Per category (pixelNeRF's convention)",
                                "mean per object, then mean ± 95% CI over objects")
     ablations = (("weighting", {"weighted": args.weighting[0], "mean": args.weighting[1]}, "Weighted vs mean composition"),
