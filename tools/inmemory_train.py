@@ -6,11 +6,15 @@ its loader, checkpoints or DDP, on a train split held in memory. Prints one JSON
         --set data.self_view_prob=0.8 [--save run.pt]
 
 Batches are drawn as `train_loader` draws them (`select_views` with the config's max_views,
-shuffle_prob and self_view_prob), objects uniformly with replacement; the learning rate warms
-up linearly and stays flat (the tiny config's decay is negligible within its steps); the EMA is
-the config's. Each eval scores the EMA weights on the manifest's targets: the clamped x0
-estimate at t = T-1 (the posterior mean) and DDIM-50 samples (eta from --eta, the targets'
-seeds), PSNR against the ground truth, beside the nearest-view copy baseline. For the figures
+shuffle_prob and self_view_prob; the relative variant's reference view and angle), objects
+uniformly with replacement; the learning rate warms up linearly and stays flat (the tiny
+config's decay is negligible within its steps) or, with --anneal, decays linearly to 0; the EMA
+is the config's. Experiments not in the trainer: --self-view-end (a self_view_prob curriculum)
+and --near (the self-view trick with a neighbouring view instead of the target itself).
+
+Each eval scores the EMA weights on the manifest's targets: the clamped x0 estimate at t = T-1
+(the posterior mean) and DDIM-50 samples (eta from --eta, the targets' seeds), PSNR against the
+ground truth, beside the nearest-view copy baseline. For the figures
 in docs/NOTES.md only: runs of `viewfusion train` are what the pipeline evaluates.
 """
 
@@ -31,14 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from viewfusion.config import build_model, load_config  # noqa: E402
 from viewfusion.data import nmr  # noqa: E402
-from viewfusion.data.loader import load_objects, select_views  # noqa: E402
+from viewfusion.data.loader import load_objects, relative_angle, select_views  # noqa: E402
 from viewfusion.sample import build_batch, nearest_view_images, read_manifest  # noqa: E402
 
 import probe_model  # noqa: E402  (tools/)
 
 
-def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
-    """(y_0, y_cond, view_count, angle) for global_batch_size random objects of `images` (O,24,...)."""
+def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg, *, self_view_prob: float,
+               near: int = 0) -> tuple[tuple, dict]:
+    """(y_0, y_cond, view_count, angle) for global_batch_size random objects of `images` (O,24,...),
+    and {'y_ref': ...} for the relative variant (angle then relative to the first view)."""
     size, views = cfg.train.global_batch_size, cfg.data.max_views
     objects = rng.integers(len(images), size=size)
     target = np.empty(size, np.int64)
@@ -46,10 +52,20 @@ def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg) -> tuple:
     count = np.empty(size, np.int64)
     for i in range(size):
         target[i], chosen = select_views(rng, max_views=views, shuffle_prob=cfg.data.shuffle_prob,
-                                         self_view_prob=cfg.data.self_view_prob)
+                                         self_view_prob=0.0 if near else self_view_prob)
+        if near and rng.random() < self_view_prob:  # a view within `near` steps of the target
+            view = (target[i] + rng.integers(-near, near + 1)) % nmr.NUM_VIEWS
+            if view not in chosen:
+                chosen = chosen.copy()
+                chosen[rng.integers(len(chosen))] = view
         cond[i, : len(chosen)], count[i] = chosen, len(chosen)
-    angle = torch.tensor([nmr.view_angle(int(t)) for t in target], dtype=torch.float32)
-    return images[objects, target], images[objects[:, None], cond], torch.from_numpy(count), angle
+    y_cond = images[objects[:, None], cond]
+    if cfg.model.relative:
+        angle = torch.tensor([relative_angle(int(t), int(r)) for t, r in zip(target, cond[:, 0])])
+        extra = {"y_ref": y_cond[:, 0].clone()}
+    else:
+        angle, extra = torch.tensor([nmr.view_angle(int(t)) for t in target], dtype=torch.float32), {}
+    return (images[objects, target], y_cond, torch.from_numpy(count), angle), extra
 
 
 def lr_factor(step: int, warmup: int, total: int, anneal: bool) -> float:
@@ -81,6 +97,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--anneal", action="store_true",
                    help="after the warm-up, decay the learning rate linearly to 0 at --steps")
+    p.add_argument("--self-view-end", type=float, default=None,
+                   help="move data.self_view_prob linearly to this value at --steps (a curriculum)")
+    p.add_argument("--near", type=int, default=0,
+                   help="the self-view trick puts a view within this many 15-degree steps of the "
+                        "target among the conditioning views (0: the target itself)")
     p.add_argument("--save", default=None, help="write {'ema', 'raw', 'set'} state dicts here at the end")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -90,7 +111,7 @@ def main(argv=None) -> int:
     images = torch.stack([o.images for o in load_objects(args.shards, "train").values()])
     items = read_manifest(args.manifest)["items"]
     objects = load_objects(args.shards, "test", sorted({it["key"] for it in items}))
-    batch = build_batch(items, objects, relative=False, device=torch.device("cpu"))
+    batch = build_batch(items, objects, relative=model.relative, device=torch.device("cpu"))
     gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
     copy_psnr = probe_model.psnr(nearest_view_images(items, objects), gt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
@@ -98,7 +119,11 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, args.steps, args.anneal)
-        loss = model.loss(*draw_batch(images, rng, cfg))
+        start_p = cfg.data.self_view_prob
+        end_p = start_p if args.self_view_end is None else args.self_view_end
+        tensors, extra = draw_batch(images, rng, cfg, self_view_prob=start_p + (end_p - start_p) * step / args.steps,
+                                   near=args.near)
+        loss = model.loss(*tensors, **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:
