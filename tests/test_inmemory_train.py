@@ -38,3 +38,26 @@ def test_inmemory_train_evaluates_and_saves(synth_shards, tmp_path, capsys):
     model = build_model(load_config(TINY, saved["set"]))
     model.load_state_dict(saved["ema"], strict=True)
     assert any((saved["ema"][k] != saved["raw"][k]).any() for k in saved["raw"] if saved["raw"][k].is_floating_point())
+
+
+def _circular(a, b):
+    d = abs(int(a) - int(b)) % 24
+    return min(d, 24 - d)
+
+
+def test_draw_batch_near_views_and_relative_angle():
+    import numpy as np
+
+    images = torch.arange(5 * 24, dtype=torch.float32).view(5, 24, 1, 1, 1).expand(5, 24, 3, 2, 2)
+    cfg = load_config(TINY, ["train.global_batch_size=64", "model.relative=true"])
+    (y_0, y_cond, count, angle), extra = inmemory_train.draw_batch(
+        images, np.random.default_rng(0), cfg, self_view_prob=1.0, near=2)
+    target = y_0[:, 0, 0, 0].long() % 24
+    views = y_cond[:, :, 0, 0, 0].long() % 24
+    # Every sample holds a view within 2 steps of its target (near=2, probability 1).
+    assert all(min(_circular(t, v) for v in row[:n]) <= 2 for t, row, n in zip(target, views, count))
+    assert any(min(_circular(t, v) for v in row[:n]) > 0 for t, row, n in zip(target, views, count))
+    # Relative variant: the reference is the first view and the angle is taken from it.
+    assert torch.equal(extra["y_ref"], y_cond[:, 0])
+    expected = torch.tensor([((t - r) % 24) * 2 * np.pi / 24 for t, r in zip(target, views[:, 0])])
+    assert torch.allclose(angle, expected.float(), atol=1e-5)
