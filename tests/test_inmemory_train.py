@@ -12,6 +12,7 @@ import torch
 
 from train_utils import SAMPLE_SMALL, TINY
 from viewfusion.config import build_model, load_config
+from viewfusion.data.nmr import view_distance
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
 
@@ -40,11 +41,6 @@ def test_inmemory_train_evaluates_and_saves(synth_shards, tmp_path, capsys):
     assert any((saved["ema"][k] != saved["raw"][k]).any() for k in saved["raw"] if saved["raw"][k].is_floating_point())
 
 
-def _circular(a, b):
-    d = abs(int(a) - int(b)) % 24
-    return min(d, 24 - d)
-
-
 def test_draw_batch_near_views_and_relative_angle():
     import numpy as np
 
@@ -55,8 +51,8 @@ def test_draw_batch_near_views_and_relative_angle():
     target = y_0[:, 0, 0, 0].long() % 24
     views = y_cond[:, :, 0, 0, 0].long() % 24
     # Every sample holds a view within 2 steps of its target (near=2, probability 1).
-    assert all(min(_circular(t, v) for v in row[:n]) <= 2 for t, row, n in zip(target, views, count))
-    assert any(min(_circular(t, v) for v in row[:n]) > 0 for t, row, n in zip(target, views, count))
+    assert all(min(view_distance(int(t), int(v)) for v in row[:n]) <= 2 for t, row, n in zip(target, views, count))
+    assert any(min(view_distance(int(t), int(v)) for v in row[:n]) > 0 for t, row, n in zip(target, views, count))
     # Relative variant: the reference is the first view and the angle is taken from it.
     assert torch.equal(extra["y_ref"], y_cond[:, 0])
     expected = torch.tensor([((t - r) % 24) * 2 * np.pi / 24 for t, r in zip(target, views[:, 0])])

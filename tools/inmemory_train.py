@@ -14,8 +14,8 @@ and --near (the self-view trick with a neighbouring view instead of the target i
 
 Each eval scores the EMA weights on the manifest's targets: the clamped x0 estimate at t = T-1
 (the posterior mean) and DDIM-50 samples (eta from --eta, the targets' seeds), PSNR against the
-ground truth, beside the nearest-view copy baseline. For the figures
-in docs/NOTES.md only: runs of `viewfusion train` are what the pipeline evaluates.
+ground truth, beside the nearest-view copy baseline. For the figures in docs/NOTES.md only:
+runs of `viewfusion train` are what the pipeline evaluates.
 """
 
 from __future__ import annotations
@@ -116,13 +116,13 @@ def main(argv=None) -> int:
     copy_psnr = probe_model.psnr(nearest_view_images(items, objects), gt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     rng, start, losses = np.random.default_rng(args.seed), time.time(), []
+    start_p = cfg.data.self_view_prob
+    end_p = start_p if args.self_view_end is None else args.self_view_end
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, args.steps, args.anneal)
-        start_p = cfg.data.self_view_prob
-        end_p = start_p if args.self_view_end is None else args.self_view_end
-        tensors, extra = draw_batch(images, rng, cfg, self_view_prob=start_p + (end_p - start_p) * step / args.steps,
-                                   near=args.near)
+        self_view_prob = start_p + (end_p - start_p) * step / args.steps
+        tensors, extra = draw_batch(images, rng, cfg, self_view_prob=self_view_prob, near=args.near)
         loss = model.loss(*tensors, **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,13 +31,12 @@ from PIL import Image
 
 from viewfusion.checkpoint import config_of, load, load_model
 from viewfusion.data.loader import load_objects
+from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP, view_distance
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
 
 MODEL_SAMPLERS = ("ddpm", "ddim")
 SAMPLERS = (*MODEL_SAMPLERS, "nearest")  # nearest: the copy baseline, no network
-NUM_VIEWS = 24
-VIEW_STEP = 2 * math.pi / NUM_VIEWS  # radians between neighbouring NMR views
 
 
 @dataclass(frozen=True)
@@ -177,10 +176,7 @@ def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool,
 def nearest_view_images(items: list[dict], objects: dict) -> torch.Tensor:
     """(B,3,H,W): per target, the conditioning view at the smallest circular azimuth distance
     (ties: the first listed, so the result is deterministic)."""
-    def distance(view: int, target: int) -> int:
-        return min((view - target) % NUM_VIEWS, (target - view) % NUM_VIEWS)
-
-    picks = [min(it["cond_views"], key=lambda v, t=it["target_view"]: distance(v, t)) for it in items]
+    picks = [min(it["cond_views"], key=lambda v, t=it["target_view"]: view_distance(v, t)) for it in items]
     return torch.stack([objects[it["key"]].images[v] for it, v in zip(items, picks)])
 
 

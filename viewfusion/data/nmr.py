@@ -69,6 +69,7 @@ SYNSET_NAMES: dict[str, str] = {
 }
 
 NUM_VIEWS = 24
+VIEW_STEP = 2.0 * math.pi / NUM_VIEWS  # radians between neighbouring views
 IMAGE_SIZE = 64
 ELEVATION_DEG = 30.0
 CAMERA_DISTANCE = 2.732
@@ -89,7 +90,12 @@ _NPZ_NAME = re.compile(rb"((?:world|camera)_mat(?:_inv)?_\d+)\.npy")
 
 def view_angle(view: int) -> float:
     """Azimuth of NMR view `view` in radians (view i sits at 15*i degrees)."""
-    return 2.0 * math.pi / NUM_VIEWS * view
+    return VIEW_STEP * view
+
+
+def view_distance(a: int, b: int) -> int:
+    """Circular distance between NMR views a and b in view steps (0..NUM_VIEWS // 2)."""
+    return min((a - b) % NUM_VIEWS, (b - a) % NUM_VIEWS)
 
 
 def focal_px(*, image_size: int = IMAGE_SIZE) -> float:
