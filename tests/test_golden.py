@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,9 +69,14 @@ def test_golden_reverse_step(golden, golden_model):
     assert weights[:, n_max:].abs().max() == 0  # the 20 unused views of y_cond get no weight
 
 
-def test_load_official_infers_config_from_golden(golden, tmp_path):
+@pytest.mark.parametrize("ddp_prefix", [False, True])
+def test_load_official_infers_config_from_golden(golden, tmp_path, ddp_prefix):
+    # The official file's layout: numpy psnr/ssim scalars beside the weights (which a plain
+    # weights_only load refuses), and the DDP wrapper's `module.` prefix on multi-GPU runs.
     path = tmp_path / "official.pt"
-    torch.save({"model": golden["state_dict"], "it": 3, "psnr": 0.0}, path)
+    state = {("module." if ddp_prefix else "") + k: v for k, v in golden["state_dict"].items()}
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "it": 3, "t": 1.5,
+                "run_id": "abc", "psnr": np.float64(23.5), "ssim": np.float32(0.88)}, path)
     kwargs = {k: v for k, v in golden["unet_kwargs"].items() if k not in ("in_channel", "out_channel")}
     model = load_official(path, kwargs)
     assert model.weighting and not model.relative and not model.training

@@ -33,6 +33,7 @@ import torch
 from viewfusion.config import ExperimentConfig, build_model, from_dict, load_config, to_dict
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
+from viewfusion.model.viewfusion import OFFICIAL_SAFE_GLOBALS, strip_ddp
 
 FORMAT = "viewfusion-checkpoint"
 FORMAT_VERSION = 1
@@ -42,9 +43,6 @@ VARIANTS = {
     "no_weighting": {"name": "no_weighting", "model": {"weighting": False}},
     "relative": {"name": "relative", "model": {"relative": True}},
 }
-# The official file stores psnr/ssim as numpy scalars; these are the only globals allowed.
-_NUMPY_SCALARS = [np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType,
-                  np.dtypes.Float32DType, np.dtypes.Int64DType]
 
 
 def save(path: str | Path, ckpt: dict[str, Any]) -> None:
@@ -64,7 +62,7 @@ def _read(path: Path, *, numpy_scalars: bool = False) -> Any:
         raise ViewFusionError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive; "
                               f"{path.stat().st_size} bytes starting {head!r}): truncated or another file")
     try:
-        with torch.serialization.safe_globals(_NUMPY_SCALARS if numpy_scalars else []):
+        with torch.serialization.safe_globals(OFFICIAL_SAFE_GLOBALS if numpy_scalars else []):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -112,13 +110,6 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
     return model.to(device).eval(), cfg, ckpt
 
 
-def _strip_ddp(state: dict[str, Any]) -> dict[str, Any]:
-    # The official trainer saved the DDP wrapper's state dict on multi-GPU runs.
-    if state and all(k.startswith("module.") for k in state):
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
 def detect_variant(state: dict[str, torch.Tensor]) -> str:
     """paper / no_weighting / relative from the first and last conv shapes."""
     try:
@@ -138,7 +129,7 @@ def convert_official(official: dict[str, Any], *, variant: str | None = None,
     """The official dict -> ours. The architecture is `cfg` (default: the paper config of the
     variant the U-Net shapes show); the state dict must load into it strictly. Adam's state is
     kept when it fits the parameters one to one."""
-    state = _strip_ddp(dict(official["model"]))
+    state = strip_ddp(dict(official["model"]))
     found = detect_variant(state)
     if variant is not None and variant != found:
         raise ViewFusionError(f"{source}: --variant {variant} given, but its U-Net shapes are "

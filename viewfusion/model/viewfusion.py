@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,13 +45,19 @@ from viewfusion.diffusion import (
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import UNet
 
-__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals", "load_official"]
+__all__ = ["OFFICIAL_SAFE_GLOBALS", "PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals", "load_official"]
 
 # The paper's denoiser (configs/*-small-v100-4.yaml of the official code).
 PAPER_UNET_KWARGS = dict(
     image_size=64, in_channel=6, out_channel=6, inner_channel=64, res_blocks=3, attn_res=[16],
     channel_mults=[1, 2, 3, 5], norm_groups=32, dropout=0.0,
 )
+
+
+# The official trainer stores psnr/ssim beside the weights as numpy scalars: the only globals a
+# `weights_only` load of its file has to allow (anything else in a checkpoint is refused).
+OFFICIAL_SAFE_GLOBALS = [np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType,
+                         np.dtypes.Float32DType, np.dtypes.Int64DType]
 
 
 class SampleStep(NamedTuple):
@@ -367,7 +374,8 @@ def _read_state_dict(source) -> Mapping[str, Tensor]:
     obj = source
     if not isinstance(source, Mapping):
         try:
-            obj = torch.load(source, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(OFFICIAL_SAFE_GLOBALS):
+                obj = torch.load(source, map_location="cpu", weights_only=True)
         except FileNotFoundError as err:
             raise ViewFusionError(f"checkpoint {str(source)!r} does not exist") from err
         except Exception as err:  # truncated zip, pickle with foreign objects, not a torch file
@@ -376,4 +384,11 @@ def _read_state_dict(source) -> Mapping[str, Tensor]:
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ViewFusionError(f"{_describe(source)} is neither a state dict nor a checkpoint with key 'model'")
-    return obj
+    return strip_ddp(obj)
+
+
+def strip_ddp(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """The state dict without the `module.` prefix the official trainer saved on multi-GPU runs."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
