@@ -199,3 +199,21 @@ def test_against_nearest_is_the_paired_difference(tmp_path):
 def test_against_nearest_is_skipped_without_copies(out):
     assert not (out / "against_nearest.csv").exists()
     assert "`against_nearest`: no `nearest` baseline rows" in (out / "README.md").read_text()
+
+
+def test_views_table_lists_the_copy_baseline_once_per_experiment(tmp_path):
+    # Two checkpoints of one experiment score the same copies: the baseline is one row, stepless.
+    frame = hand_made()
+    copies = [row(r["item"], r["key"], r["category"], 1, 21.0, 0.55, 0.25, sampler="nearest", steps=0, seconds=0.0)
+              for r in frame.iloc[:3].to_dict("records")]
+    later = [{**c, "checkpoint_step": 200} for c in copies]
+    path = tmp_path / "metrics.csv"
+    pd.concat([frame, pd.DataFrame(copies + later)]).to_csv(path, index=False)
+    assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "t"), "--no-reference"]) == 0
+    views = pd.read_csv(tmp_path / "t" / "views.csv")
+    base = views[views.sampler == "nearest"]
+    assert len(base) == 1 and base.iloc[0]["n"] == 3 and pd.isna(base.iloc[0]["checkpoint_step"])
+    assert base.iloc[0]["psnr"] == pytest.approx(21.0)
+    # the paired table still compares each checkpoint with its own copies
+    against = pd.read_csv(tmp_path / "t" / "against_nearest.csv")
+    assert sorted(against.checkpoint_step.unique()) == [100]

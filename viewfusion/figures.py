@@ -45,7 +45,8 @@ from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
 from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
 from viewfusion.tables import (  # noqa: E402
-    BASELINE, CONFIG, PIXELNERF_NUMBERS, load_metrics, sampler_label, summarize, trained_views,
+    BASELINE, CONFIG, PIXELNERF_NUMBERS, baseline_once, load_metrics, sampler_label, summarize,
+    trained_views,
 )
 
 NUM_VIEWS = 24
@@ -113,14 +114,15 @@ def experiment_name(figure_dir: Path) -> str:
 def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6, reference: bool = True) -> Path:
     """One panel per metric; error bars are the tables' 95% confidence intervals. View counts
     above the fewest views any shown experiment trained with are shaded as extrapolation."""
-    summary = summarize(frame, [*CONFIG, "view_count"])
+    summary = summarize(baseline_once(frame), [*CONFIG, "view_count"])
     limit = min(trained_views(frame, default=max_train_views).values())
     metrics = [m for m in METRIC_LABELS if summary[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for config, group in summary.groupby(CONFIG, dropna=False, sort=True):
             experiment, step, sampler, steps = config
-            label = f"{experiment} @{step} {sampler_label(sampler, steps)}"
+            at = "" if pd.isna(step) else f" @{step}"  # the baseline: one per experiment
+            label = f"{experiment}{at} {sampler_label(sampler, steps)}"
             ax.errorbar(group["view_count"].astype(float), group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
                         marker="o", capsize=3, label=label)
         if summary["view_count"].max() > limit:

@@ -136,6 +136,20 @@ def latest_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["checkpoint_step"] == latest).fillna(False).astype(bool) | latest.isna()]
 
 
+def baseline_once(frame: pd.DataFrame) -> pd.DataFrame:
+    """The copy baseline does not depend on the checkpoint (the manifests do not), so with several
+    checkpoints evaluated its rows would repeat identically: keep them once per experiment (those
+    of the latest checkpoint), with no checkpoint step."""
+    is_base = frame["sampler"] == BASELINE
+    if not is_base.any():
+        return frame
+    base = frame[is_base]
+    latest = base.groupby("experiment")["checkpoint_step"].transform("max")
+    base = base[(base["checkpoint_step"] == latest).fillna(False).astype(bool) | latest.isna()].copy()
+    base["checkpoint_step"] = pd.array([pd.NA] * len(base), dtype="Int64")
+    return pd.concat([frame[~is_base], base], ignore_index=True)
+
+
 def reference_rows(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"view_count": "Int64"}) if rows else pd.DataFrame()
 
@@ -159,7 +173,7 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
     """Quality against the number of conditioning views (mean over images). A view count above
     the most views the experiment trained with (its checkpoint's, recorded by `viewfusion
     sample`; else `max_train_views`) is extrapolation."""
-    table = summarize(frame, [*CONFIG, "view_count"])
+    table = summarize(baseline_once(frame), [*CONFIG, "view_count"])
     limit = table["experiment"].map(trained_views(frame, default=max_train_views))
     seen = table["view_count"] <= limit
     table.insert(5, "regime", [f"1-{n} views (as trained)" if ok else f"extrapolation (> {n})"
