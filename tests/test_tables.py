@@ -217,3 +217,15 @@ def test_views_table_lists_the_copy_baseline_once_per_experiment(tmp_path):
     # the paired table still compares each checkpoint with its own copies
     against = pd.read_csv(tmp_path / "t" / "against_nearest.csv")
     assert sorted(against.checkpoint_step.unique()) == [100]
+
+
+def test_sampler_speed_table_takes_the_latest_checkpoint_on_ties(tmp_path):
+    frame = hand_made()
+    earlier = frame.assign(checkpoint_step=50, psnr=frame["psnr"] - 5)
+    path = tmp_path / "metrics.csv"
+    pd.concat([earlier, frame]).to_csv(path, index=False)
+    assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "t"), "--no-reference"]) == 0
+    detail = pd.read_csv(tmp_path / "t" / "sampler_speed_quality_detail.csv")
+    assert set(detail.checkpoint_step) == {100}
+    exact = pd.read_csv(tmp_path / "t" / "sampler_speed_quality.csv")
+    assert list(exact.psnr) == [pytest.approx(22.0), pytest.approx(23.0)]  # step 100's, not step 50's

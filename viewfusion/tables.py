@@ -28,8 +28,8 @@ is skipped with a note, never filled in. Tables:
 - `sampler_speed_quality`: columns exactly `sampler, steps, seconds_per_target, psnr, ssim,
   lpips`, one row per sampler and step count, measured on the same targets of one experiment,
   checkpoint and view count (`--speed-*`; by default `--main-experiment` when present and the
-  setting with the most samplers); `sampler_speed_quality_detail` adds which, the counts, the
-  CIs, and speed-up and PSNR change against the slowest sampler.
+  setting with the most samplers, on ties its latest checkpoint); `sampler_speed_quality_detail`
+  adds which, the counts, the CIs, and speed-up and PSNR change against the slowest sampler.
 
 Published numbers (pixelNeRF, SRT) appear only as rows whose `source` starts with
 "published:", next to measured rows (`source` "measured"), never averaged with them;
@@ -284,7 +284,8 @@ def table_withheld(frame: pd.DataFrame, *, experiments: list[str], baseline: str
 def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=None, view_count=None,
                     preferred: str | None = None) -> pd.DataFrame:
     """The rows of one experiment, checkpoint and view count: the ones given, else the setting
-    with the most samplers (on ties: the `preferred` experiment, then the first in sort order)."""
+    with the most samplers (the `preferred` experiment when present; on ties the latest
+    checkpoint, the trained model a speed/quality trade-off is about, then sort order)."""
     if experiment is None and preferred in set(frame["experiment"]):
         experiment = preferred
     for column, value in (("experiment", experiment), ("checkpoint_step", checkpoint_step), ("view_count", view_count)):
@@ -292,9 +293,13 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
             frame = frame[frame[column] == value]
     if frame.empty:
         return frame
-    group = frame.groupby(["experiment", "checkpoint_step", "view_count"], dropna=False, sort=True).ngroup()
-    samplers = frame.groupby(group)[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates()))
-    selected = frame[group == samplers.idxmax()]  # idxmax: the first group in sort order on ties
+    grouped = frame.groupby(["experiment", "checkpoint_step", "view_count"], dropna=False, sort=True)
+    # One row per setting, row i being group i of ngroup (both in sort order).
+    settings = grouped[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates())).rename("samplers")
+    settings = settings.reset_index()
+    best = settings.sort_values(["samplers", "checkpoint_step"], ascending=[False, False],
+                                na_position="last", kind="stable").index[0]
+    selected = frame[grouped.ngroup() == best]
     # Same targets for every sampler, so quality differences are the samplers' alone.
     per_sampler = selected.groupby(["sampler", "steps"], dropna=False)["item"].apply(set)
     common = set.intersection(*per_sampler)
