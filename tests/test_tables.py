@@ -214,6 +214,8 @@ def test_views_table_lists_the_copy_baseline_once_per_experiment(tmp_path):
     base = views[views.sampler == "nearest"]
     assert len(base) == 1 and base.iloc[0]["n"] == 3 and pd.isna(base.iloc[0]["checkpoint_step"])
     assert base.iloc[0]["psnr"] == pytest.approx(21.0)
+    per_category = pd.read_csv(tmp_path / "t" / "per_category.csv")
+    assert len(per_category[(per_category.sampler == "nearest") & (per_category.category == "overall")]) == 1
     # the paired table still compares each checkpoint with its own copies
     against = pd.read_csv(tmp_path / "t" / "against_nearest.csv")
     assert sorted(against.checkpoint_step.unique()) == [100]

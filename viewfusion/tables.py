@@ -210,7 +210,8 @@ def table_against_baseline(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, st
 def table_per_category(frame: pd.DataFrame, *, reference: bool) -> pd.DataFrame:
     """pixelNeRF's convention: mean per object over its targets, then mean and CI over objects."""
     keys = [*CONFIG, "view_count"]
-    objects = frame.groupby([*keys, "category", "key"], dropna=False)[list(METRICS)].mean().reset_index()
+    objects = baseline_once(frame).groupby([*keys, "category", "key"], dropna=False)[list(METRICS)].mean()
+    objects = objects.reset_index()
     per_category = summarize(objects, [*keys, "category"], count="objects")
     overall = summarize(objects, keys, count="objects").assign(category="overall")
     table = pd.concat([per_category, overall], ignore_index=True)
