@@ -132,6 +132,24 @@ def test_verify_unknown_category_in_metadata(synth_zip, edit_zip, tmp_path):
         nmr.verify_zip(bad)
 
 
+def test_plain_yaml_metadata_and_extra_object_members(synth_zip, edit_zip, tmp_path):
+    # Unquoted synsets (four of them read as octal integers by a plain YAML load), directory
+    # entries, and the per-object extras the real dataset may hold (mask/, visual_hull_depth/,
+    # pointcloud.npz): all fine, and the objects read as before.
+    meta = "".join(f"{s}:\n  id: {s}\n  name: {n}\n" for s, n in nmr.SYNSET_NAMES.items()).encode()
+    with nmr.NMRZip(synth_zip) as z:
+        object_id = next(o for split in ("train", "val", "test") for o in z.split_list("03001627", split))
+        want = z.read_object("03001627", object_id)
+    folder = f"{nmr.ROOT}03001627/{object_id}/"
+    extras = {folder: b"", folder + "mask/0000.png": _png(64), folder + "pointcloud.npz": b"PK",
+              folder + "visual_hull_depth/0000.exr": b"\x76\x2f\x31\x01"}
+    zipped = edit_zip(synth_zip, tmp_path / "z.zip", replace={"metadata.yaml": meta}, add=extras)
+    nmr.verify_zip(zipped)
+    with nmr.NMRZip(zipped) as z:
+        assert sorted(z.metadata) == sorted(nmr.SYNSETS) and z.metadata["03001627"]["id"] == "03001627"
+        assert z.read_object("03001627", object_id) == want
+
+
 def test_reads_never_extract(synth_zip, tmp_path, monkeypatch):
     monkeypatch.setattr(zipfile.ZipFile, "extract", lambda *a, **k: pytest.fail("extracted"))
     monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a, **k: pytest.fail("extracted"))
