@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from viewfusion.diffusion import Schedule
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion
-from viewfusion.diffusion import Schedule
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

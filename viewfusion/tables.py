@@ -143,9 +143,7 @@ def baseline_once(frame: pd.DataFrame) -> pd.DataFrame:
     is_base = frame["sampler"] == BASELINE
     if not is_base.any():
         return frame
-    base = frame[is_base]
-    latest = base.groupby("experiment")["checkpoint_step"].transform("max")
-    base = base[(base["checkpoint_step"] == latest).fillna(False).astype(bool) | latest.isna()].copy()
+    base = latest_checkpoint(frame[is_base]).copy()
     base["checkpoint_step"] = pd.array([pd.NA] * len(base), dtype="Int64")
     return pd.concat([frame[~is_base], base], ignore_index=True)
 

@@ -299,7 +299,7 @@ class NMRZip:
             raise ViewFusionError(f"{self.path}: {member} missing; not an NMR_Dataset zip")
         try:
             # Every scalar as a string: in plain YAML an unquoted synset such as 03001627 (chair)
-            # is an octal integer (819095), and an unknown category would be reported.
+            # is an octal integer (787351), and an unknown category would be reported.
             metadata = yaml.load(self.read(member), Loader=yaml.BaseLoader)
         except yaml.YAMLError as err:
             raise ViewFusionError(f"{self.path}: {member} is not valid YAML ({err})") from None

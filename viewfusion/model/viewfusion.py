@@ -45,7 +45,8 @@ from viewfusion.diffusion import (
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import UNet
 
-__all__ = ["OFFICIAL_SAFE_GLOBALS", "PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals", "load_official"]
+__all__ = ["OFFICIAL_SAFE_GLOBALS", "PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion",
+           "count_unet_evals", "load_official", "strip_ddp"]
 
 # The paper's denoiser (configs/*-small-v100-4.yaml of the official code).
 PAPER_UNET_KWARGS = dict(
