@@ -1,29 +1,79 @@
-"""Atomic file writes: nothing half-written is ever mistaken for complete.
+"""Atomic file writes and plain-name checks: nothing half-written is ever mistaken for complete,
+and no name taken from data (manifest items, object keys, member names) leaves its directory.
 
 Every file one stage hands to another is written to a temporary name in the same directory,
-flushed and fsynced, then renamed over the final name with `os.replace` (atomic on POSIX).
+flushed and fsynced, then renamed over the final name with `os.replace` (atomic on POSIX). A
+full disk (ENOSPC) or quota (EDQUOT) becomes a one-line `ViewFusionError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
+
+from viewfusion.errors import ViewFusionError
+
+# Letters, digits, '_', '-', '.', '+', not starting with '.' or '-': no separator, no '..',
+# no hidden file, never an option, the same on every filesystem.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,199}")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def plain_name(value, what: str) -> str:
+    """`value` if it is a plain file name (PLAIN_NAME), else a ViewFusionError naming `what`."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ViewFusionError(f"{what}: {value!r} is not a plain name (letters, digits, _ - . +; "
+                              "no path separator, no leading dot); regenerate the file that holds it")
+    return value
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk or quota while writing `path` into a one-line ViewFusionError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        raise ViewFusionError(f"{path}: no space left on the device or quota exceeded "
+                              f"({os.strerror(err.errno)}); free space and rerun") from None
+
+
+def _raise_disk_full(err: BaseException, path: Path) -> None:
+    """Re-raise `err` as a disk-full ViewFusionError when it (or its cause) is ENOSPC/EDQUOT;
+    torch.save and zipfile wrap the OSError in a RuntimeError ('unexpected pos ...')."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            with disk_errors(path):
+                raise seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+        raise ViewFusionError(f"{path}: the write stopped part-way ({str(err).strip()}), most often "
+                              "a full disk or quota; free space and rerun") from None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        with disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        with open(tmp, "rb+") as fh:
+        with disk_errors(path), open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        _raise_disk_full(err, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -35,3 +85,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (a multi-GB zip never sits in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Hex sha256 of `obj` as canonical JSON (sorted keys, no spaces): a fingerprint of a config
+    or settings dict that does not depend on key order or formatting."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

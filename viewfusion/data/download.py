@@ -15,7 +15,6 @@ OUT; running this command again then skips the transfer, verifies the file and r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json
+from viewfusion.fsutil import atomic_write_json, sha256_file
 
 URL = ("https://s3.eu-central-1.amazonaws.com/avg-projects/differentiable_volumetric_rendering/"
        "data/NMR_Dataset.zip")
@@ -33,14 +32,6 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)|bytes \*/(\d+)")
 
 def record_path(out: Path) -> Path:
     return out.with_name(out.name + ".sha256.json")
-
-
-def sha256_file(path: Path, *, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manual_hint(url: str, out: Path) -> str:
