@@ -14,8 +14,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from viewfusion.errors import ViewFusionError
 
