@@ -65,3 +65,21 @@ def edit_zip():
         return dst
 
     return edit
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A real, nearly full filesystem: a 256 KiB tmpfs mounted at tmp_path/full (root only;
+    skipped elsewhere). Writes past its size fail with ENOSPC as on a full cluster disk."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -306,6 +306,13 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
             for k, v in d.items()}
 
 
+def config_sha256(cfg: ExperimentConfig) -> str:
+    """The resolved config's fingerprint (sha256 of its canonical JSON): equal iff every key is."""
+    from viewfusion.fsutil import sha256_json
+
+    return sha256_json(to_dict(cfg))
+
+
 def build_model(cfg: ExperimentConfig):
     """The ViewFusion model (U-Net denoiser + noise schedule) that `cfg` describes."""
     from viewfusion.diffusion import Schedule
