@@ -133,3 +133,15 @@ def test_build_model_follows_the_config():
     assert (model.weighting, model.relative) == (False, True)
     assert model.denoise_fn.downs[0].weight.shape[1] == 9
     assert model.gammas.shape == (cfg.diffusion.n_timestep,)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
+def test_empty_file_is_refused_not_the_paper_config(tmp_path, text):
+    with pytest.raises(ViewFusionError, match=r"empty\.yaml: the file is empty .*base: paper\.yaml"):
+        C.load_config(write(tmp_path, "empty.yaml", text))
+    # an empty parent is refused too, naming the parent; `base:` plus keys is a complete variant
+    child = write(tmp_path, "child.yaml", "base: empty.yaml\nname: child\n")
+    with pytest.raises(ViewFusionError, match=r"empty\.yaml: the file is empty"):
+        C.load_config(child)
+    write(tmp_path, "empty.yaml", f"base: {EXPERIMENTS / 'paper.yaml'}\n")
+    assert C.load_config(child).name == "child"

@@ -75,10 +75,10 @@ class ModelConfig:
 
     def unet_kwargs(self) -> dict[str, Any]:
         """The official U-Net keyword arguments."""
-        return dict(in_channel=self.in_channel, out_channel=self.out_channel,
-                    inner_channel=self.inner_channel, norm_groups=self.norm_groups,
-                    channel_mults=list(self.channel_mults), attn_res=list(self.attn_res),
-                    res_blocks=self.res_blocks, dropout=self.dropout, image_size=self.image_size)
+        return {"in_channel": self.in_channel, "out_channel": self.out_channel,
+                "inner_channel": self.inner_channel, "norm_groups": self.norm_groups,
+                "channel_mults": list(self.channel_mults), "attn_res": list(self.attn_res),
+                "res_blocks": self.res_blocks, "dropout": self.dropout, "image_size": self.image_size}
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,9 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ViewFusionError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
         raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
-    raw = {} if raw is None else raw
+    if raw is None:  # empty or only comments: would silently mean the whole paper config
+        raise ViewFusionError(f"{path}: the file is empty (or holds only comments); write the keys "
+                              "that differ, under `base: paper.yaml` for the paper config")
     if not isinstance(raw, dict):
         raise ViewFusionError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
