@@ -92,6 +92,16 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     ("- 1\n", r"expected a mapping"),
     ("model: [1]\n", r"section 'model' must be a mapping"),
     ("base: loop.yaml\n", r"loops back"),
+    ("model:\n  clamp: [1, -1]\n", r"model.clamp must be null or \[low, high\] with finite low < high, got \[1.0, -1.0\]"),
+    ("model:\n  clamp: [0.5, 0.5]\n", r"loop\.yaml: model.clamp must be null or \[low, high\]"),
+    ("model:\n  clamp: [-.inf, .inf]\n", r"model.clamp must be finite, got \(-inf, inf\)"),
+    ("model:\n  dropout: .nan\n", r"model.dropout must be finite, got nan"),
+    ("train:\n  lr: .inf\n", r"train.lr must be finite, got inf"),
+    ("train:\n  lr: 1e999\n", r"train.lr must be finite, got inf"),  # a string to YAML 1.1
+    ("train:\n  adam_betas: [0.9, .nan]\n", r"train.adam_betas must be finite"),
+    ("diffusion:\n  linear_start: .nan\n", r"diffusion.linear_start must be finite, got nan"),
+    ("diffusion:\n  linear_end: -.inf\n", r"diffusion.linear_end must be finite, got -inf"),
+    ("data:\n  shuffle_prob: .nan\n", r"data.shuffle_prob must be finite, got nan"),
 ])
 def test_mistyped_and_invalid_values(tmp_path, text, message):
     path = write(tmp_path, "loop.yaml", text)
@@ -145,3 +155,14 @@ def test_empty_file_is_refused_not_the_paper_config(tmp_path, text):
         C.load_config(child)
     write(tmp_path, "empty.yaml", f"base: {EXPERIMENTS / 'paper.yaml'}\n")
     assert C.load_config(child).name == "child"
+
+
+def test_non_finite_values_are_refused_from_every_source():
+    """--set values and a checkpoint's plain dict go through the same dataclass checks."""
+    with pytest.raises(ViewFusionError, match=r"--set train.grad_clip=.inf: train.grad_clip must be finite"):
+        load("tiny", "train.grad_clip=.inf")
+    with pytest.raises(ViewFusionError, match=r"ckpt.pt: diffusion.linear_end must be finite, got nan"):
+        C.from_dict({"diffusion": {"linear_end": float("nan")}}, source="ckpt.pt")
+    with pytest.raises(ViewFusionError, match=r"model.clamp must be null or \[low, high\]"):
+        C.from_dict({"model": {"clamp": [1.0, -1.0]}})
+    assert load("tiny", "model.clamp=[0, 1]").model.clamp == (0.0, 1.0)

@@ -171,8 +171,17 @@ def test_clamp_is_configurable(schedule):
     y_t = -y_t
     assert AncestralSampler(buffers).mean_variance(eps, y_t, 10)[2].min() == -1.0
     assert AncestralSampler(buffers, clamp=(0.0, 1.0)).mean_variance(eps, y_t, 10)[2].min() == 0.0
-    with pytest.raises(ValueError, match="clamp"):
-        AncestralSampler(buffers, clamp=(1.0, 0.0))
+    for bad in [(1.0, 0.0), (0.5, 0.5), (-math.inf, math.inf), (math.nan, 1.0)]:
+        with pytest.raises(ValueError, match="clamp"):
+            AncestralSampler(buffers, clamp=bad)
+        with pytest.raises(ValueError, match="clamp"):
+            DDIMSampler(buffers["gammas"], steps=2, clamp=bad)
+
+
+def test_the_clamp_rule_has_one_owner():
+    from viewfusion import config, diffusion
+
+    assert diffusion.check_clamp is config.check_clamp  # what a config accepts, a sampler runs
 
 
 def test_samplers_demand_noise_when_they_use_it(schedule):

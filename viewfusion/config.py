@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -54,6 +55,11 @@ class ModelConfig:
     clamp: tuple[float, float] | None = (-1.0, 1.0)
 
     def __post_init__(self):
+        _require_finite(self, "model")
+        try:
+            check_clamp(self.clamp)
+        except ValueError as err:
+            raise _Invalid(f"model.{err}") from None
         _require(self.channel_mults, "model.channel_mults must not be empty")
         _require(self.inner_channel % self.norm_groups == 0,
                  f"model.inner_channel {self.inner_channel} is not divisible by "
@@ -90,6 +96,7 @@ class DiffusionConfig:
     prediction: str = "eps"
 
     def __post_init__(self):
+        _require_finite(self, "diffusion")
         _require(self.schedule in SCHEDULES,
                  f"diffusion.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         _require(self.n_timestep >= 2, "diffusion.n_timestep must be at least 2")
@@ -106,6 +113,7 @@ class DataConfig:
     withheld: tuple[str, ...] = ()
 
     def __post_init__(self):
+        _require_finite(self, "data")
         _require(self.max_views >= 1, "data.max_views must be at least 1")
         _require(0.0 <= self.shuffle_prob <= 1.0, "data.shuffle_prob must be in [0, 1]")
         _require(0.0 <= self.self_view_prob <= 1.0, "data.self_view_prob must be in [0, 1]")
@@ -136,6 +144,7 @@ class TrainConfig:
     wandb: bool = False
 
     def __post_init__(self):
+        _require_finite(self, "train")
         for name in ("global_batch_size", "max_steps", "checkpoint_every", "log_every"):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.lr > 0 and self.warmup_steps >= 0 and self.lr_decay_steps > 0,
@@ -167,6 +176,28 @@ class _Invalid(ValueError):
 def _require(ok, message: str) -> None:
     if not ok:
         raise _Invalid(message)
+
+
+def _require_finite(section, name: str) -> None:
+    """Refuse NaN and inf in every float key before the range checks, which they slip through
+    (inf > 0 holds; a NaN key that no check compares, e.g. diffusion.linear_start, is not seen)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (value if isinstance(value, tuple) else (value,))):
+            raise _Invalid(f"{name}.{f.name} must be finite, got {value!r}")
+
+
+def check_clamp(clamp) -> tuple[float, float] | None:
+    """The predicted-x0 clamp range as (low, high) floats, or None; ValueError unless both are
+    finite and low < high. The rule's one owner: ModelConfig and every sampler (via
+    viewfusion.diffusion) call it, and it lives here so that reading a config needs no torch."""
+    if clamp is None:
+        return None
+    lo, hi = (float(v) for v in clamp)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"clamp must be null or [low, high] with finite low < high, got {list(clamp)}")
+    return lo, hi
 
 
 def _valid_keys() -> list[str]:

@@ -24,6 +24,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+# The clamp rule's one owner is the (torch-free) config module; samplers and ViewFusion use it.
+from viewfusion.config import check_clamp
+
 __all__ = [
     "BUFFER_NAMES",
     "AncestralSampler",
@@ -167,16 +170,6 @@ class StepOutput(NamedTuple):
 
 def _clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
     return x if clamp is None else x.clamp(clamp[0], clamp[1])
-
-
-def check_clamp(clamp) -> tuple[float, float] | None:
-    """A clamp range as (low, high) floats, or None; ValueError unless low < high."""
-    if clamp is None:
-        return None
-    lo, hi = (float(v) for v in clamp)
-    if not lo < hi:
-        raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp}")
-    return lo, hi
 
 
 def _at(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
