@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from viewfusion.data import nmr
-from viewfusion.data.loader import (eval_objects, iter_tar, load_objects, relative_angle, select_views,
-                                    split_by_node, train_loader)
+from viewfusion.data import shard as shard_module
+from viewfusion.data.loader import (
+    eval_objects,
+    iter_tar,
+    load_objects,
+    relative_angle,
+    select_views,
+    split_by_node,
+    train_loader,
+)
 from viewfusion.data.shard import read_manifest
 from viewfusion.errors import ViewFusionError
 
@@ -51,7 +64,7 @@ def test_relative_angle_wraps():
 
 
 def _loader(shards, **kwargs):
-    args = dict(batch_size=4, num_workers=0, steps_per_epoch=3, shuffle_buffer=8, seed=0)
+    args = {"batch_size": 4, "num_workers": 0, "steps_per_epoch": 3, "shuffle_buffer": 8, "seed": 0}
     return train_loader(shards, **{**args, **kwargs})
 
 
@@ -121,7 +134,7 @@ def test_eval_objects_every_object_once_in_order(synth_shards):
     keys = read_manifest(synth_shards)["splits"]["train"]["objects"]
     assert [r.key for r in eval_objects(synth_shards, "train")] == keys
     parts = [[r.key for r in eval_objects(synth_shards, "train", rank=r, world_size=4)] for r in range(4)]
-    assert sum(parts, []) == keys and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert [key for part in parts for key in part] == keys and max(map(len, parts)) - min(map(len, parts)) <= 1
     record = next(eval_objects(synth_shards, "test"))
     assert record.images.shape == (24, 3, 64, 64) and 0 <= record.images.min() < record.images.max() <= 1
     assert record.cameras["world_mat_3"].shape == (4, 4) and record.synset + "_" + record.object_id == record.key
@@ -148,3 +161,67 @@ def test_truncated_shard_is_an_error(synth_shards, tmp_path):
         list(eval_objects(copy, "train"))
     with pytest.raises(ViewFusionError, match="is truncated"):
         list(iter_tar(shard))  # the reader itself also notices, even without the manifest
+
+
+# ---------------------------------------------------------------- checksums (issue 16, item 1)
+
+
+def _copy(synth_shards, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(synth_shards, tmp_path / "shards"))
+
+
+def _flip(path: Path, offset: int, *, keep_mtime: bool = False) -> None:
+    """Flip one byte in place: same size, and with keep_mtime the same mtime as before."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_one_corrupt_byte_is_caught_by_every_reader(synth_shards, tmp_path):
+    copy = _copy(synth_shards, tmp_path)
+    shard = copy / "nmr-train-0001.tar"
+    _flip(shard, shard.stat().st_size // 2)  # same size: only the sha256 can tell
+    sha = read_manifest(copy)["splits"]["train"]["shards"][1]["sha256"]
+    message = rf"shard .*nmr-train-0001.tar: sha256 is [0-9a-f]{{64}}, the manifest says {sha}: .*viewfusion data shard"
+    with pytest.raises(ViewFusionError, match=message):
+        next(iter(_loader(copy, rank=1, world_size=2)))
+    with pytest.raises(ViewFusionError, match=message):
+        list(eval_objects(copy, "train"))
+    with pytest.raises(ViewFusionError, match=message):
+        load_objects(copy, "train")
+    assert len(load_objects(copy, "test")) == 5  # intact shards still load
+    assert len(next(iter(_loader(copy, rank=0, world_size=2)))["key"]) == 4
+
+
+def test_zero_sha256_in_the_manifest_is_refused(synth_shards, tmp_path):
+    copy = _copy(synth_shards, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["test"]["shards"][0]["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ViewFusionError, match=f"nmr-test-0000.tar: sha256 is [0-9a-f]{{64}}, the manifest says {'0' * 64}"):
+        load_objects(copy, "test")
+    with pytest.raises(ViewFusionError, match="the manifest says 0000"):
+        next(iter(_loader(copy, split="test")))
+
+
+def test_each_shard_is_hashed_once_per_process(synth_shards, tmp_path):
+    copy = _copy(synth_shards, tmp_path)
+    load_objects(copy, "test")
+    hashed = {Path(entry[0]).name for entry in shard_module._VERIFIED if entry[0].startswith(str(copy.resolve()))}
+    assert hashed == {"nmr-test-0000.tar", "nmr-test-0001.tar"}
+    # Corrupt the end-of-archive padding (the tar reader never looks at it), keeping size and
+    # mtime: this process trusts its cache and reads on; a new process hashes and refuses.
+    shard = copy / "nmr-test-0000.tar"
+    _flip(shard, shard.stat().st_size - 1, keep_mtime=True)
+    assert len(load_objects(copy, "test")) == 5
+    code = f"from viewfusion.data.loader import load_objects; load_objects({str(copy)!r}, 'test')"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert fresh.returncode != 0 and "nmr-test-0000.tar: sha256 is" in fresh.stderr
+    os.utime(shard)  # a new mtime: a rewritten file is hashed again
+    with pytest.raises(ViewFusionError, match="nmr-test-0000.tar: sha256 is"):
+        load_objects(copy, "test")

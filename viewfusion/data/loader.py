@@ -22,6 +22,10 @@ them, so a small model learns to carry the views' appearance over early. `relati
 and makes the angle target minus reference, computed after that reshuffle (the official code
 took the reference before it, so those samples got a wrong angle).
 
+Integrity: every reader checks a shard against `manifest.json` before reading it
+(`viewfusion.data.shard.verify_shard`): its size on every open, its sha256 the first time this
+process reads the file (a training loop reopening shards each epoch hashes each one once).
+
 Evaluation never resamples: `eval_objects` yields every object of the split exactly once, in
 manifest order; rank r of W takes the r-th of W contiguous, balanced blocks.
 """
@@ -29,17 +33,17 @@ manifest order; rank r of W takes the r-th of W contiguous, balanced blocks.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_manifest, split_shards
+from viewfusion.data.shard import read_manifest, split_shards, verify_shard
 from viewfusion.errors import ViewFusionError
 
 _PNGS = tuple(f"{view:04d}.png" for view in range(nmr.NUM_VIEWS))
@@ -166,8 +170,10 @@ def _group(members: Iterator[tuple[str, bytes]], url: str) -> Iterator[dict]:
 
 
 def tar_samples(shards):
-    """Pipeline stage: {"url": path} items -> samples (replaces `wds.tarfile_to_samples`)."""
+    """Pipeline stage: {"url": path, "bytes", "sha256"} items (a manifest entry) -> samples,
+    each shard verified against its entry before it is read (replaces `wds.tarfile_to_samples`)."""
     for shard in shards:
+        verify_shard(shard["url"], shard)
         yield from _group(iter_tar(shard["url"]), shard["url"])
 
 
@@ -220,7 +226,7 @@ class _Resample(_Seeded):
         shards, rng = list(shards), self._rng()
         while True:
             # A fresh dict each time: the tar reader stores the open stream in it.
-            yield {"url": shards[int(rng.integers(len(shards)))]["url"]}
+            yield dict(shards[int(rng.integers(len(shards)))])
 
 
 class _Batches(_Seeded):
@@ -300,12 +306,14 @@ def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle
     if not 0 <= rank < world_size:
         raise ViewFusionError(f"rank {rank} is not in 0..{world_size - 1}")
     manifest = read_manifest(shard_dir)
-    urls = [str(Path(shard_dir) / entry["name"]) for entry in split_shards(shard_dir, split, manifest=manifest)]
-    if len(urls) % world_size:
-        raise ViewFusionError(f"{shard_dir}: {len(urls)} {split} shards cannot be split evenly over "
+    # The manifest's size and sha256 travel with each url: workers verify a shard on opening it.
+    shards = [{"url": str(Path(shard_dir) / entry["name"]), "bytes": entry["bytes"], "sha256": entry["sha256"]}
+              for entry in split_shards(shard_dir, split, manifest=manifest)]
+    if len(shards) % world_size:
+        raise ViewFusionError(f"{shard_dir}: {len(shards)} {split} shards cannot be split evenly over "
                               f"{world_size} ranks; re-shard with --shards a multiple of {world_size}")
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls),
+        partial(iter, shards),  # a bare list would be spliced into the stages
         partial(split_by_node, rank=rank, world_size=world_size),
         split_by_worker,
         _Resample(seed=seed, rank=rank),
@@ -352,13 +360,15 @@ def _records(shard_dir, split: str, keys: list[str]) -> Iterator[ObjectRecord]:
         start += entry["objects"]
         if wanted.isdisjoint(block):
             continue  # no need to read shards that hold none of the wanted objects
-        for record in _read_shard(Path(shard_dir) / entry["name"], manifest["image_size"], wanted):
+        path = Path(shard_dir) / entry["name"]
+        verify_shard(path, entry)
+        for record in _read_shard(path, manifest["image_size"], wanted):
             found.add(record.key)
             yield record
     lost = wanted - found
     if lost:
         raise ViewFusionError(f"{shard_dir}: {len(lost)} {split} objects listed in the manifest are "
-                              f"not in the shards (e.g. {sorted(lost)[0]}); run `viewfusion data shard` again")
+                              f"not in the shards (e.g. {min(lost)}); run `viewfusion data shard` again")
 
 
 def eval_objects(shard_dir, split: str, *, rank: int = 0, world_size: int = 1) -> Iterator[ObjectRecord]:

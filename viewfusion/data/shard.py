@@ -34,10 +34,11 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Self
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json
+from viewfusion.fsutil import atomic_write_json, sha256_file
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -82,12 +83,12 @@ class ShardWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 -- closed by __exit__, the only way it is used
         self._sha = hashlib.sha256()
         self.bytes = 0
         self.objects = 0
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -276,13 +277,44 @@ def split_shards(shard_dir, split: str, *, manifest: dict | None = None) -> list
         raise ViewFusionError(f"{shard_dir}: no split {split!r} (have {', '.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
     for entry in entries:
-        path = Path(shard_dir) / entry["name"]
-        size = path.stat().st_size if path.exists() else None
-        if size != entry["bytes"]:
-            raise ViewFusionError(
-                f"shard {path} is {'missing' if size is None else f'{size} bytes'}, the manifest says "
-                f"{entry['bytes']}: truncated or modified; run `viewfusion data shard` again")
+        check_size(Path(shard_dir) / entry["name"], entry)
     return entries
+
+
+# Shard files whose sha256 this process has already checked: (path, size, mtime_ns, sha256).
+# A training loop reopens every shard each epoch; hashing it again each time would double
+# the I/O, while a rewritten file (new size or mtime) or another manifest is hashed anew.
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def check_size(path: Path, entry: dict) -> os.stat_result:
+    """The shard's stat, after checking its size against the manifest entry."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        stat = None
+    if stat is None or stat.st_size != entry["bytes"]:
+        found = "missing" if stat is None else f"{stat.st_size} bytes"
+        raise ViewFusionError(
+            f"shard {path} is {found}, the manifest says {entry['bytes']}: truncated or modified; "
+            "run `viewfusion data shard` again")
+    return stat
+
+
+def verify_shard(path, entry: dict) -> None:
+    """Check a shard against its manifest entry before reading it: the size on every call, the
+    sha256 the first time this process reads this version of the file (see `_VERIFIED`)."""
+    path = Path(path)
+    stat = check_size(path, entry)
+    seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, entry["sha256"])
+    if seen in _VERIFIED:
+        return
+    found = sha256_file(path)
+    if found != entry["sha256"]:
+        raise ViewFusionError(
+            f"shard {path}: sha256 is {found}, the manifest says {entry['sha256']}: corrupted or "
+            "modified; run `viewfusion data shard` again")
+    _VERIFIED.add(seen)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
