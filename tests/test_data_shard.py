@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
+import subprocess
 import tarfile
 import zipfile
 
@@ -63,10 +65,10 @@ def test_shards_are_standard_tars_with_fixed_metadata(synth_shards):
     path = synth_shards / "nmr-train-0000.tar"
     with tarfile.open(path) as tar:
         members = tar.getmembers()
+        meta = json.loads(tar.extractfile(members[0]).read())  # read in memory, never to disk
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mode == 0o644 for m in members)
     key = members[0].name.split(".")[0]
     assert [m.name for m in members[:26]] == member_names(key)
-    meta = json.loads(tarfile.open(path).extractfile(members[0]).read())
     assert meta == {"synset": key[:8], "object_id": key[9:], "category": nmr.SYNSETS[key[:8]], "split": "train"}
     samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
     assert samples[0]["__key__"] == key and "0023.png" in samples[0] and "cameras.npz" in samples[0]
@@ -205,3 +207,30 @@ def test_existing_output_needs_force(synth_zip, tmp_path, capsys):
     assert "pass --force" in capsys.readouterr().err
     assert main(["data", "shard", "--zip", str(synth_zip), "--out", str(out), "--shards", "1", "--force"]) == 0
     assert (out / "manifest.json").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_scratch_folders_of_dead_runs_are_removed(synth_zip, tmp_path):
+    """A killed `data shard` leaves OUT.tmp-<host>-<pid>; the next run removes it, but never
+    the folder of a live process nor one of another host (whose pid means nothing here)."""
+    out, host = tmp_path / "shards", socket.gethostname()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        names = {"dead": f"shards.tmp-{host}-{_dead_pid()}", "legacy": f"shards.tmp-{_dead_pid()}",
+                 "old": f"shards.old-{host}-{_dead_pid()}", "live": f"shards.tmp-{host}-{live.pid}",
+                 "other_host": f"shards.tmp-elsewhere-{_dead_pid()}", "not_ours": f"shards-{_dead_pid()}"}
+        for name in names.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "nmr-train-0000.tar").write_bytes(b"half-written")
+        stats = write_shards(synth_zip, out, shards=1)
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(stats["stale_removed"]) == sorted([names["dead"], names["legacy"], names["old"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["shards", names["live"], names["other_host"], names["not_ours"]])

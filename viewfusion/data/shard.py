@@ -19,19 +19,23 @@ train only (it stays in val and test) and is recorded in the manifest.
 
 Tar headers are written here rather than by `tarfile`: fixed mtime 0, uid/gid 0, mode 0644, no
 user names, members in a fixed order, so the same input gives byte-identical shards (and it
-keeps sharding close to the speed of a plain copy). Everything is written into `DIR.tmp-<pid>`
-and renamed to DIR only when every shard and the manifest are complete and fsynced.
+keeps sharding close to the speed of a plain copy). Everything is written into
+`DIR.tmp-<host>-<pid>` and renamed to DIR only when every shard and the manifest are complete and
+fsynced; a run first removes the `DIR.tmp-*`/`DIR.old-*` folders that killed runs of this host
+left (their process is gone), never one of a live process.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Self
@@ -217,8 +221,9 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
     with nmr.NMRZip(zip_path, image_size=image_size) as nmr_zip:
         selected = select_objects(nmr_zip, lists=lists, percent=percent, withhold=withheld)
         counts = _shard_counts(selected, shards=shards, gpus=gpus)
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        stale = remove_stale_scratch(out)
+        tmp = scratch_path(out, "tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a dead process that had our pid left it
         tmp.mkdir(parents=True)
         try:
             total = sum(len(keys) for keys in selected.values())
@@ -240,13 +245,49 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
             shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     size = sum(s["bytes"] for split in splits.values() for s in split["shards"])
-    return {"out": str(out), "objects": total, "bytes": size, "seconds": round(seconds, 3),
-            "objects_per_s": round(total / seconds, 1), "mb_per_s": round(size / seconds / 1e6, 1)}
+    return {"out": str(out), "stale_removed": [p.name for p in stale], "objects": total, "bytes": size,
+            "seconds": round(seconds, 3), "objects_per_s": round(total / seconds, 1), "mb_per_s": round(size / seconds / 1e6, 1)}
+
+
+# `OUT.tmp-<host>-<pid>` (being written) and `OUT.old-<host>-<pid>` (the replaced OUT under
+# --force); names without a host were written by an older version on this host.
+_SCRATCH = re.compile(r"\.(?:tmp|old)-(?:(?P<host>.+)-)?(?P<pid>[0-9]+)")
+
+
+def scratch_path(out: Path, kind: str) -> Path:
+    """This process's scratch folder beside `out`. The host is in the name because on a shared
+    filesystem a pid says nothing about a process of another machine."""
+    return out.with_name(f"{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_scratch(out: Path) -> list[Path]:
+    """Remove the scratch folders beside `out` that a killed run left: those of this host whose
+    process is gone. A live process's folder, or another host's, is never touched."""
+    removed = []
+    for path in sorted(out.parent.glob(glob.escape(out.name) + ".*-*")):
+        match = _SCRATCH.fullmatch(path.name[len(out.name):])
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        if match["host"] not in (None, socket.gethostname()) or _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():  # --force: swap in the new directory, then drop the old one
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        old = scratch_path(out, "old")
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old)
