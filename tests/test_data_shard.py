@@ -234,3 +234,16 @@ def test_stale_scratch_folders_of_dead_runs_are_removed(synth_zip, tmp_path):
     assert sorted(stats["stale_removed"]) == sorted([names["dead"], names["legacy"], names["old"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["shards", names["live"], names["other_host"], names["not_ours"]])
+
+
+def test_full_disk_is_one_clear_error_and_keeps_the_old_output(synth_zip, full_disk, capsys):
+    """ENOSPC while writing shards: exit 2 with one line naming OUT; the previous OUT (--force)
+    is untouched and no scratch folder is left on the full disk."""
+    out = full_disk / "shards"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    code = main(["data", "shard", "--zip", str(synth_zip), "--out", str(out), "--shards", "1", "--force"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{out}: no space left on the device" in err
+    assert sorted(p.name for p in full_disk.rglob("*")) == ["manifest.json", "shards"]
+    assert (out / "manifest.json").read_text() == "{}"

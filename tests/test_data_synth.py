@@ -172,3 +172,13 @@ def test_cli_synth(tmp_path, capsys):
     assert main(["data", "synth", "--objects", "2", "--out", str(out), "--image-size", "32", "--workers", "1"]) == 0
     assert out.exists() and '"objects": 2' in capsys.readouterr().out
     assert main(["data", "synth", "--objects", "0", "--out", str(out)]) == 2
+
+
+def test_full_disk_is_one_clear_error_and_leaves_nothing(full_disk, capsys):
+    """9 objects (~320 KB) do not fit the 256 KiB disk: exit 2 with one line naming the zip,
+    and no zip, complete or partial, under any name."""
+    out = full_disk / "synth" / "NMR_Dataset.zip"
+    code = main(["data", "synth", "--objects", "9", "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{out}: no space left on the device" in err
+    assert not [p for p in full_disk.rglob("*") if p.is_file()]

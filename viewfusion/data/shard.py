@@ -42,7 +42,7 @@ from typing import Self
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json, sha256_file
+from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -188,6 +188,22 @@ def _write_split(nmr_zip: nmr.NMRZip, tmp: Path, split: str, keys: list[str], co
     return {"shards": shards, "objects": keys, "categories": categories}
 
 
+def _write_splits(nmr_zip: nmr.NMRZip, tmp: Path, selected: dict[str, list[str]],
+                  counts: dict[str, int]) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=sum(map(len, selected.values())), desc="shard", unit="obj", disable=None) as progress:
+        return {split: _write_split(nmr_zip, tmp, split, keys, counts[split], progress)
+                for split, keys in selected.items()}
+
+
+def _manifest(zip_path: Path, splits: dict, settings: dict, withheld: tuple[str, ...]) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "num_views": nmr.NUM_VIEWS, **settings,
+            "withheld": [nmr.SYNSETS[s] for s in withheld], "withheld_synsets": list(withheld),
+            "members": {"meta": "meta.json", "image": "{view:04d}.png", "cameras": "cameras.npz"},
+            "source": _source_record(zip_path), "splits": splits}
+
+
 def _source_record(zip_path: Path) -> dict:
     source = {"zip": str(zip_path), "bytes": zip_path.stat().st_size}
     record = zip_path.with_name(zip_path.name + ".sha256.json")
@@ -209,8 +225,6 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
                  image_size: int = nmr.IMAGE_SIZE, force: bool = False) -> dict:
     """Shard an NMR zip into `out`; return throughput stats. Nothing appears at `out` unless
     every shard and the manifest were written (a failure leaves no directory behind)."""
-    from tqdm import tqdm
-
     if not 0 < percent <= 100:
         raise ViewFusionError(f"--percent must be in (0, 100], got {percent}")
     withheld = tuple(dict.fromkeys(nmr.resolve_category(c) for c in withhold))
@@ -223,30 +237,24 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
         counts = _shard_counts(selected, shards=shards, gpus=gpus)
         stale = remove_stale_scratch(out)
         tmp = scratch_path(out, "tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a dead process that had our pid left it
-        tmp.mkdir(parents=True)
         try:
-            total = sum(len(keys) for keys in selected.values())
-            with tqdm(total=total, desc="shard", unit="obj", disable=None) as progress:
-                splits = {split: _write_split(nmr_zip, tmp, split, keys, counts[split], progress)
-                          for split, keys in selected.items()}
-            manifest = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "image_size": image_size,
-                "num_views": nmr.NUM_VIEWS, "lists": lists, "percent": percent,
-                "shards_per_split": shards, "gpus": gpus,
-                "withheld": [nmr.SYNSETS[s] for s in withheld], "withheld_synsets": list(withheld),
-                "members": {"meta": "meta.json", "image": "{view:04d}.png", "cameras": "cameras.npz"},
-                "source": _source_record(zip_path), "splits": splits,
-            }
-            atomic_write_json(tmp / MANIFEST, manifest)
-            _fsync_dir(tmp)
-            _replace_dir(tmp, out)
+            with disk_errors(out):  # a full disk is one line naming OUT, not a traceback
+                shutil.rmtree(tmp, ignore_errors=True)  # a dead process that had our pid left it
+                tmp.mkdir(parents=True)
+                splits = _write_splits(nmr_zip, tmp, selected, counts)
+                settings = {"image_size": image_size, "lists": lists, "percent": percent,
+                            "shards_per_split": shards, "gpus": gpus}
+                atomic_write_json(tmp / MANIFEST, _manifest(zip_path, splits, settings, withheld))
+                _fsync_dir(tmp)
+                _replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(len(keys) for keys in selected.values())
     seconds = time.perf_counter() - start
     size = sum(s["bytes"] for split in splits.values() for s in split["shards"])
     return {"out": str(out), "stale_removed": [p.name for p in stale], "objects": total, "bytes": size,
-            "seconds": round(seconds, 3), "objects_per_s": round(total / seconds, 1), "mb_per_s": round(size / seconds / 1e6, 1)}
+            "seconds": round(seconds, 3), "objects_per_s": round(total / seconds, 1),
+            "mb_per_s": round(size / seconds / 1e6, 1)}
 
 
 # `OUT.tmp-<host>-<pid>` (being written) and `OUT.old-<host>-<pid>` (the replaced OUT under
