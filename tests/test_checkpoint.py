@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def trained_small(seed: int = 0, **variant):
 
 def ckpt_dict(cfg, model, opt, step=7):
     return {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": None,
+            "model": model.state_dict(), "optimizer": opt and opt.state_dict(), "scheduler": None,
             "ema": None, "step": step, "config": to_dict(cfg),
             "rng": [{"torch": torch.get_rng_state()}], "world_size": 1}
 
@@ -120,7 +121,7 @@ def fake_official(tmp_path: Path, model, opt, *, ddp_prefix: bool) -> Path:
 
 @pytest.mark.parametrize("ddp_prefix", [False, True])
 def test_import_official_runs_the_weights_unchanged(tmp_path, ddp_prefix):
-    cfg, model, opt = trained_small()
+    _, model, opt = trained_small()
     src = fake_official(tmp_path, model, opt, ddp_prefix=ddp_prefix)
     out = tmp_path / "imported.pt"
     assert cli(["import-official", str(src), str(out), "--config", str(small_config(tmp_path))]) == 0
@@ -138,15 +139,16 @@ def test_import_official_runs_the_weights_unchanged(tmp_path, ddp_prefix):
 
 
 def test_import_official_checks_the_variant(tmp_path):
-    cfg, model, opt = trained_small(weighting=False)
+    _, model, opt = trained_small(weighting=False)
     src = fake_official(tmp_path, model, opt, ddp_prefix=False)
     assert checkpoint.detect_variant(model.state_dict()) == "no_weighting"
     with pytest.raises(ViewFusionError, match="shapes are those of the 'no_weighting' variant"):
         checkpoint.convert_official(checkpoint._read(src, numpy_scalars=True), variant="paper")
     # the small weights do not fit the paper architecture: a clear error, not a traceback
     res = subprocess.run([sys.executable, "-m", "viewfusion.cli", "import-official", str(src),
-                          str(tmp_path / "o.pt")], capture_output=True, text=True)
-    assert res.returncode == 2 and "do not fit config 'no_weighting'" in res.stderr
+                          str(tmp_path / "o.pt")], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and "(config 'no_weighting'): weights do not fit the model" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.pt").exists()
 
 
@@ -155,3 +157,77 @@ def test_import_official_refuses_our_own_format(tmp_path):
     path = tmp_path / "ours.pt"
     checkpoint.save(path, ckpt_dict(cfg, model, opt))
     assert cli(["import-official", str(path), str(tmp_path / "o.pt")]) == 2
+
+
+def saved_with(tmp_path: Path, edit) -> Path:
+    """A small checkpoint of ours, `edit(ckpt)` applied before saving."""
+    cfg, model, opt = trained_small()
+    ckpt = ckpt_dict(cfg, model, opt)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    checkpoint.save(path, ckpt)
+    return path
+
+
+def _drop_gammas(ckpt):
+    del ckpt["model"]["gammas"]
+
+
+def _add_key(ckpt):
+    ckpt["model"]["extra.weight"] = torch.zeros(2)
+
+
+def _wider_config(ckpt):
+    ckpt["config"]["model"]["inner_channel"] = 32
+
+
+def _longer_schedule(ckpt):
+    ckpt["config"]["diffusion"]["n_timestep"] = 60
+
+
+def _no_weighting_config(ckpt):
+    ckpt["config"]["model"]["weighting"] = False
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop_gammas, r"1 missing: gammas\)"),
+    (_add_key, r"1 unexpected: extra\.weight\)"),
+    (_wider_config, (r"123 of another shape \(file vs model\): denoise_fn\.noise_level_mlp\.0\.weight \[64, 16\] "
+                     r"vs \[128, 32\], .*, \.\.\.\)")),
+    (_longer_schedule, r"6 of another shape \(file vs model\): gammas \[50\] vs \[60\], "),
+    (_no_weighting_config, r"denoise_fn\.final_conv\.block\.3\.weight \[6, 16, 3, 3\] vs \[3, 16, 3, 3\]"),
+])
+def test_weights_that_do_not_fit_their_config_are_named(tmp_path, edit, message):
+    """What sampling loads (load_model): a clear one-line error naming the file and the first
+    mismatched keys, not torch's multi-line RuntimeError."""
+    path = saved_with(tmp_path, edit)
+    with pytest.raises(ViewFusionError, match=r"edited\.pt \(config 'tiny'\): weights do not fit the model") as err:
+        checkpoint.load_model(path)
+    assert "\n" not in str(err.value)
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_ema_weights_are_loaded_strictly_too(tmp_path):
+    def ema_without_a_buffer(ckpt):
+        ema = {k: v.clone() for k, v in ckpt["model"].items() if k != "posterior_mean_coef1"}
+        ckpt["ema"] = {"decay": 0.999, "n_averaged": 3, "model": ema}
+
+    path = saved_with(tmp_path, ema_without_a_buffer)
+    checkpoint.load_model(path)  # the raw weights fit
+    with pytest.raises(ViewFusionError, match=r"edited\.pt \(EMA weights, config 'tiny'\): .*"
+                                              r"1 missing: posterior_mean_coef1"):
+        checkpoint.load_model(path, ema=True)
+
+
+def test_load_state_refuses_what_is_not_a_state_dict(tmp_path):
+    cfg, model, _ = trained_small()
+    with pytest.raises(ViewFusionError, match=r"x\.pt: the weights are not a state dict .* but list"):
+        checkpoint.load_state(model, [1, 2], source="x.pt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ViewFusionError, match="1 missing: gammas"):
+        checkpoint.load_state(model, {k: v * 0 for k, v in before.items() if k != "gammas"}, source="x.pt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+    path = tmp_path / "edited.pt"
+    torch.save({k: v for k, v in ckpt_dict(cfg, model, None).items() if k != "config"}, path)
+    with pytest.raises(ViewFusionError, match=r"edited\.pt: checkpoint lacks the keys \['config'\]"):
+        checkpoint.load_model(path)

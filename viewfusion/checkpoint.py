@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from viewfusion.model.viewfusion import OFFICIAL_SAFE_GLOBALS, strip_ddp
 
 FORMAT = "viewfusion-checkpoint"
 FORMAT_VERSION = 1
+REQUIRED = frozenset({"format", "format_version", "model", "step", "config"})
 # The official variants differ from the paper config only here (the YAMLs of the same names).
 VARIANTS = {
     "paper": {"name": "paper"},
@@ -47,7 +49,7 @@ VARIANTS = {
 
 def save(path: str | Path, ckpt: dict[str, Any]) -> None:
     """Atomically write `ckpt` (a complete checkpoint dict) to `path`."""
-    missing = {"format", "format_version", "model", "step", "config"} - ckpt.keys()
+    missing = REQUIRED - ckpt.keys()
     if missing:
         raise ValueError(f"checkpoint dict lacks {sorted(missing)}")
     with atomic_path(path) as tmp:
@@ -80,6 +82,9 @@ def _ours(ckpt: Any, path: Path) -> dict[str, Any]:
         if ckpt.get("format_version") != FORMAT_VERSION:
             raise ViewFusionError(f"{path}: checkpoint format_version {ckpt.get('format_version')} "
                                   f"is not the supported {FORMAT_VERSION}")
+        if missing := sorted(REQUIRED - ckpt.keys()):
+            raise ViewFusionError(f"{path}: checkpoint lacks the keys {missing} (edited by hand or "
+                                  "written by another tool); regenerate it")
         return ckpt
     if _is_official(ckpt):
         raise ViewFusionError(f"{path} is an official ViewFusion checkpoint (keys model, it, ...); "
@@ -102,12 +107,46 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
     path = Path(path)
     raw = _read(path, numpy_scalars=True)
     ckpt = convert_official(raw, source=str(path)) if _is_official(raw) else _ours(raw, path)
-    cfg = config_of(ckpt, source=str(path))
-    if ema and ckpt.get("ema") is None:
-        raise ViewFusionError(f"{path} holds no EMA weights (train.ema_decay was null)")
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["ema"]["model"] if ema else ckpt["model"], strict=True)
+    model, cfg = model_of(ckpt, ema=ema, source=str(path))
     return model.to(device).eval(), cfg, ckpt
+
+
+def model_of(ckpt: dict[str, Any], *, ema: bool = False, source: str = "checkpoint"):
+    """(ViewFusion, ExperimentConfig): the model a checkpoint dict of ours describes, built from
+    its own config, with its weights (or its EMA weights) loaded strictly."""
+    cfg = config_of(ckpt, source=source)
+    if ema and ckpt.get("ema") is None:
+        raise ViewFusionError(f"{source} holds no EMA weights (train.ema_decay was null)")
+    model = build_model(cfg)
+    weights = ckpt["ema"]["model"] if ema else ckpt["model"]
+    load_state(model, weights, source=f"{source} ({'EMA weights, ' if ema else ''}config {cfg.name!r})")
+    return model, cfg
+
+
+def load_state(module: torch.nn.Module, state_dict: Any, *, source: str) -> None:
+    """Load `state_dict` into `module` strictly. Missing or unexpected keys and tensors of another
+    shape are a one-line ViewFusionError naming `source` and the first few of each (torch's own
+    RuntimeError lists every key, over many lines, as a traceback)."""
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ViewFusionError(f"{source}: the weights are not a state dict (names -> tensors) but "
+                              f"{type(state_dict).__name__}; regenerate the checkpoint")
+    problems = _mismatches(module.state_dict(), state_dict)
+    if problems:
+        raise ViewFusionError(f"{source}: weights do not fit the model its config builds "
+                              f"({'; '.join(problems)}); use the config they were trained with, or regenerate the file")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _mismatches(want: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], shown: int = 3) -> list[str]:
+    """'N missing: a, b, c, ...' and the like for unexpected keys and shapes (file vs model)."""
+    groups = {
+        "missing": [k for k in want if k not in got],
+        "unexpected": [k for k in got if k not in want],
+        "of another shape (file vs model)": [f"{k} {list(got[k].shape)} vs {list(v.shape)}"
+                                             for k, v in want.items() if k in got and got[k].shape != v.shape],
+    }
+    return [f"{len(keys)} {what}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+            for what, keys in groups.items() if keys]
 
 
 def detect_variant(state: dict[str, torch.Tensor]) -> str:
@@ -137,11 +176,7 @@ def convert_official(official: dict[str, Any], *, variant: str | None = None,
     if cfg is None:
         cfg = from_dict(VARIANTS[found], source=f"variant {found}")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:400]
-        raise ViewFusionError(f"{source}: weights do not fit config {cfg.name!r}: {detail}") from None
+    load_state(model, state, source=f"{source} (config {cfg.name!r})")
     meta = {k: _plain(official[k]) for k in ("it", "t", "run_id", "psnr", "ssim") if k in official}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.state_dict(),
             "optimizer": _fitting_adam_state(official.get("optimizer"), model),
