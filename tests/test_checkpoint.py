@@ -231,3 +231,16 @@ def test_load_state_refuses_what_is_not_a_state_dict(tmp_path):
     torch.save({k: v for k, v in ckpt_dict(cfg, model, None).items() if k != "config"}, path)
     with pytest.raises(ViewFusionError, match=r"edited\.pt: checkpoint lacks the keys \['config'\]"):
         checkpoint.load_model(path)
+
+
+def test_a_full_disk_while_saving_is_one_clear_line(full_disk):
+    """torch.save on a full disk raises 'unexpected pos ...' (a RuntimeError, its OSError lost);
+    save must say which file and what to do, and leave nothing under the real name."""
+    cfg, model, opt = trained_small()
+    ckpt = ckpt_dict(cfg, model, opt)
+    assert sum(t.numel() * t.element_size() for t in ckpt["model"].values()) > 256 * 1024
+    path = full_disk / "checkpoints" / "last.pt"
+    with pytest.raises(ViewFusionError, match=r"last\.pt: .*(no space left|full disk).*free space and rerun") as err:
+        checkpoint.save(path, ckpt)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not path.exists() and list(path.parent.iterdir()) == []  # no temp file either
