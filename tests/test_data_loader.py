@@ -24,7 +24,7 @@ from viewfusion.data.loader import (
     split_by_node,
     train_loader,
 )
-from viewfusion.data.shard import read_manifest
+from viewfusion.data.shard import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 
 
@@ -108,7 +108,7 @@ def test_seeded_and_epochs_differ(synth_shards):
 
 
 def test_ranks_get_disjoint_shards_and_equal_steps(synth_shards):
-    manifest = read_manifest(synth_shards)
+    manifest = read_shard_manifest(synth_shards)
     shard_keys = [set(manifest["splits"]["train"]["objects"][:9]), set(manifest["splits"]["train"]["objects"][9:])]
     seen = []
     for rank in range(2):
@@ -131,7 +131,7 @@ def test_world_size_must_divide_shards(synth_shards):
 
 
 def test_eval_objects_every_object_once_in_order(synth_shards):
-    keys = read_manifest(synth_shards)["splits"]["train"]["objects"]
+    keys = read_shard_manifest(synth_shards)["splits"]["train"]["objects"]
     assert [r.key for r in eval_objects(synth_shards, "train")] == keys
     parts = [[r.key for r in eval_objects(synth_shards, "train", rank=r, world_size=4)] for r in range(4)]
     assert [key for part in parts for key in part] == keys and max(map(len, parts)) - min(map(len, parts)) <= 1
@@ -141,7 +141,7 @@ def test_eval_objects_every_object_once_in_order(synth_shards):
 
 
 def test_load_objects_subset_and_unknown_key(synth_shards):
-    keys = read_manifest(synth_shards)["splits"]["test"]["objects"]
+    keys = read_shard_manifest(synth_shards)["splits"]["test"]["objects"]
     assert list(load_objects(synth_shards, "test", keys=[keys[-1], keys[0]])) == [keys[0], keys[-1]]
     with pytest.raises(ViewFusionError, match="not in the test split"):
         load_objects(synth_shards, "test", keys=["02691156_nope"])
@@ -186,7 +186,7 @@ def test_one_corrupt_byte_is_caught_by_every_reader(synth_shards, tmp_path):
     copy = _copy(synth_shards, tmp_path)
     shard = copy / "nmr-train-0001.tar"
     _flip(shard, shard.stat().st_size // 2)  # same size: only the sha256 can tell
-    sha = read_manifest(copy)["splits"]["train"]["shards"][1]["sha256"]
+    sha = read_shard_manifest(copy)["splits"]["train"]["shards"][1]["sha256"]
     message = rf"shard .*nmr-train-0001.tar: sha256 is [0-9a-f]{{64}}, the manifest says {sha}: .*viewfusion data shard"
     with pytest.raises(ViewFusionError, match=message):
         next(iter(_loader(copy, rank=1, world_size=2)))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import pytest
 
 from viewfusion.cli import main
 from viewfusion.data import nmr
-from viewfusion.data.manifest import make_manifest
-from viewfusion.data.shard import read_manifest
+from viewfusion.data.manifest import make_manifest, read_manifest
+from viewfusion.data.shard import read_shard_manifest
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_json
 
 
 def test_deterministic_and_well_formed(synth_shards):
@@ -33,7 +36,7 @@ def test_view_counts_share_targets_and_nest(synth_shards):
             for n in (1, 3, 6, 23)}
     for items in zip(*by_n.values()):
         assert len({(i["key"], i["target_view"], i["seed"]) for i in items}) == 1
-        for small, large in zip(items, items[1:]):
+        for small, large in itertools.pairwise(items):
             assert large["cond_views"][: small["view_count"]] == small["cond_views"]
     assert sorted(by_n[23][0]["cond_views"] + [by_n[23][0]["target_view"]]) == list(range(24))
 
@@ -42,7 +45,7 @@ def test_max_objects_balances_categories(synth_shards):
     m = make_manifest(synth_shards, split="train", view_count=1, seed=0, max_objects=5)
     synsets = [i["synset"] for i in m["items"]]
     assert m["objects"] == 5 and len(set(synsets)) == 5
-    order = read_manifest(synth_shards)["splits"]["train"]["objects"]
+    order = read_shard_manifest(synth_shards)["splits"]["train"]["objects"]
     keys = [i["key"] for i in m["items"]]
     assert keys == sorted(keys, key=order.index)
 
@@ -55,7 +58,7 @@ def test_bad_arguments(synth_shards):
 
 
 def test_viewlist_one_view_protocol(synth_shards, tmp_path):
-    keys = read_manifest(synth_shards)["splits"]["test"]["objects"]
+    keys = read_shard_manifest(synth_shards)["splits"]["test"]["objects"]
     lines = [f"{k[:8]} {k[9:]} {i + 2}" for i, k in enumerate(keys[:3])] + ["04530566 not_in_split 0", ""]
     viewlist = tmp_path / "src_dvr.txt"
     viewlist.write_text("\n".join(lines))
@@ -80,3 +83,79 @@ def test_cli_writes_json(synth_shards, tmp_path, capsys):
     assert data["view_count"] == 2 and len(data["items"]) == 10 and '"items": 10' in capsys.readouterr().out
     assert main(["data", "manifest", "--shards", str(tmp_path), "--views", "1", "--out", str(out)]) == 2
     assert "manifest.json missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------- read_manifest (issue 16, item 4)
+
+
+@pytest.fixture(scope="module")
+def written(synth_shards, tmp_path_factory):
+    manifest = make_manifest(synth_shards, split="test", view_count=2, seed=1, targets_per_object=2)
+    path = tmp_path_factory.mktemp("manifest") / "test-v2.json"
+    atomic_write_json(path, manifest)
+    return manifest, path
+
+
+def test_read_manifest_returns_what_make_manifest_wrote(written):
+    manifest, path = written
+    assert read_manifest(path) == manifest
+
+
+def _item(index=0, **changes):
+    def edit(manifest):
+        manifest["items"][index].update(changes)
+    return edit
+
+
+def _top(**changes):
+    return lambda manifest: manifest.update(changes)
+
+
+def _drop(key, index=None):
+    def edit(manifest):
+        del (manifest if index is None else manifest["items"][index])[key]
+    return edit
+
+
+def _duplicate(manifest):
+    manifest["items"][1]["item"] = manifest["items"][0]["item"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_drop("items"), r": no items;"),
+    (_drop("cond_views", 3), r"items\[3\]: no cond_views;"),
+    (_item(item="../../evil"), r"items\[0\]: item: '\.\./\.\./evil' is not a plain name"),
+    (_item(key="02691156/x"), r"items\[0\] \(.*\): key: '02691156/x' is not a plain name"),
+    (_item(target_view=24), r"items\[0\] \(.*\): target_view: 24 is not a view in 0\.\.23"),
+    (_item(target_view=True), r"target_view: True is not a view"),
+    (_item(1, cond_views=[]), r"items\[1\] \(.*\): cond_views must be a non-empty list"),
+    (_item(cond_views="3"), r"cond_views must be a non-empty list"),
+    (_item(cond_views=[2, -1]), r"cond_views: -1 is not a view"),
+    (_item(cond_views=[2, 1.0]), r"cond_views: 1.0 is not a view"),
+    (_item(seed=-1), r"items\[0\] \(.*\): seed: -1 is not an int >= 0"),
+    (_top(seed=-1), r": seed: -1 is not an int >= 0"),
+    (_top(seed="0"), r"seed: '0' is not an int"),
+    (_top(items=[]), r"items must be a non-empty list"),
+    (_top(items=["x"]), r"items\[0\]: not a JSON object"),
+    (_top(format="viewfusion-nmr-shards"), r"not a viewfusion-eval-manifest v1 file"),
+    (_duplicate, r"items\[1\]: duplicate item name"),
+])
+def test_read_manifest_refuses_bad_items(written, tmp_path, edit, message):
+    manifest, _ = written
+    manifest = json.loads(json.dumps(manifest))
+    edit(manifest)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ViewFusionError, match=f"^manifest {re.escape(str(path))}.*{message}") as err:
+        read_manifest(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "no such file"), ("{", "unreadable JSON"), ("[1]", "not a JSON object"), ("\xff", "unreadable JSON")])
+def test_read_manifest_refuses_unreadable_files(tmp_path, text, message):
+    path = tmp_path / "m.json"
+    if text is not None:
+        path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ViewFusionError, match=f"manifest {re.escape(str(path))}: {message}"):
+        read_manifest(path)

@@ -17,7 +17,7 @@ from PIL import Image
 from viewfusion.cli import main
 from viewfusion.data import nmr
 from viewfusion.data.loader import load_objects
-from viewfusion.data.shard import member_names, read_manifest, write_shards
+from viewfusion.data.shard import member_names, read_shard_manifest, write_shards
 
 
 def _zip_object(zip_path, key):
@@ -30,7 +30,7 @@ def _zip_object(zip_path, key):
 
 
 def test_round_trip_returns_exactly_what_went_in(synth_zip, synth_shards):
-    manifest = read_manifest(synth_shards)
+    manifest = read_shard_manifest(synth_shards)
     for split in nmr.SPLITS:
         records = load_objects(synth_shards, split)
         assert list(records) == manifest["splits"][split]["objects"]
@@ -45,7 +45,7 @@ def test_round_trip_returns_exactly_what_went_in(synth_zip, synth_shards):
 
 
 def test_manifest_describes_shards(synth_shards):
-    manifest = read_manifest(synth_shards)
+    manifest = read_shard_manifest(synth_shards)
     assert manifest["image_size"] == 64 and manifest["withheld"] == [] and manifest["gpus"] == 2
     for split, entry in manifest["splits"].items():
         counts = [shard["objects"] for shard in entry["shards"]]
@@ -82,8 +82,8 @@ def test_same_input_gives_byte_identical_shards(synth_zip, synth_shards, tmp_pat
 
 
 def test_objects_mix_categories_and_percent_is_nested(synth_zip, tmp_path):
-    full = read_manifest(_shard(synth_zip, tmp_path / "full", shards=1))
-    half = read_manifest(_shard(synth_zip, tmp_path / "half", shards=1, percent=50))
+    full = read_shard_manifest(_shard(synth_zip, tmp_path / "full", shards=1))
+    half = read_shard_manifest(_shard(synth_zip, tmp_path / "half", shards=1, percent=50))
     for split in nmr.SPLITS:
         assert set(half["splits"][split]["objects"]) <= set(full["splits"][split]["objects"])
         for name, count in full["splits"][split]["categories"].items():
@@ -92,7 +92,7 @@ def test_objects_mix_categories_and_percent_is_nested(synth_zip, tmp_path):
 
 
 def test_withhold_removes_category_from_train_only(synth_zip, tmp_path):
-    manifest = read_manifest(_shard(synth_zip, tmp_path / "nocar", shards=1, withhold=("car",)))
+    manifest = read_shard_manifest(_shard(synth_zip, tmp_path / "nocar", shards=1, withhold=("car",)))
     assert manifest["withheld"] == ["car"] and manifest["withheld_synsets"] == ["02958343"]
     assert manifest["splits"]["train"]["categories"]["car"] == 0
     assert manifest["splits"]["test"]["categories"]["car"] > 0
@@ -100,8 +100,8 @@ def test_withhold_removes_category_from_train_only(synth_zip, tmp_path):
 
 
 def test_softras_lists(synth_zip, tmp_path):
-    manifest = read_manifest(_shard(synth_zip, tmp_path / "soft", shards=1, lists="softras"))
-    default = read_manifest(_shard(synth_zip, tmp_path / "vf", shards=1))
+    manifest = read_shard_manifest(_shard(synth_zip, tmp_path / "soft", shards=1, lists="softras"))
+    default = read_shard_manifest(_shard(synth_zip, tmp_path / "vf", shards=1))
     assert manifest["lists"] == "softras"
     assert manifest["splits"]["test"]["objects"] != default["splits"]["test"]["objects"]
 

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_manifest, split_shards, verify_shard
+from viewfusion.data.shard import read_shard_manifest, split_shards, verify_shard
 from viewfusion.errors import ViewFusionError
 
 _PNGS = tuple(f"{view:04d}.png" for view in range(nmr.NUM_VIEWS))
@@ -305,7 +305,7 @@ def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle
 
     if not 0 <= rank < world_size:
         raise ViewFusionError(f"rank {rank} is not in 0..{world_size - 1}")
-    manifest = read_manifest(shard_dir)
+    manifest = read_shard_manifest(shard_dir)
     # The manifest's size and sha256 travel with each url: workers verify a shard on opening it.
     shards = [{"url": str(Path(shard_dir) / entry["name"]), "bytes": entry["bytes"], "sha256": entry["sha256"]}
               for entry in split_shards(shard_dir, split, manifest=manifest)]
@@ -352,7 +352,7 @@ def _record(sample: dict, image_size: int) -> ObjectRecord:
 
 def _records(shard_dir, split: str, keys: list[str]) -> Iterator[ObjectRecord]:
     """Records of `keys` (a subset of the split) in manifest order; every key must be found."""
-    manifest = read_manifest(shard_dir)
+    manifest = read_shard_manifest(shard_dir)
     entries = split_shards(shard_dir, split, manifest=manifest)
     wanted, found, start = set(keys), set(), 0
     for entry in entries:
@@ -375,7 +375,7 @@ def eval_objects(shard_dir, split: str, *, rank: int = 0, world_size: int = 1) -
     """Every object of `split` exactly once, in manifest order; rank r of W takes block r."""
     if not 0 <= rank < world_size:
         raise ViewFusionError(f"rank {rank} is not in 0..{world_size - 1}")
-    keys = read_manifest(shard_dir)["splits"].get(split, {}).get("objects")
+    keys = read_shard_manifest(shard_dir)["splits"].get(split, {}).get("objects")
     if keys is None:
         raise ViewFusionError(f"{shard_dir}: no split {split!r}")
     n = len(keys)
@@ -384,7 +384,7 @@ def eval_objects(shard_dir, split: str, *, rank: int = 0, world_size: int = 1) -
 
 def load_objects(shard_dir, split: str, keys=None) -> dict[str, ObjectRecord]:
     """{key: ObjectRecord} for `keys` (all of the split when None); unknown keys are an error."""
-    known = read_manifest(shard_dir)["splits"].get(split, {}).get("objects")
+    known = read_shard_manifest(shard_dir)["splits"].get(split, {}).get("objects")
     if known is None:
         raise ViewFusionError(f"{shard_dir}: no split {split!r}")
     keys = list(known) if keys is None else list(dict.fromkeys(keys))

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_manifest
+from viewfusion.data.shard import read_shard_manifest
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json
+from viewfusion.fsutil import atomic_write_json, plain_name
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: 
         raise ViewFusionError(f"--targets-per-object must be in 1..{nmr.NUM_VIEWS - 1}")
     if max_objects is not None and max_objects < 1:
         raise ViewFusionError(f"--max-objects must be positive, got {max_objects}")
-    shards = read_manifest(shard_dir)
+    shards = read_shard_manifest(shard_dir)
     if split not in shards["splits"]:
         raise ViewFusionError(f"{shard_dir}: no split {split!r} (have {', '.join(shards['splits'])})")
     keys = shards["splits"][split]["objects"]
@@ -146,6 +146,82 @@ def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: 
     out["objects"] = len(chosen)
     out["items"] = items
     return out
+
+
+# ------------------------------------------------------------------------------------ reading
+
+_TOP_KEYS = ("split", "seed", "items")
+_ITEM_KEYS = ("item", "key", "target_view", "cond_views", "seed")
+_REGENERATE = "regenerate it with `viewfusion data manifest`"
+
+
+def read_manifest(path) -> dict:
+    """The evaluation manifest at `path`, checked: the one reader every stage uses, so a
+    hand-edited or foreign file fails here with the file and item named, not deep in sampling.
+
+    Item and key names must be plain file names (they become sample file names), views ints in
+    [0, NUM_VIEWS), cond_views non-empty, seeds ints >= 0, item names unique."""
+    where = f"manifest {path}"
+    manifest = _load_json(path, where)
+    missing = [key for key in _TOP_KEYS if key not in manifest]
+    if missing:
+        raise ViewFusionError(f"{where}: no {', '.join(missing)}; {_REGENERATE}")
+    if "format" in manifest and (manifest["format"], manifest.get("format_version")) != (FORMAT, FORMAT_VERSION):
+        raise ViewFusionError(f"{where}: not a {FORMAT} v{FORMAT_VERSION} file; {_REGENERATE}")
+    _check_seed(manifest["seed"], f"{where}: seed")
+    items = manifest["items"]
+    if not isinstance(items, list) or not items:
+        raise ViewFusionError(f"{where}: items must be a non-empty list; {_REGENERATE}")
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        _check_item(item, f"{where}: items[{index}]")
+        if item["item"] in seen:
+            raise ViewFusionError(f"{where}: items[{index}]: duplicate item name {item['item']!r}; {_REGENERATE}")
+        seen.add(item["item"])
+    return manifest
+
+
+def _load_json(path, where: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ViewFusionError(f"{where}: no such file; create it with `viewfusion data manifest`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ViewFusionError(f"{where}: unreadable JSON ({err}); {_REGENERATE}") from None
+    if not isinstance(data, dict):
+        raise ViewFusionError(f"{where}: not a JSON object; {_REGENERATE}")
+    return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no view
+
+
+def _check_seed(value, where: str) -> None:
+    if not _is_int(value) or value < 0:
+        raise ViewFusionError(f"{where}: {value!r} is not an int >= 0; {_REGENERATE}")
+
+
+def _check_view(value, where: str) -> None:
+    if not _is_int(value) or not 0 <= value < nmr.NUM_VIEWS:
+        raise ViewFusionError(f"{where}: {value!r} is not a view in 0..{nmr.NUM_VIEWS - 1}; {_REGENERATE}")
+
+
+def _check_item(item, where: str) -> None:
+    if not isinstance(item, dict):
+        raise ViewFusionError(f"{where}: not a JSON object; {_REGENERATE}")
+    missing = [key for key in _ITEM_KEYS if key not in item]
+    if missing:
+        raise ViewFusionError(f"{where}: no {', '.join(missing)}; {_REGENERATE}")
+    plain_name(item["item"], f"{where}: item")
+    where = f"{where} ({item['item']})"
+    plain_name(item["key"], f"{where}: key")
+    _check_view(item["target_view"], f"{where}: target_view")
+    if not isinstance(item["cond_views"], list) or not item["cond_views"]:
+        raise ViewFusionError(f"{where}: cond_views must be a non-empty list of views; {_REGENERATE}")
+    for view in item["cond_views"]:
+        _check_view(view, f"{where}: cond_views")
+    _check_seed(item["seed"], f"{where}: seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -304,7 +304,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     _fsync_dir(out.parent)
 
 
-def read_manifest(shard_dir) -> dict:
+def read_shard_manifest(shard_dir) -> dict:
     """The manifest of a shard directory, with a clear error when it is missing or foreign."""
     path = Path(shard_dir) / MANIFEST
     try:
@@ -321,7 +321,7 @@ def read_manifest(shard_dir) -> dict:
 def split_shards(shard_dir, split: str, *, manifest: dict | None = None) -> list[dict]:
     """The shard entries of `split`, each checked to exist with the recorded size (a cheap
     stat that catches truncated or half-copied shards before any training starts)."""
-    manifest = read_manifest(shard_dir) if manifest is None else manifest
+    manifest = read_shard_manifest(shard_dir) if manifest is None else manifest
     if split not in manifest["splits"]:
         raise ViewFusionError(f"{shard_dir}: no split {split!r} (have {', '.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
