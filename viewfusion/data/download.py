@@ -108,6 +108,10 @@ def download(out, *, url: str = URL, retries: int = 5, retry_wait: float = 2.0, 
     """Make `out` a complete, verified NMR zip with its sha256 record; return the record."""
     import requests
 
+    nmr.check_count(retries, "--retries", minimum=0)
+    nmr.check_count(sample, "--sample", minimum=0)
+    if not timeout > 0:  # also refuses NaN
+        raise ViewFusionError(f"--timeout must be a positive number of seconds, got {timeout}")
     out = Path(out)
     if out.exists():
         return _record(out, url=url, sample=sample)

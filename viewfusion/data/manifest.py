@@ -115,10 +115,11 @@ def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: 
                   max_objects: int | None = None, targets_per_object: int | None = None,
                   viewlist=None) -> dict:
     """The evaluation manifest as a dict (see the module docstring)."""
+    nmr.check_count(seed, "--seed", minimum=0)  # numpy refuses negative seeds
     if not 1 <= view_count < nmr.NUM_VIEWS:
         raise ViewFusionError(f"--views must be in 1..{nmr.NUM_VIEWS - 1}, got {view_count}")
     if targets_per_object is not None and not 1 <= targets_per_object < nmr.NUM_VIEWS:
-        raise ViewFusionError(f"--targets-per-object must be in 1..{nmr.NUM_VIEWS - 1}")
+        raise ViewFusionError(f"--targets-per-object must be in 1..{nmr.NUM_VIEWS - 1}, got {targets_per_object}")
     if max_objects is not None and max_objects < 1:
         raise ViewFusionError(f"--max-objects must be positive, got {max_objects}")
     shards = read_shard_manifest(shard_dir)

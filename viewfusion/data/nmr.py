@@ -28,6 +28,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import yaml
@@ -86,6 +87,13 @@ CAMERA_NAMES = ("world_mat", "camera_mat", "world_mat_inv", "camera_mat_inv")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _NPZ_NAME = re.compile(rb"((?:world|camera)_mat(?:_inv)?_\d+)\.npy")
+
+
+def check_count(value, flag: str, *, minimum: int = 1) -> None:
+    """A data command's integer setting (`--objects`, `--seed`, ...) must be an int >= minimum:
+    a clear error up front instead of a numpy ValueError (or a silent no-op) deep inside."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ViewFusionError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
 def view_angle(view: int) -> float:
@@ -273,7 +281,7 @@ class NMRZip:
             self._names.add(name)
         self.metadata = self._read_metadata()
 
-    def __enter__(self) -> NMRZip:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -347,14 +355,16 @@ def verify_zip(path, *, image_size: int = IMAGE_SIZE, sample: int = 32, full: bo
     file; `sample` objects (all with `full`) are also read, CRC-checked, decoded and their
     camera matrices checked against their inverses.
     """
+    check_count(image_size, "--image-size")
+    check_count(sample, "--sample", minimum=0)
     with NMRZip(path, image_size=image_size) as nmr:
         counts: dict[str, dict[str, int]] = {}
         objects: set[tuple[str, str]] = set()
-        for lists in LIST_PREFIXES:
+        for lists, prefix in LIST_PREFIXES.items():
             for split in SPLITS:
-                for synset in SYNSETS:
+                for synset, name in SYNSETS.items():
                     ids = nmr.split_list(synset, split, lists=lists)
-                    counts.setdefault(f"{LIST_PREFIXES[lists]}{split}", {})[SYNSETS[synset]] = len(ids)
+                    counts.setdefault(f"{prefix}{split}", {})[name] = len(ids)
                     objects.update((synset, object_id) for object_id in ids)
         ordered = sorted(objects)
         for synset, object_id in ordered:

@@ -225,8 +225,9 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
                  image_size: int = nmr.IMAGE_SIZE, force: bool = False) -> dict:
     """Shard an NMR zip into `out`; return throughput stats. Nothing appears at `out` unless
     every shard and the manifest were written (a failure leaves no directory behind)."""
-    if not 0 < percent <= 100:
+    if not 0 < percent <= 100:  # also refuses NaN
         raise ViewFusionError(f"--percent must be in (0, 100], got {percent}")
+    nmr.check_count(image_size, "--image-size")
     withheld = tuple(dict.fromkeys(nmr.resolve_category(c) for c in withhold))
     zip_path, out = Path(zip_path), Path(out)
     if out.exists() and not force:

@@ -36,8 +36,13 @@ import numpy as np
 from PIL import Image
 
 from viewfusion.data import nmr
-from viewfusion.data.shapes import Primitive, SynthObject, draw_object, object_id, object_synset
-from viewfusion.errors import ViewFusionError
+from viewfusion.data.shapes import (
+    Primitive,
+    SynthObject,
+    draw_object,
+    object_id,
+    object_synset,
+)
 from viewfusion.fsutil import atomic_path
 
 _SPLIT_PATTERN = ("train", "test", "train", "val", "train", "train", "test", "train", "train", "train")
@@ -168,7 +173,7 @@ def _intersect_frustum(o: np.ndarray, d: np.ndarray, taper: float) -> tuple[np.n
     return best, np.where(cap, cap_normal, side_normal)
 
 
-def _intersect(prim: "Primitive", o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if prim.kind == "box":
         return _intersect_box(o, d)
     if prim.kind == "ellipsoid":
@@ -351,10 +356,10 @@ def _write_index(zf: zipfile.ZipFile, *, objects: int, seed: int) -> None:
 def write_synth_zip(out, *, objects: int, seed: int = 0, image_size: int = nmr.IMAGE_SIZE,
                     workers: int = 1) -> dict:
     """Render `objects` objects into an NMR-layout zip at `out` (atomic); return timing stats."""
-    if objects < 1:
-        raise ViewFusionError(f"--objects must be at least 1, got {objects}")
-    if image_size < 8:
-        raise ViewFusionError(f"--image-size must be at least 8, got {image_size}")
+    nmr.check_count(objects, "--objects")
+    nmr.check_count(seed, "--seed", minimum=0)  # numpy refuses negative seeds
+    nmr.check_count(image_size, "--image-size", minimum=8)
+    nmr.check_count(workers, "--workers")
     out = Path(out)
     start = time.perf_counter()
     cameras = cameras_npz()

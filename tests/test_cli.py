@@ -1,0 +1,73 @@
+"""The command line (issue 16, items 5 and 6): bad numbers and unknown commands are one line and
+exit 2, help of a command group works, and nothing is written before the check fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from viewfusion.cli import main
+
+
+def _refused(capsys, argv: list[str], flag: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and flag in err, err
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--views", "1", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--views", "0"], "--views must be in 1..23, got 0"),
+    (["--views", "24"], "--views must be in 1..23, got 24"),
+    (["--views", "1", "--targets-per-object", "0"], "--targets-per-object must be in 1..23, got 0"),
+    (["--views", "1", "--targets-per-object", "-3"], "--targets-per-object must be in 1..23, got -3"),
+    (["--views", "1", "--max-objects", "0"], "--max-objects must be positive, got 0"),
+    (["--views", "1", "--max-objects", "-1"], "--max-objects must be positive, got -1"),
+])
+def test_data_manifest_refuses_bad_numbers(synth_shards, tmp_path, capsys, flags, flag):
+    out = tmp_path / "m.json"
+    _refused(capsys, ["data", "manifest", "--shards", str(synth_shards), "--out", str(out), *flags], flag)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--objects", "0"], "--objects must be an integer >= 1, got 0"),
+    (["--objects", "-2"], "--objects must be an integer >= 1, got -2"),
+    (["--objects", "1", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--objects", "1", "--image-size", "4"], "--image-size must be an integer >= 8, got 4"),
+    (["--objects", "1", "--workers", "0"], "--workers must be an integer >= 1, got 0"),
+])
+def test_data_synth_refuses_bad_numbers(tmp_path, capsys, flags, flag):
+    _refused(capsys, ["data", "synth", "--out", str(tmp_path / "z.zip"), *flags], flag)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--shards", "2", "--percent", "0"], "--percent must be in (0, 100], got 0.0"),
+    (["--shards", "2", "--percent", "100.5"], "--percent must be in (0, 100], got 100.5"),
+    (["--shards", "2", "--percent", "-5"], "--percent must be in (0, 100], got -5.0"),
+    (["--shards", "2", "--percent", "nan"], "--percent must be in (0, 100], got nan"),
+    (["--shards", "2", "--image-size", "0"], "--image-size must be an integer >= 1, got 0"),
+])
+def test_data_shard_refuses_bad_numbers(synth_zip, tmp_path, capsys, flags, flag):
+    _refused(capsys, ["data", "shard", "--zip", str(synth_zip), "--out", str(tmp_path / "s"), *flags], flag)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--sample", "-1"], "--sample must be an integer >= 0, got -1"),
+    (["--image-size", "0"], "--image-size must be an integer >= 1, got 0"),
+])
+def test_data_verify_refuses_bad_numbers(synth_zip, capsys, flags, flag):
+    _refused(capsys, ["data", "verify", "--zip", str(synth_zip), *flags], flag)
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--retries", "-1"], "--retries must be an integer >= 0, got -1"),
+    (["--sample", "-1"], "--sample must be an integer >= 0, got -1"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+])
+def test_data_download_refuses_bad_numbers(tmp_path, capsys, flags, flag):
+    # An unreachable URL: the check must come before any connection attempt.
+    out = tmp_path / "NMR_Dataset.zip"
+    _refused(capsys, ["data", "download", "--out", str(out), "--url", "http://127.0.0.1:9/x.zip", *flags], flag)
+    assert list(tmp_path.iterdir()) == []
