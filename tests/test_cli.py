@@ -42,6 +42,9 @@ def test_data_synth_refuses_bad_numbers(tmp_path, capsys, flags, flag):
 
 
 @pytest.mark.parametrize(("flags", "flag"), [
+    (["--shards", "0"], "shards must be an integer >= 1, got 0"),
+    (["--shards", "-4"], "shards must be an integer >= 1, got -4"),
+    (["--shards", "2", "--gpus", "0"], "gpus must be an integer >= 1, got 0"),
     (["--shards", "2", "--percent", "0"], "--percent must be in (0, 100], got 0.0"),
     (["--shards", "2", "--percent", "100.5"], "--percent must be in (0, 100], got 100.5"),
     (["--shards", "2", "--percent", "-5"], "--percent must be in (0, 100], got -5.0"),

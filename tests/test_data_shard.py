@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -17,7 +18,13 @@ from PIL import Image
 from viewfusion.cli import main
 from viewfusion.data import nmr
 from viewfusion.data.loader import load_objects
-from viewfusion.data.shard import member_names, read_shard_manifest, write_shards
+from viewfusion.data.shard import (
+    check_settings,
+    member_names,
+    read_shard_manifest,
+    write_shards,
+)
+from viewfusion.errors import ViewFusionError
 
 
 def _zip_object(zip_path, key):
@@ -130,7 +137,7 @@ def _first(zip_path, synset="02691156", split="train"):
 
 def test_shards_not_divisible_by_gpus(synth_zip, tmp_path, capsys):
     err = _fails(capsys, tmp_path / "o", "--zip", str(synth_zip), "--shards", "3", "--gpus", "2")
-    assert "--shards 3 is not divisible by --gpus 2" in err
+    assert "command line: shards 3 is not divisible by gpus 2" in err
 
 
 def test_unknown_category(synth_zip, tmp_path, capsys):
@@ -247,3 +254,34 @@ def test_full_disk_is_one_clear_error_and_keeps_the_old_output(synth_zip, full_d
     assert code == 2 and err.count("\n") == 1 and f"{out}: no space left on the device" in err
     assert sorted(p.name for p in full_disk.rglob("*")) == ["manifest.json", "shards"]
     assert (out / "manifest.json").read_text() == "{}"
+
+
+# ------------------------------------------------------- check_settings (issue 16, item 7)
+
+
+def test_check_settings_accepts_good_settings():
+    check_settings(shards=4, gpus=2)
+    check_settings(shards=3, gpus=1, withhold=["car", "02691156"], source="shard_sets.nocar")
+    check_settings(shards=1, gpus=1, withhold=())
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"shards": 0, "gpus": 1}, "shards must be an integer >= 1, got 0"),
+    ({"shards": 4, "gpus": 0}, "gpus must be an integer >= 1, got 0"),
+    ({"shards": True, "gpus": 1}, "shards must be an integer >= 1, got True"),
+    ({"shards": "4", "gpus": 1}, "shards must be an integer >= 1, got '4'"),
+    ({"shards": 6, "gpus": 4}, "shards 6 is not divisible by gpus 4: .*set shards to a multiple of 4"),
+    ({"shards": 4, "gpus": 2, "withhold": ["car", "spaceship"]}, "withhold: unknown category 'spaceship'"),
+    ({"shards": 4, "gpus": 2, "withhold": "car"}, "withhold must be a list of categories, got the string 'car'"),
+    ({"shards": 4, "gpus": 2, "withhold": [2958343]}, "withhold entry 2958343 is not a string; quote synset ids"),
+    ({"shards": 4, "gpus": 2, "withhold": list(nmr.CATEGORIES)}, "withhold names every category"),
+])
+def test_check_settings_refuses_with_the_source_named(settings, message):
+    with pytest.raises(ViewFusionError, match=f"^shard_sets.small \\(gpus: training.nproc\\): {message}"):
+        check_settings(**settings, source="shard_sets.small (gpus: training.nproc)")
+
+
+def test_check_settings_module_imports_no_torch():
+    """The Snakefile imports it while parsing: torch would add seconds to every `snakemake -n`."""
+    code = "import sys, viewfusion.data.shard; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

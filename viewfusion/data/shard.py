@@ -153,13 +153,36 @@ def _blocks(keys: list[str], count: int) -> list[list[str]]:
     return [keys[i * n // count : (i + 1) * n // count] for i in range(count)]
 
 
-def _shard_counts(selected: dict[str, list[str]], *, shards: int, gpus: int) -> dict[str, int]:
-    if shards < 1 or gpus < 1:
-        raise ViewFusionError(f"--shards and --gpus must be positive, got {shards} and {gpus}")
+def check_settings(*, shards: int, gpus: int, withhold=(), source: str = "config") -> None:
+    """The rules a shard set's settings must follow together, owned here once: the workflow
+    checks its config with them when it builds the DAG (before any job deletes an output), and
+    `write_shards` checks its arguments. Pure, and this module imports no torch, so the
+    Snakefile can call it at parse time. Errors name `source` (say `shard_sets.small`)."""
+    for name, value in (("shards", shards), ("gpus", gpus)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ViewFusionError(f"{source}: {name} must be an integer >= 1, got {value!r}")
     if shards % gpus:
         raise ViewFusionError(
-            f"--shards {shards} is not divisible by --gpus {gpus}: every GPU must stream the same "
-            f"number of train shards; use a multiple of {gpus}")
+            f"{source}: shards {shards} is not divisible by gpus {gpus}: every GPU must stream the "
+            f"same number of train shards; set shards to a multiple of {gpus} or change gpus")
+    if isinstance(withhold, str):  # iterating it would withhold the letters
+        raise ViewFusionError(f"{source}: withhold must be a list of categories, got the string {withhold!r}")
+    synsets = {_withheld_synset(name, source) for name in withhold}
+    if len(synsets) == len(nmr.SYNSETS):
+        raise ViewFusionError(f"{source}: withhold names every category, so the train split would be "
+                              "empty; withhold fewer")
+
+
+def _withheld_synset(name, source: str) -> str:
+    if not isinstance(name, str):  # YAML reads an unquoted synset id as a number
+        raise ViewFusionError(f"{source}: withhold entry {name!r} is not a string; quote synset ids")
+    try:
+        return nmr.resolve_category(name)
+    except ViewFusionError as err:
+        raise ViewFusionError(f"{source}: withhold: {err}") from None
+
+
+def _shard_counts(selected: dict[str, list[str]], *, shards: int) -> dict[str, int]:
     if len(selected["train"]) < shards:
         raise ViewFusionError(
             f"the train split has {len(selected['train'])} objects, fewer than --shards {shards}; "
@@ -225,6 +248,7 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
                  image_size: int = nmr.IMAGE_SIZE, force: bool = False) -> dict:
     """Shard an NMR zip into `out`; return throughput stats. Nothing appears at `out` unless
     every shard and the manifest were written (a failure leaves no directory behind)."""
+    check_settings(shards=shards, gpus=gpus, withhold=withhold, source="command line")
     if not 0 < percent <= 100:  # also refuses NaN
         raise ViewFusionError(f"--percent must be in (0, 100], got {percent}")
     nmr.check_count(image_size, "--image-size")
@@ -235,7 +259,7 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
     start = time.perf_counter()
     with nmr.NMRZip(zip_path, image_size=image_size) as nmr_zip:
         selected = select_objects(nmr_zip, lists=lists, percent=percent, withhold=withheld)
-        counts = _shard_counts(selected, shards=shards, gpus=gpus)
+        counts = _shard_counts(selected, shards=shards)
         stale = remove_stale_scratch(out)
         tmp = scratch_path(out, "tmp")
         try:
