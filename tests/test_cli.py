@@ -3,9 +3,17 @@ exit 2, help of a command group works, and nothing is written before the check f
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from viewfusion.cli import main
+from viewfusion.cli import main, one_line
+from viewfusion.data.loader import train_loader
+from viewfusion.errors import ViewFusionError
 
 
 def _refused(capsys, argv: list[str], flag: str) -> None:
@@ -74,3 +82,55 @@ def test_data_download_refuses_bad_numbers(tmp_path, capsys, flags, flag):
     out = tmp_path / "NMR_Dataset.zip"
     _refused(capsys, ["data", "download", "--out", str(out), "--url", "http://127.0.0.1:9/x.zip", *flags], flag)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------- command groups (item 6)
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "viewfusion.cli", *argv], capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+DATA_COMMANDS = ("data download", "data synth", "data verify", "data shard", "data manifest")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_data_help_lists_the_data_commands(flag):
+    result = _cli("data", flag)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: viewfusion data <command>")
+    assert all(command in result.stdout for command in DATA_COMMANDS) and "sample" not in result.stdout
+
+
+def test_data_alone_prints_the_usage_and_exits_2():
+    result = _cli("data")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == _cli("data", "--help").stdout
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["nonsense"], "viewfusion: error: unknown command 'nonsense'; `viewfusion --help` lists the commands"),
+    (["nonsense", "--flag"], "viewfusion: error: unknown command 'nonsense'; `viewfusion --help` lists the commands"),
+    (["data", "nonsense"], "viewfusion: error: unknown command 'data nonsense'; `viewfusion data --help` lists"),
+])
+def test_unknown_command_is_one_line_and_exit_2(argv, line):
+    result = _cli(*argv)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
+
+
+def test_a_data_loader_worker_error_is_printed_as_its_own_one_line_message(synth_shards, tmp_path):
+    """torch re-raises a worker's ViewFusionError with the worker's traceback as its message;
+    the CLI prints the original line (here: a corrupt shard met by a real worker process)."""
+    copy = Path(shutil.copytree(synth_shards, tmp_path / "shards"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    loader = train_loader(copy, batch_size=2, num_workers=1, steps_per_epoch=1, shuffle_buffer=2, world_size=2)
+    with pytest.raises(ViewFusionError) as caught:
+        next(iter(loader))
+    assert "Traceback" in str(caught.value)  # torch's wrapping, which the CLI must undo
+    assert one_line(caught.value).startswith(f"shard {copy / 'nmr-train-0000.tar'}: sha256 is ")
+    assert one_line(caught.value).endswith(f"the manifest says {'0' * 64}: corrupted or modified; "
+                                           "run `viewfusion data shard` again")

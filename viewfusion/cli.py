@@ -42,28 +42,60 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: viewfusion <command> [options]", "", "commands:"]
+# First words that only group commands (`viewfusion data shard`): `viewfusion data` alone is
+# not a command, but `viewfusion data --help` lists the group's commands.
+GROUPS = tuple(dict.fromkeys(words[0] for words in COMMANDS if len(words) > 1))
+_HELP = {"-h", "--help"}
+_WORKER_ERROR = "viewfusion.errors.ViewFusionError: "
+
+
+def _usage(group: str | None = None) -> str:
+    prefix = "viewfusion" if group is None else f"viewfusion {group}"
+    lines = [f"usage: {prefix} <command> [options]", "", "commands:"]
     for words, (_, help_) in COMMANDS.items():
-        lines.append(f"  {' '.join(words):<18} {help_}")
-    lines.append("\n`viewfusion <command> --help` shows a command's options.")
+        if group is None or (words[0] == group and len(words) > 1):
+            lines.append(f"  {' '.join(words):<18} {help_}")
+    lines.append(f"\n`{prefix} <command> --help` shows a command's options.")
     return "\n".join(lines)
 
 
-def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
+def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     for n in (2, 1):
         words = tuple(argv[:n])
         if words in COMMANDS:
             return words, argv[n:]
-    raise SystemExit(f"{_usage()}\n\nerror: unknown command {' '.join(argv[:2])!r}")
+    return None
+
+
+def _unknown(argv: list[str]) -> str:
+    words = argv[:2] if argv[0] in GROUPS else argv[:1]
+    where = f"viewfusion {argv[0]} --help" if argv[0] in GROUPS else "viewfusion --help"
+    return f"viewfusion: error: unknown command {' '.join(words)!r}; `{where}` lists the commands"
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line. torch's DataLoader re-raises a worker's error with the
+    worker's traceback as the message, whose last line holds the original message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith(_WORKER_ERROR):
+        return lines[-1].removeprefix(_WORKER_ERROR)
+    return " ".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"}:
+    if not argv or argv[0] in _HELP:
         print(_usage())
         return 0
-    words, rest = _find(argv)
+    if argv[0] in GROUPS and (len(argv) == 1 or argv[1] in _HELP):
+        asked = len(argv) > 1  # `viewfusion data` alone names no command: usage, exit 2
+        print(_usage(argv[0]), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
+    found = _find(argv)
+    if found is None:
+        print(_unknown(argv), file=sys.stderr)
+        return 2
+    words, rest = found
     module_name, help_ = COMMANDS[words]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog="viewfusion " + " ".join(words), description=help_)
@@ -78,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = runner(args)
     except ViewFusionError as err:
-        print(f"viewfusion {' '.join(words)}: error: {err}", file=sys.stderr)
+        print(f"viewfusion {' '.join(words)}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return int(status or 0)
 
