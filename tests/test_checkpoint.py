@@ -143,7 +143,7 @@ def test_import_official_checks_the_variant(tmp_path):
     src = fake_official(tmp_path, model, opt, ddp_prefix=False)
     assert checkpoint.detect_variant(model.state_dict()) == "no_weighting"
     with pytest.raises(ViewFusionError, match="shapes are those of the 'no_weighting' variant"):
-        checkpoint.convert_official(checkpoint._read(src, numpy_scalars=True), variant="paper")
+        checkpoint.convert_official(checkpoint.read(src, numpy_scalars=True), variant="paper")
     # the small weights do not fit the paper architecture: a clear error, not a traceback
     res = subprocess.run([sys.executable, "-m", "viewfusion.cli", "import-official", str(src),
                           str(tmp_path / "o.pt")], capture_output=True, text=True, check=False)

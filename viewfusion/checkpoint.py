@@ -34,7 +34,6 @@ import torch
 from viewfusion.config import ExperimentConfig, build_model, from_dict, load_config, to_dict
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
-from viewfusion.model.viewfusion import OFFICIAL_SAFE_GLOBALS, strip_ddp
 
 FORMAT = "viewfusion-checkpoint"
 FORMAT_VERSION = 1
@@ -45,6 +44,10 @@ VARIANTS = {
     "no_weighting": {"name": "no_weighting", "model": {"weighting": False}},
     "relative": {"name": "relative", "model": {"relative": True}},
 }
+# The official trainer stores psnr/ssim beside the weights as numpy scalars: the only globals a
+# `weights_only` load of its file has to allow (anything else in a checkpoint is refused).
+OFFICIAL_SAFE_GLOBALS = [np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType,
+                         np.dtypes.Float32DType, np.dtypes.Int64DType]
 
 
 def save(path: str | Path, ckpt: dict[str, Any]) -> None:
@@ -56,7 +59,11 @@ def save(path: str | Path, ckpt: dict[str, Any]) -> None:
         torch.save(ckpt, tmp)
 
 
-def _read(path: Path, *, numpy_scalars: bool = False) -> Any:
+def read(path: str | Path, *, numpy_scalars: bool = False) -> Any:
+    """Whatever a checkpoint file holds (ours, official, a bare state dict), loaded with
+    `weights_only=True` (numpy_scalars: also the official file's metric scalars); the one reader of
+    checkpoint files, with one-line errors for a missing, truncated or foreign file."""
+    path = Path(path)
     if not path.is_file():
         raise ViewFusionError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
@@ -74,11 +81,16 @@ def _read(path: Path, *, numpy_scalars: bool = False) -> Any:
 
 def load(path: str | Path) -> dict[str, Any]:
     """A checkpoint dict of ours, checked; clear errors for anything else."""
-    return _ours(_read(Path(path)), Path(path))
+    return as_ours(read(path), path)
 
 
-def _ours(ckpt: Any, path: Path) -> dict[str, Any]:
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+def is_ours(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def as_ours(ckpt: Any, path: str | Path) -> dict[str, Any]:
+    """`ckpt` if it is a complete checkpoint dict of ours; a clear error naming `path` otherwise."""
+    if is_ours(ckpt):
         if ckpt.get("format_version") != FORMAT_VERSION:
             raise ViewFusionError(f"{path}: checkpoint format_version {ckpt.get('format_version')} "
                                   f"is not the supported {FORMAT_VERSION}")
@@ -86,14 +98,14 @@ def _ours(ckpt: Any, path: Path) -> dict[str, Any]:
             raise ViewFusionError(f"{path}: checkpoint lacks the keys {missing} (edited by hand or "
                                   "written by another tool); regenerate it")
         return ckpt
-    if _is_official(ckpt):
+    if is_official(ckpt):
         raise ViewFusionError(f"{path} is an official ViewFusion checkpoint (keys model, it, ...); "
                               f"convert it first: viewfusion import-official {path} OUT.pt")
     what = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
     raise ViewFusionError(f"{path} is not a viewfusion checkpoint: it holds {what}")
 
 
-def _is_official(obj: Any) -> bool:
+def is_official(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "it" in obj
 
 
@@ -105,8 +117,8 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
     """(ViewFusion in eval mode, its ExperimentConfig, the checkpoint dict) from a checkpoint file
     of ours or an official one (converted in memory). `ema=True` takes the EMA weights."""
     path = Path(path)
-    raw = _read(path, numpy_scalars=True)
-    ckpt = convert_official(raw, source=str(path)) if _is_official(raw) else _ours(raw, path)
+    raw = read(path, numpy_scalars=True)
+    ckpt = convert_official(raw, source=str(path)) if is_official(raw) else as_ours(raw, path)
     model, cfg = model_of(ckpt, ema=ema, source=str(path))
     return model.to(device).eval(), cfg, ckpt
 
@@ -185,6 +197,13 @@ def convert_official(official: dict[str, Any], *, variant: str | None = None,
             "imported_from": {"source": source, **meta}}
 
 
+def strip_ddp(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The state dict without the `module.` prefix the official trainer saved on multi-GPU runs."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, (np.generic, torch.Tensor)) else value
 
@@ -214,8 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raw = _read(args.official, numpy_scalars=True)
-    if not _is_official(raw):
+    raw = read(args.official, numpy_scalars=True)
+    if not is_official(raw):
         raise ViewFusionError(f"{args.official} is not an official ViewFusion checkpoint "
                               "(expected a dict with keys model, optimizer, it, ...)")
     cfg = load_config(args.config) if args.config else None
