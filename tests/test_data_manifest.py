@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 
 import pytest
 
@@ -159,3 +160,17 @@ def test_read_manifest_refuses_unreadable_files(tmp_path, text, message):
         path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ViewFusionError, match=f"manifest {re.escape(str(path))}: {message}"):
         read_manifest(path)
+
+
+def test_hostile_names_never_reach_item_names(synth_shards, tmp_path):
+    """Keys become sample file names: a viewlist or a shard manifest naming `../../evil` is refused."""
+    viewlist = tmp_path / "src_dvr.txt"
+    viewlist.write_text("02691156 ../../evil 0\n")
+    with pytest.raises(ViewFusionError, match=r"src_dvr.txt:1: object id: '\.\./\.\./evil' is not a plain name"):
+        make_manifest(synth_shards, split="test", view_count=1, viewlist=viewlist)
+    copy = shutil.copytree(synth_shards, tmp_path / "shards")
+    shards = json.loads((copy / "manifest.json").read_text())
+    shards["splits"]["test"]["objects"][0] = "02691156_../../evil"
+    (copy / "manifest.json").write_text(json.dumps(shards))
+    with pytest.raises(ViewFusionError, match=r"splits.test.objects: '02691156_\.\./\.\./evil' is not a plain name"):
+        make_manifest(copy, split="test", view_count=1)

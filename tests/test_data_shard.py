@@ -285,3 +285,42 @@ def test_check_settings_module_imports_no_torch():
     """The Snakefile imports it while parsing: torch would add seconds to every `snakemake -n`."""
     code = "import sys, viewfusion.data.shard; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ------------------------------------------------ names taken from data (issue 16, item 8)
+
+
+@pytest.mark.parametrize("object_id", ["../../evil", "-rf", "e\\vil", "a b"])
+def test_hostile_split_list_entry_is_refused(synth_zip, edit_zip, tmp_path, capsys, object_id):
+    """An object id becomes zip member names, tar member names and (in keys) sample file
+    names: a split list naming `../../evil` is refused before anything is read or written."""
+    member = nmr.list_member("02691156", "train")
+    with zipfile.ZipFile(synth_zip) as z:
+        listing = z.read(member).decode()
+    bad = edit_zip(synth_zip, tmp_path / "z.zip", replace={member: f"{listing}{object_id}\n".encode()})
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert f"{member} object id: {object_id!r} is not a plain name" in err
+    assert main(["data", "verify", "--zip", str(bad)]) == 2
+    assert f"{object_id!r} is not a plain name" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["z.zip"]
+    assert not (tmp_path.parent / "evil").exists() and not (tmp_path.parent.parent / "evil").exists()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["splits"]["test"]["shards"][0].update(name="../../evil.tar"),
+     r"splits.test.shards\[0\].name: '../../evil.tar' is not a plain name"),
+    (lambda m: m["splits"]["test"]["shards"][1].update(name="/etc/passwd"),
+     r"splits.test.shards\[1\].name: '/etc/passwd' is not a plain name"),
+    (lambda m: m["splits"]["test"]["objects"].append("02691156_../x"),
+     r"splits.test.objects: '02691156_../x' is not a plain name"),
+    (lambda m: m["splits"]["val"]["shards"][0].pop("sha256"), r"splits.val: malformed \(KeyError: 'sha256'\)"),
+])
+def test_hostile_names_in_the_shard_manifest_are_refused(synth_shards, tmp_path, edit, message):
+    import shutil
+
+    copy = shutil.copytree(synth_shards, tmp_path / "shards")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ViewFusionError, match=f"manifest.json: {message}"):
+        load_objects(copy, "test")

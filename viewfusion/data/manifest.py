@@ -93,6 +93,7 @@ def read_viewlist(path) -> dict[str, int]:
                 or int(fields[2]) >= nmr.NUM_VIEWS:
             raise ViewFusionError(f"{path}:{number}: expected `synset object_id view` with a known "
                                   f"synset and a view in 0..23, got {line.strip()!r}")
+        plain_name(fields[1], f"{path}:{number}: object id")  # it becomes part of sample file names
         sources[nmr.object_key(fields[0], fields[1])] = int(fields[2])
     return sources
 

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import plain_name
 
 # synset -> short name, in the NMR / ShapeNet order used by every table of the paper.
 SYNSETS: dict[str, str] = {
@@ -327,7 +328,10 @@ class NMRZip:
         lines = self.read(member).decode("utf-8", errors="replace").splitlines()
         ids = [line.strip() for line in lines if line.strip()]
         for object_id in ids:
-            if "/" in object_id or "." in object_id or object_id.startswith("_"):
+            # Ids name zip members and, inside keys, tar members and sample files: plain names
+            # only, and no '.' (webdataset splits keys there) or leading '_' (split_key).
+            plain_name(object_id, f"{self.path}: {member} object id")
+            if "." in object_id or object_id.startswith("_"):
                 raise ViewFusionError(f"{self.path}: {member} lists a bad object id {object_id!r}")
         return ids
 

@@ -42,7 +42,7 @@ from typing import Self
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file
+from viewfusion.fsutil import atomic_write_json, disk_errors, plain_name, sha256_file
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -338,9 +338,28 @@ def read_shard_manifest(shard_dir) -> dict:
         raise ViewFusionError(f"{path} missing: not a shard directory (run `viewfusion data shard`)") from None
     except json.JSONDecodeError as err:
         raise ViewFusionError(f"{path} is not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("format_version") != FORMAT_VERSION:
         raise ViewFusionError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    if not isinstance(manifest.get("splits"), dict) or not isinstance(manifest.get("image_size"), int):
+        raise ViewFusionError(f"{path}: no splits or image_size; run `viewfusion data shard` again")
+    for split, entry in manifest["splits"].items():
+        _check_split(entry, f"{path}: splits.{split}")
     return manifest
+
+
+def _check_split(entry, where: str) -> None:
+    """Shard names are joined to the directory and object keys become sample file names, so
+    both must be plain names; the fields the readers use must be there."""
+    try:
+        for index, shard in enumerate(entry["shards"]):
+            plain_name(shard["name"], f"{where}.shards[{index}].name")
+            shard["bytes"], shard["sha256"], shard["objects"]  # a KeyError if one is absent
+        for key in entry["objects"]:
+            plain_name(key, f"{where}.objects")
+    except (KeyError, TypeError) as err:
+        raise ViewFusionError(f"{where}: malformed ({type(err).__name__}: {err}); "
+                              "run `viewfusion data shard` again") from None
 
 
 def split_shards(shard_dir, split: str, *, manifest: dict | None = None) -> list[dict]:
