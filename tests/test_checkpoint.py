@@ -244,3 +244,31 @@ def test_a_full_disk_while_saving_is_one_clear_line(full_disk):
         checkpoint.save(path, ckpt)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert not path.exists() and list(path.parent.iterdir()) == []  # no temp file either
+
+
+def test_weights_sha256_is_the_weights_not_the_file(tmp_path):
+    cfg, model, opt = trained_small()
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    checkpoint.save(a, ckpt_dict(cfg, model, opt, step=7))
+    checkpoint.save(b, {**ckpt_dict(cfg, model, None, step=9), "rng": None})  # other step, no optimizer
+    assert a.read_bytes() != b.read_bytes()
+    fingerprint = checkpoint.weights_sha256(checkpoint.load(a)["model"])
+    assert fingerprint == checkpoint.weights_sha256(checkpoint.load(b)["model"])
+    assert fingerprint == checkpoint.weights_sha256(dict(reversed(model.state_dict().items())))  # order-free
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    changed["denoise_fn.downs.0.bias"][3] += 1e-6
+    assert checkpoint.weights_sha256(changed) != fingerprint
+    renamed = {("x." + k if k == "gammas" else k): v for k, v in model.state_dict().items()}
+    assert checkpoint.weights_sha256(renamed) != fingerprint
+
+
+def test_weights_sha256_covers_dtype_and_shape_and_is_stable():
+    values = torch.arange(4, dtype=torch.float32)
+    base = checkpoint.weights_sha256({"w": values})
+    assert checkpoint.weights_sha256({"w": values.double()}) != base
+    assert checkpoint.weights_sha256({"w": values.reshape(2, 2)}) != base
+    strided = torch.stack([values, torch.zeros(4)], dim=1)[:, 0]  # same values, not contiguous
+    assert checkpoint.weights_sha256({"w": strided}) == base
+    # Artefacts store this fingerprint: a change of the recipe would orphan all of them.
+    mixed = {"a": torch.arange(3, dtype=torch.float32), "b": torch.tensor(2.5, dtype=torch.bfloat16)}
+    assert checkpoint.weights_sha256(mixed) == "4e2320258d561596c8324efc35e13cfc1962b460ee704f7cce61bb0cfff2d642"

@@ -23,6 +23,8 @@ converts the published checkpoint (keys model, optimizer, it, t, run_id, psnr, s
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +79,22 @@ def read(path: str | Path, *, numpy_scalars: bool = False) -> Any:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ViewFusionError(f"{path} cannot be read as a checkpoint (truncated, corrupt or "
                               f"holding non-tensor objects): {first}") from None
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The identity of the weights that make samples: hex sha256 over the sorted (name, dtype,
+    shape, bytes) of a state dict. Unlike the file's sha256 it ignores the optimizer, RNG states,
+    config and step saved beside the weights, and how torch.save laid them out."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        # The JSON header fixes the byte count that follows, so no two state dicts share a stream.
+        h.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode() + b"\n")
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def load(path: str | Path) -> dict[str, Any]:
