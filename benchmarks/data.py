@@ -24,7 +24,7 @@ from pathlib import Path
 
 from viewfusion.data import nmr
 from viewfusion.data.loader import train_loader
-from viewfusion.data.shard import read_manifest, write_shards
+from viewfusion.data.shard import read_shard_manifest, write_shards
 from viewfusion.data.synth import write_synth_zip
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         tmp = Path(tmp)
         synth = write_synth_zip(tmp / "NMR_Dataset.zip", objects=args.objects, seed=0, workers=args.workers)
         shard = write_shards(tmp / "NMR_Dataset.zip", tmp / "shards", shards=2)
-        manifest = read_manifest(tmp / "shards")
+        manifest = read_shard_manifest(tmp / "shards")
         keys = [k for split in manifest["splits"].values() for k in split["objects"]]
         copy_s, payload = plain_copy(tmp / "NMR_Dataset.zip", keys, tmp / "copy.bin")
         start = time.perf_counter()

@@ -14,16 +14,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from viewfusion import cli, figures
+from viewfusion import cli, figures, provenance
 from viewfusion.errors import ViewFusionError
 
 COND = [0, 4, 8, 12, 16, 20]
 KEY = "02958343_abc"
+FP = "f" * 64  # the fingerprint of hand-made sample directories
 
 
-def write_png(path: Path, rng: np.random.Generator, size: int = 16) -> None:
+def write_png(path: Path, rng: np.random.Generator, size: int = 16, made_by: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    info = None if made_by is None else provenance.png_info(made_by)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, pnginfo=info)
 
 
 def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
@@ -62,17 +64,18 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
     rows = []
     for key in keys:
         name = f"{key}-t05-v{views}-0"
-        write_png(root / "images" / f"{name}.png", rng)
-        write_png(root / "gt" / f"{name}.png", rng)
+        write_png(root / "images" / f"{name}.png", rng, made_by=f"{FP} {name}")
+        write_png(root / "gt" / f"{name}.png", rng, made_by=f"{FP} {name}")
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
                      "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
                      "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5,
+                     "weights_sha256": "a" * 64,
                      "psnr": 20 + views + rng.random(),
                      "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})
     (root / "chunks").mkdir(parents=True)
     (root / "chunks" / "1-of-1.json").write_text(json.dumps({
         "chunk": 1, "of": 1, "items": [r["item"] for r in rows], "sampler": "ddim", "steps": 50, "eta": eta,
-        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5}))
+        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5, "fingerprint": FP}))
     pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
     return root
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from scipy.signal import correlate2d
 
-from viewfusion import cli, metrics
+from viewfusion import cli, metrics, provenance
 from viewfusion.errors import ViewFusionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,9 +125,12 @@ def test_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the CLI on a sample directory
 
-def write_png(path: Path, array: np.ndarray) -> None:
+FP = "f" * 64  # the fingerprint of the hand-made sample directory's settings
+
+
+def write_png(path: Path, array: np.ndarray, made_by: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, pnginfo=None if made_by is None else provenance.png_info(made_by))
 
 
 def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[str, tuple]]:
@@ -142,15 +145,17 @@ def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[s
                       "target_view": k + 1, "cond_views": [0, 12], "view_count": 2, "seed": k})
         gt = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         gen = gt if k == 0 else np.clip(gt.astype(int) + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
-        write_png(root / "s" / "images" / f"{name}.png", gen)
-        write_png(root / "s" / "gt" / f"{name}.png", gt)
+        write_png(root / "s" / "images" / f"{name}.png", gen, provenance.made_by(FP, items[-1]))
+        write_png(root / "s" / "gt" / f"{name}.png", gt, provenance.made_by(FP, items[-1]))
         arrays[name] = (gen, gt)
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 2, "source": "random", "items": items}))
     for i, part in ((1, items[:3]), (2, items[3:])):
         marker = {"chunk": i, "of": 2, "items": [it["item"] for it in part], "sampler": "ddim", "steps": 50,
                   "eta": 0.0, "checkpoint": "final.pt", "checkpoint_step": 1000, "experiment": "tiny",
-                  "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu"}
+                  "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu",
+                  "fingerprint": FP, "weights_sha256": "a" * 64, "config_sha256": "c" * 64,
+                  "manifest_sha256": "m" * 64}
         (root / "s" / "chunks").mkdir(parents=True, exist_ok=True)
         (root / "s" / "chunks" / f"{i}-of-2.json").write_text(json.dumps(marker))
         # the sampler's own bookkeeping beside the markers, which metrics must ignore

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from train_utils import save_random_model
+
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
 from viewfusion.sample import SamplerSpec, chunk_items, sample_chunk
@@ -120,3 +120,105 @@ def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_sh
     marker = json.loads((out / "chunks/1-of-1.json").read_text())
     assert marker["sampler"] == "nearest" and marker["steps"] == 0 and marker["checkpoint_step"] == 7
     assert marker["unet_evals_per_target"] == 0 and marker["max_train_views"] == 3
+
+
+# ---------------------------------------------------------------- provenance (issue 16)
+
+def _other_weights(model):
+    for p in model.parameters():
+        p.add_(0.05)
+
+
+def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, manifest, synth_shards, tmp_path):
+    """Sampling checkpoint A, then B (same step, other weights) or other --steps into one folder
+    regenerates every image: the folder ends byte-identical to a fresh folder of the new settings."""
+    other = save_random_model(tmp_path / "other.pt", step=7, edit=_other_weights)
+    shared, fresh = tmp_path / "shared", tmp_path / "fresh"
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=shared, spec=SPEC, device="cpu")
+    old = _pngs(shared)
+    for out in (shared, fresh):
+        sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=out, spec=SPEC, device="cpu")
+    assert _pngs(shared) == _pngs(fresh)
+    assert all(_pngs(shared)[name] != png for name, png in old.items())
+    marker = json.loads((shared / "chunks/1-of-1.json").read_text())
+    fresh_marker = json.loads((fresh / "chunks/1-of-1.json").read_text())
+    assert marker["fingerprint"] == fresh_marker["fingerprint"] and marker["weights_sha256"] == fresh_marker["weights_sha256"]
+    sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=shared, spec=SamplerSpec("ddim", 3),
+                 device="cpu")
+    assert all(_pngs(shared)[name] != png for name, png in _pngs(fresh).items())
+
+
+def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_shards, tmp_path):
+    from viewfusion.errors import ViewFusionError
+    from viewfusion.metrics import compute_metrics
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=a, spec=SPEC, device="cpu")
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=b, spec=SamplerSpec("ddim", 3), device="cpu")
+    frame = compute_metrics(generated=a, manifest=manifest, lpips_net=None)
+    marker = json.loads((a / "chunks/1-of-1.json").read_text())
+    assert set(frame["weights_sha256"]) == {marker["weights_sha256"]} and set(frame["fingerprint"]) == {marker["fingerprint"]}
+    name = min((a / "images").glob("*.png")).name
+    (a / "images" / name).write_bytes((b / "images" / name).read_bytes())  # an old image under the new label
+    with pytest.raises(ViewFusionError, match="made by other settings"):
+        compute_metrics(generated=a, manifest=manifest, lpips_net=None)
+    Image.open(b / "images" / name).save(a / "images" / name)  # same pixels, no fingerprint
+    with pytest.raises(ViewFusionError, match="carries no fingerprint"):
+        compute_metrics(generated=a, manifest=manifest, lpips_net=None)
+
+
+def _write_items(path: Path, items: list[dict]) -> Path:
+    atomic_write_json(path, {"split": "test", "seed": 0, "view_count": None, "source": "random", "items": items})
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped-abs", "a/b"])
+def test_manifest_item_names_cannot_leave_out(name, ckpt, manifest, synth_shards, tmp_path):
+    from viewfusion.cli import main
+
+    item = {**json.loads(manifest.read_text())["items"][0], "item": name}
+    bad = _write_items(tmp_path / "bad.json", [item])
+    out = tmp_path / "deep" / "er" / "out"
+    assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(bad), "--shards", str(synth_shards),
+                 "--out", str(out), "--steps", "2", "--save-weights", "--device", "cpu"]) == 2
+    assert not list(tmp_path.rglob("*escaped*")) and not Path("/tmp/escaped-abs.png").exists()
+
+
+def test_nan_weights_and_nan_eta_are_refused_not_written_black(manifest, synth_shards, tmp_path, capsys):
+    from viewfusion.cli import main
+
+    nan = save_random_model(tmp_path / "nan.pt", step=1, edit=lambda m: next(m.parameters()).fill_(float("nan")))
+    base = ["sample", "--manifest", str(manifest), "--shards", str(synth_shards), "--device", "cpu", "--steps", "2"]
+    assert main([*base, "--checkpoint", str(nan), "--out", str(tmp_path / "n")]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert not (tmp_path / "n" / "chunks" / "1-of-1.json").exists() and not (tmp_path / "n" / "images").exists()
+
+
+@pytest.mark.parametrize("flags", [["--steps", "0"], ["--steps", "-5"], ["--steps", "5000"], ["--batch-size", "0"],
+                                   ["--eta", "-1"], ["--eta", "nan"], ["--eta", "2"], ["--weights-every", "0"],
+                                   ["--row-batch", "0"], ["--device", "cuda:7"], ["--device", "tpu"]])
+def test_bad_sampler_flags_are_one_line_errors(flags, ckpt, manifest, synth_shards, tmp_path, capsys):
+    from viewfusion.cli import main
+
+    out = tmp_path / "o"
+    assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards", str(synth_shards),
+                 "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flags[0] in err, err
+    assert not (out / "images").exists()
+
+
+def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_a_clear_error(manifest, synth_shards, tmp_path, capsys):
+    from viewfusion import checkpoint
+    from viewfusion.cli import main
+
+    good = checkpoint.load(save_random_model(tmp_path / "good.pt", step=1))
+    broken = {**good, "config": {**good["config"], "model": {**good["config"]["model"], "inner_channel": 32}}}
+    checkpoint.save(tmp_path / "broken.pt", broken)
+    no_buffer = {**good, "model": {k: v for k, v in good["model"].items() if k != "gammas"}}
+    checkpoint.save(tmp_path / "nobuf.pt", no_buffer)
+    for name in ("broken.pt", "nobuf.pt"):
+        assert main(["sample", "--checkpoint", str(tmp_path / name), "--manifest", str(manifest), "--shards",
+                     str(synth_shards), "--out", str(tmp_path / "o"), "--steps", "2", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and name in err, err

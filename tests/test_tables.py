@@ -30,7 +30,7 @@ def row(item, key, category, view_count, psnr, ssim, lpips, *, experiment="paper
     return {"item": item, "key": key, "synset": "x", "category": category, "object_id": key, "target_view": 1,
             "view_count": view_count, "experiment": experiment, "checkpoint_step": 100, "sampler": sampler,
             "steps": steps, "seconds_per_target": seconds, "psnr": psnr, "ssim": ssim, "lpips": lpips,
-            "lpips_net": "vgg"}
+            "lpips_net": "vgg", "weights_sha256": f"{experiment:a<64}"}
 
 
 def hand_made() -> pd.DataFrame:
@@ -231,3 +231,17 @@ def test_sampler_speed_table_takes_the_latest_checkpoint_on_ties(tmp_path):
     assert set(detail.checkpoint_step) == {100}
     exact = pd.read_csv(tmp_path / "t" / "sampler_speed_quality.csv")
     assert list(exact.psnr) == [pytest.approx(22.0), pytest.approx(23.0)]  # step 100's, not step 50's
+
+
+def test_two_trainings_at_the_same_step_are_never_pooled(tmp_path):
+    """Rows of other weights at the same experiment and step (a retrain) stay apart, each row
+    naming its weights; before, both were averaged into one row labelled with the step."""
+    frame = hand_made()
+    paper = frame[(frame["experiment"] == "paper") & (frame["sampler"] == "ddim")]
+    retrained = paper.assign(weights_sha256="b" * 64, psnr=paper["psnr"] + 10)
+    both = pd.concat([paper, retrained], ignore_index=True)
+    both.to_parquet(tmp_path / "m.parquet")
+    table = tables.table_views(tables.load_metrics([tmp_path / "m.parquet"]), reference=False)
+    assert sorted(set(table["checkpoint"])) == ["b" * 12, "paper" + "a" * 7]
+    per = table.set_index(["checkpoint", "view_count"])["psnr"]
+    assert per.loc[("b" * 12, 1)] == pytest.approx(per.loc[("paper" + "a" * 7, 1)] + 10)

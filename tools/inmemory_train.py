@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from viewfusion.config import build_model, load_config  # noqa: E402
 from viewfusion.data import nmr  # noqa: E402
 from viewfusion.data.loader import load_objects, relative_angle, select_views  # noqa: E402
-from viewfusion.sample import build_batch, nearest_view_images, read_manifest  # noqa: E402
+from viewfusion.data.manifest import read_manifest  # noqa: E402
+from viewfusion.sample import build_batch, nearest_view_images  # noqa: E402
 
 import probe_model  # noqa: E402  (tools/)
 

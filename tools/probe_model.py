@@ -38,7 +38,8 @@ from viewfusion.data.loader import load_objects  # noqa: E402
 from viewfusion.diffusion import add_noise  # noqa: E402
 from viewfusion.fsutil import atomic_write_bytes  # noqa: E402
 from viewfusion.metrics import psnr as image_psnr  # noqa: E402
-from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images, read_manifest  # noqa: E402
+from viewfusion.data.manifest import read_manifest  # noqa: E402
+from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images  # noqa: E402
 
 
 def psnr(image: torch.Tensor, target: torch.Tensor) -> float:

@@ -34,7 +34,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train",): ("viewfusion.train", "train a model (one process or torchrun/DDP), resumable"),
     ("launch", "train"): ("viewfusion.launch", "submit training with submitit (slurm or local)"),
     ("sample",): ("viewfusion.sample", "generate one chunk of an evaluation manifest"),
-    ("sample-figures",): ("viewfusion.sample", "sample what the weight and autoregressive figures need"),
+    ("sample-figures",): ("viewfusion.figure_samples", "sample what the weight and autoregressive figures need"),
     ("metrics",): ("viewfusion.metrics", "PSNR/SSIM/LPIPS of generated images, per image"),
     ("tables",): ("viewfusion.tables", "aggregate per-image metrics into the paper's tables"),
     ("figures",): ("viewfusion.figures", "plot metrics, view weights and generation strips"),
@@ -99,13 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     module_name, help_ = COMMANDS[words]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog="viewfusion " + " ".join(words), description=help_)
-    # A module that serves two commands (sample / sample-figures) gets the command name.
-    if words == ("sample-figures",):
-        module.add_figure_arguments(parser)
-        runner = module.run_figures
-    else:
-        module.add_arguments(parser)
-        runner = module.run
+    module.add_arguments(parser)
+    runner = module.run
     args = parser.parse_args(rest)
     try:
         status = runner(args)

@@ -41,11 +41,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from viewfusion import provenance  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
 from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
 from viewfusion.tables import (  # noqa: E402
-    BASELINE, CONFIG, PIXELNERF_NUMBERS, baseline_once, load_metrics, sampler_label, summarize,
+    BASELINE,
+    CONFIG,
+    PIXELNERF_NUMBERS,
+    baseline_once,
+    load_metrics,
+    sampler_label,
+    summarize,
     trained_views,
 )
 
@@ -120,8 +127,8 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for config, group in summary.groupby(CONFIG, dropna=False, sort=True):
-            experiment, step, sampler, steps = config
-            at = "" if pd.isna(step) else f" @{step}"  # the baseline: one per experiment
+            experiment, step, weights, sampler, steps = config
+            at = "" if pd.isna(step) else f" @{step} ({weights[:7]})"  # the baseline: one per experiment
             label = f"{experiment}{at} {sampler_label(sampler, steps)}"
             ax.errorbar(group["view_count"].astype(float), group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
                         marker="o", capsize=3, label=label)
@@ -271,23 +278,31 @@ def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Pat
 # ---------------------------------------------------------------- extrapolation grid
 
 def sample_dir_info(sample_dir: Path) -> dict:
-    """Settings (from a chunk marker) and items by object key (from the item names) of a sample dir."""
-    markers = sorted(p for p in (sample_dir / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name))
+    """Settings (from the chunk markers) and items by object key (from the markers' item names)
+    of a sample dir; only images carrying their chunk's fingerprint are shown."""
+    markers = [read_json(p) for p in sorted((sample_dir / "chunks").glob("*.json")) if CHUNK_MARKER.match(p.name)]
     if not markers:
         raise ViewFusionError(f"{sample_dir}/chunks/ has no chunk markers: not a finished sample directory")
-    marker = read_json(markers[0])
     items: dict[str, list[tuple[int, str]]] = {}
     views = set()
-    for png in sorted((sample_dir / "images").glob("*.png")):
-        match = ITEM_NAME.match(png.stem)
-        if match and (sample_dir / "gt" / png.name).exists():
-            items.setdefault(match["key"], []).append((int(match["target"]), png.stem))
-            views.add(int(match["views"]))
+    for marker in markers:
+        for name in marker.get("items", []):
+            match = ITEM_NAME.match(name)
+            if match and all(_made_under(sample_dir / sub / f"{name}.png", marker) for sub in ("images", "gt")):
+                items.setdefault(match["key"], []).append((int(match["target"]), name))
+                views.add(int(match["views"]))
     if len(views) != 1:
         raise ViewFusionError(f"{sample_dir}: expected items of one view count, found {sorted(views) or 'none'}")
+    marker = markers[0]
     setting = (marker.get("experiment") or "", marker.get("checkpoint_step"), sampler_name(marker), marker.get("steps"))
     return {"dir": sample_dir, "views": views.pop(), "setting": setting, "items": items,
             "max_train_views": marker.get("max_train_views")}
+
+
+def _made_under(path: Path, marker: dict) -> bool:
+    """True when `path` exists and was made with the marker's fingerprint (viewfusion.provenance)."""
+    tag = provenance.png_made_by(path) if path.exists() else None
+    return tag is not None and tag.split(" ")[0] == marker.get("fingerprint")
 
 
 def grid_cells(infos: list[dict], *, objects: int) -> tuple[list[str], dict]:

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from viewfusion import provenance
+from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import SYNSETS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
@@ -51,10 +53,13 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+# What every row records of the run that made its image (docs/FORMATS.md, Metrics).
+PROVENANCE = ("weights_sha256", "config_sha256", "manifest_sha256", "fingerprint")
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
            "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
-           "lpips", "lpips_net"]
-CHUNK_SETTINGS = ("sampler", "steps", "eta", "checkpoint_step", "experiment")
+           "lpips", *PROVENANCE, "lpips_net"]
+CHUNK_SETTINGS = ("fingerprint", "sampler", "steps", "eta", "checkpoint_step", "weights_sha256", "config_sha256",
+                  "experiment")
 
 
 # ---------------------------------------------------------------- the metrics themselves
@@ -127,18 +132,6 @@ def lpips_distance(model: torch.nn.Module, pred: torch.Tensor, target: torch.Ten
 
 # ---------------------------------------------------------------- reading a sample directory
 
-def read_manifest_items(path: str | Path) -> list[dict]:
-    try:
-        items = json.loads(Path(path).read_text())["items"]
-        names = [it["item"] for it in items]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ViewFusionError(
-            f"manifest {path}: unreadable ({err}); regenerate it with `viewfusion data manifest`") from None
-    if not names or len(set(names)) != len(names):
-        raise ViewFusionError(f"manifest {path}: {'duplicate item names' if names else 'no items'}")
-    return items
-
-
 def read_chunks(generated: Path) -> dict[str, dict]:
     """Each chunk marker, keyed by its file stem ("2-of-4"); refuses mixed sampler settings."""
     chunks = {}
@@ -147,6 +140,9 @@ def read_chunks(generated: Path) -> dict[str, dict]:
             chunks[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ViewFusionError(f"chunk marker {path}: unreadable ({err})") from None
+        if not isinstance(chunks[path.stem], dict) or "fingerprint" not in chunks[path.stem]:
+            raise ViewFusionError(f"chunk marker {path} records no fingerprint (written by an older viewfusion "
+                                  "or by hand); rerun `viewfusion sample` for it")
     if not chunks:
         raise ViewFusionError(
             f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
@@ -177,11 +173,22 @@ def locate_items(generated: Path, items: list[dict], chunks: dict[str, dict], *,
             raise ViewFusionError(f"item {name} of {manifest} is in no completed chunk of {generated} "
                                   f"({_missing_chunks(chunks)}); run `viewfusion sample` for the missing chunk")
         for sub in ("images", "gt"):
-            if not (generated / sub / f"{name}.png").is_file():
-                raise ViewFusionError(
-                    f"item {name} of chunk {owner[name]}: {generated / sub / (name + '.png')} is missing although the "
-                    f"chunk is marked complete; delete {generated}/chunks/{owner[name]}.json and rerun that chunk")
+            _check_made_by(generated / sub / f"{name}.png", it, chunks[owner[name]], owner[name])
     return owner
+
+
+def _check_made_by(path: Path, it: dict, chunk: dict, chunk_name: str) -> None:
+    """The file must exist and carry the `made_by` of its chunk's fingerprint and its manifest
+    entry: an image made by another checkpoint, sampler or manifest is never scored under this
+    chunk's label."""
+    if not path.is_file():
+        raise ViewFusionError(f"item {it['item']} of chunk {chunk_name}: {path} is missing although the chunk is "
+                              f"marked complete; rerun `viewfusion sample` for chunk {chunk_name}")
+    found = provenance.png_made_by(path)
+    if found != provenance.made_by(chunk["fingerprint"], it):
+        what = "carries no fingerprint" if found is None else "was made by other settings or manifest entry"
+        raise ViewFusionError(f"{path} {what} than chunk {chunk_name} records; rerun `viewfusion sample` "
+                              f"for chunk {chunk_name}: it regenerates such items")
 
 
 def load_png(path: Path) -> np.ndarray:
@@ -221,6 +228,7 @@ def item_row(it: dict, chunk: dict) -> dict:
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
         "max_train_views": chunk.get("max_train_views"), "sampler": sampler_name(chunk), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),
+        **{name: chunk.get(name) for name in PROVENANCE},
     }
 
 
@@ -228,7 +236,7 @@ def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: s
                     lpips_random_for_tests: bool = False, device: str = "cpu", batch_size: int = 64) -> pd.DataFrame:
     """One row per manifest item (columns `COLUMNS`); `lpips_net=None` skips LPIPS (NaN)."""
     generated = Path(generated)
-    items = read_manifest_items(manifest)
+    items = read_manifest(manifest)["items"]
     chunks = read_chunks(generated)
     owner = locate_items(generated, items, chunks, manifest=str(manifest))
     model = load_lpips(net=lpips_net, device=device, random_for_tests=lpips_random_for_tests) if lpips_net else None

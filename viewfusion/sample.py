@@ -29,11 +29,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viewfusion.checkpoint import config_of, load, load_model
+from viewfusion import provenance
+from viewfusion.checkpoint import (
+    config_of,
+    load,
+    load_model,
+    load_state,
+    weights_sha256,
+)
+from viewfusion.config import config_sha256
 from viewfusion.data.loader import load_objects
+from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP, view_distance
+from viewfusion.data.shard import split_shards
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
+from viewfusion.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+    sha256_json,
+)
 
 MODEL_SAMPLERS = ("ddpm", "ddim")
 SAMPLERS = (*MODEL_SAMPLERS, "nearest")  # nearest: the copy baseline, no network
@@ -42,19 +57,50 @@ SAMPLERS = (*MODEL_SAMPLERS, "nearest")  # nearest: the copy baseline, no networ
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
-    steps: int | None  # None: the full training schedule (ddpm-2000 for the paper)
+    steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
     eta: float = 0.0
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ViewFusionError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ViewFusionError(f"--device {device}: no CUDA device here; use --device cpu or auto")
+    return dev
+
+
+def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,
+                  row_batch: int | None = None) -> None:
+    """Flag values no sampler accepts, as one clear error before anything is loaded."""
+    if spec.name not in SAMPLERS:
+        raise ViewFusionError(f"--sampler {spec.name!r}: use one of {', '.join(SAMPLERS)}")
+    if spec.steps is not None and spec.steps < 1:
+        raise ViewFusionError(f"--steps {spec.steps}: need at least 1 sampling step")
+    if not (math.isfinite(spec.eta) and 0.0 <= spec.eta <= 1.0):
+        raise ViewFusionError(f"--eta {spec.eta}: DDIM eta must be in [0, 1] (0 deterministic, 1 ancestral)")
+    for flag, value in (("--batch-size", batch_size), ("--weights-every", weights_every),
+                        ("--row-batch", 1 if row_batch is None else row_batch)):
+        if value < 1:
+            raise ViewFusionError(f"{flag} {value}: must be at least 1")
+
+
+def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> int:
+    """The number of sampling steps `spec` runs on `model` (its schedule bounds them)."""
+    try:
+        return len(model.make_sampler(spec.name, steps=spec.steps, eta=spec.eta).timesteps)
+    except ValueError as err:
+        raise ViewFusionError(f"--sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g} on {checkpoint}: "
+                              f"{err}") from None
 
 
 def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str = "auto", row_batch: int | None = None):
-    """(model in eval mode, {"step", "weights", "row_batch", "max_train_views"}); auto prefers EMA
-    weights, which sample better.
+    """(model in eval mode, info); auto prefers EMA weights, which sample better. info holds what
+    the markers record: step, weights ("ema"/"raw"), row_batch, max_train_views, and the
+    fingerprints weights_sha256 (of the weights loaded) and config_sha256.
 
     row_batch: U-Net rows per call (default 8 on CPU, 64 on CUDA), fixed so that images do not
     depend on the batch a target sits in; change it and the last bits of the images change."""
@@ -62,16 +108,26 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     model.row_batch = row_batch or (64 if device.type == "cuda" else 8)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and weights == "auto":
-        model.load_state_dict(ckpt["ema"]["model"], strict=True)
-    return model, {"step": ckpt.get("step"), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch,
-                   "max_train_views": cfg.data.max_views}
+        load_state(model, ckpt["ema"]["model"], source=f"{checkpoint} (EMA weights)")
+    state = model.state_dict()
+    bad = next((name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    if bad is not None:
+        raise ViewFusionError(f"{checkpoint}: {'EMA' if use_ema else 'model'} weight {bad} holds NaN or inf; "
+                              "sample an earlier checkpoint (training diverged or the file is damaged)")
+    return model, {**_identity(ckpt, cfg), "weights": "ema" if use_ema else "raw", "row_batch": model.row_batch,
+                   "weights_sha256": weights_sha256(state)}
 
 
 def checkpoint_info(checkpoint: str) -> dict:
     """What the markers record of a checkpoint the copy baseline does not run (its step and the
     most views it trained with, so that its rows sit beside the model's in the tables)."""
     ckpt = load(checkpoint)
-    return {"step": ckpt.get("step"), "weights": "none", "max_train_views": config_of(ckpt).data.max_views}
+    return {**_identity(ckpt, config_of(ckpt)), "weights": "none", "row_batch": None,
+            "weights_sha256": weights_sha256(ckpt["model"])}
+
+
+def _identity(ckpt: dict, cfg) -> dict:
+    return {"step": ckpt.get("step"), "max_train_views": cfg.data.max_views, "config_sha256": config_sha256(cfg)}
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -90,31 +146,37 @@ def chunk_items(items: list[dict], i: int, n: int) -> list[dict]:
     return items[bounds[i - 1] : bounds[i]]
 
 
-def read_manifest(path: str | Path) -> dict:
-    try:
-        manifest = json.loads(Path(path).read_text())
-        items = manifest["items"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ViewFusionError(f"manifest {path}: unreadable ({err}); regenerate it with `viewfusion data manifest`") from None
-    names = [it["item"] for it in items]
-    if len(set(names)) != len(names):
-        raise ViewFusionError(f"manifest {path}: duplicate item names; regenerate it")
-    return manifest
-
-
-def encode_png(image: torch.Tensor) -> bytes:
-    """(3,H,W) float in [0,1] -> 8-bit PNG bytes (the paper scored 8-bit PNGs)."""
+def encode_png(image: torch.Tensor, made_by: str | None = None) -> bytes:
+    """(3,H,W) float in [0,1] -> 8-bit PNG bytes (the paper scored 8-bit PNGs), tagged with
+    `made_by` (viewfusion.provenance) when given."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    info = None if made_by is None else provenance.png_info(made_by)
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1, pnginfo=info)
     return buffer.getvalue()
 
 
-def item_done(out: Path, item: str, *, weights: bool) -> bool:
-    files = [out / "images" / f"{item}.png", out / "gt" / f"{item}.png"]
+def item_state(out: Path, it: dict, fp: str, *, weights: bool) -> str:
+    """"done" when every file of the item carries the current `made_by`, "stale" when some file
+    exists but was made otherwise (another checkpoint, sampler or manifest entry), else "todo"."""
+    name, tag = it["item"], provenance.made_by(fp, it)
+    pngs = [out / "images" / f"{name}.png", out / "gt" / f"{name}.png"]
+    found = [provenance.png_made_by(p) for p in pngs if p.exists()]
     if weights:
-        files.append(out / "weights" / f"{item}.npz")
-    return all(f.exists() for f in files)
+        npz = out / "weights" / f"{name}.npz"
+        if npz.exists():
+            found.append(_npz_made_by(npz))
+    if len(found) == len(pngs) + weights and all(f == tag for f in found):
+        return "done"
+    return "stale" if found else "todo"
+
+
+def _npz_made_by(path: Path) -> str | None:
+    try:
+        with np.load(path) as data:
+            return str(data["made_by"]) if "made_by" in data else None
+    except (OSError, ValueError):
+        return None
 
 
 def build_batch(items: list[dict], objects: dict, *, relative: bool, device: torch.device) -> dict:
@@ -142,7 +204,8 @@ def build_batch(items: list[dict], objects: dict, *, relative: bool, device: tor
     return batch
 
 
-def _save_item(out: Path, it: dict, image: torch.Tensor, gt: torch.Tensor, weights=None, steps=None) -> None:
+def _save_item(out: Path, it: dict, made_by: str, image: torch.Tensor, gt: torch.Tensor, weights=None,
+               steps=None) -> None:
     if weights is not None:
         n = len(it["cond_views"])
         w = weights[:, :n].float()  # (S, N, H, W) of this target, padding dropped
@@ -153,10 +216,11 @@ def _save_item(out: Path, it: dict, image: torch.Tensor, gt: torch.Tensor, weigh
             mean=w.mean(dim=(-1, -2)).numpy(),
             final=w[-1].half().numpy(),
             cond_views=np.asarray(it["cond_views"]),
+            made_by=np.asarray(made_by),
         )
         atomic_write_bytes(out / "weights" / f"{it['item']}.npz", buffer.getvalue())
-    atomic_write_bytes(out / "gt" / f"{it['item']}.png", encode_png(gt))
-    atomic_write_bytes(out / "images" / f"{it['item']}.png", encode_png(image))  # last: marks done
+    atomic_write_bytes(out / "gt" / f"{it['item']}.png", encode_png(gt, made_by))
+    atomic_write_bytes(out / "images" / f"{it['item']}.png", encode_png(image, made_by))
 
 
 def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool, weights_every: int):
@@ -184,10 +248,18 @@ def _progress_path(out: Path, i: int, n: int) -> Path:
     return out / "chunks" / f"{i}-of-{n}.progress.json"
 
 
-def _load_progress(path: Path) -> dict:
+def _load_progress(path: Path, fp: str) -> dict:
+    """Timing of the items made under fingerprint `fp` so far (a restart keeps counting)."""
     if path.exists():
-        return json.loads(path.read_text())
-    return {"seconds": 0.0, "targets": 0, "unet_evals": 0}
+        progress = json.loads(path.read_text())
+        if progress.get("fingerprint") == fp:
+            return progress
+    return {"fingerprint": fp, "seconds": 0.0, "targets": 0, "unet_evals": 0}
+
+
+def data_sha256(shards: str, split: str) -> str:
+    """Identity of the split's data: the sha256 of its shards' recorded sha256 values."""
+    return sha256_json([entry["sha256"] for entry in split_shards(shards, split)])
 
 
 def sample_chunk(
@@ -196,63 +268,94 @@ def sample_chunk(
     save_weights: bool = False, weights_every: int = 1, experiment: str = "", weights: str = "auto",
     row_batch: int | None = None,
 ) -> Path:
-    """Generate chunk `i/N` of `manifest` into `out`; return the chunk's completion marker."""
+    """Generate chunk `i/N` of `manifest` into `out`; return the chunk's completion marker.
+
+    Items whose files carry this run's fingerprint (viewfusion.provenance) are kept; items made
+    by other settings are regenerated, never relabelled."""
     i, n = parse_chunk(chunk)
+    check_options(spec, batch_size=batch_size, weights_every=weights_every, row_batch=row_batch)
     if spec.name == "nearest" and save_weights:
         raise ViewFusionError("--sampler nearest copies a view and has no view weights; drop --save-weights")
     out_dir = Path(out)
     marker = out_dir / "chunks" / f"{i}-of-{n}.json"
     man = read_manifest(manifest)
     items = chunk_items(man["items"], i, n)
-    todo = [it for it in items if not item_done(out_dir, it["item"], weights=save_weights)]
     dev = resolve_device(device)
     if spec.name == "nearest":
-        model, info = None, checkpoint_info(checkpoint)
+        model, info, steps = None, checkpoint_info(checkpoint), 0
     else:
         model, info = load_sampling_model(checkpoint, device=dev, weights=weights, row_batch=row_batch)
+        steps = _settled_steps(model, spec, checkpoint)
+    settings = provenance.sample_settings(
+        sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, row_batch=info["row_batch"],
+        weights=info["weights"], weights_sha256=info["weights_sha256"], config_sha256=info["config_sha256"],
+        data_sha256=data_sha256(shards, man["split"]))
+    fp = provenance.fingerprint(settings)
+    marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
+    states = {it["item"]: item_state(out_dir, it, fp, weights=save_weights) for it in items}
+    stale = sum(state == "stale" for state in states.values())
+    if stale:
+        print(f"{out_dir}: regenerating {stale} items made by other settings (checkpoint, sampler or manifest)")
     progress_file = _progress_path(out_dir, i, n)
-    progress = _load_progress(progress_file)
+    progress = _load_progress(progress_file, fp)
+    todo = [it for it in items if states[it["item"]] != "done"]
     if todo:
-        objects = load_objects(shards, man["split"], keys={it["key"] for it in todo})
-        missing = sorted({it["key"] for it in todo} - set(objects))
-        if missing:
-            raise ViewFusionError(f"{shards}: split {man['split']!r} lacks objects {missing[:5]} named in {manifest}; shard and manifest disagree")
+        objects = _objects(shards, man["split"], todo, manifest)
         for start in range(0, len(todo), batch_size):
             part = todo[start : start + batch_size]
-            batch = None if model is None else build_batch(part, objects, relative=model.relative, device=dev)
             tick = time.perf_counter()
-            if batch is None:
-                images, view_weights, steps = nearest_view_images(part, objects), None, None
-            else:
-                images, view_weights, steps = generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
+            images, view_weights, weight_steps = _images(model, part, objects, spec, dev, save_weights, weights_every)
+            _check_finite(images, part, checkpoint, spec)
             progress["seconds"] += time.perf_counter() - tick
             progress["targets"] += len(part)
-            progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * _steps_taken(model, spec)
+            progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * steps
             for row, it in enumerate(part):
                 gt = objects[it["key"]].images[it["target_view"]]
-                _save_item(out_dir, it, images[row], gt, None if view_weights is None else view_weights[:, row], steps)
+                _save_item(out_dir, it, provenance.made_by(fp, it), images[row], gt,
+                           None if view_weights is None else view_weights[:, row], weight_steps)
             atomic_write_json(progress_file, progress)
-    _write_marker(marker, items=items, i=i, n=n, spec=spec, steps_taken=_steps_taken(model, spec), progress=progress, checkpoint=checkpoint,
-                  info=info, experiment=experiment, device=str(dev))
+    _write_marker(marker, items=items, i=i, n=n, progress=progress, info=info, settings=settings, fp=fp,
+                  extra={"checkpoint": str(checkpoint), "experiment": experiment, "device": str(dev),
+                         "manifest_sha256": sha256_file(manifest)})
     return marker
 
 
-def _steps_taken(model, spec: SamplerSpec) -> int:
+def _objects(shards: str, split: str, todo: list[dict], manifest: str) -> dict:
+    objects = load_objects(shards, split, keys={it["key"] for it in todo})
+    missing = sorted({it["key"] for it in todo} - set(objects))
+    if missing:
+        raise ViewFusionError(f"{shards}: split {split!r} lacks objects {missing[:5]} named in {manifest}; "
+                              "shard and manifest disagree")
+    return objects
+
+
+def _images(model, part, objects, spec, dev, save_weights, weights_every):
+    """(images, view weights or None, weight steps or None) of one batch of targets."""
     if model is None:
-        return 0
-    return spec.steps if spec.steps is not None else model.num_timesteps
+        return nearest_view_images(part, objects), None, None
+    batch = build_batch(part, objects, relative=model.relative, device=dev)
+    return generate_batch(model, batch, spec, save_weights=save_weights, weights_every=weights_every)
 
 
-def _write_marker(marker: Path, *, items, i, n, spec, steps_taken, progress, checkpoint, info, experiment, device) -> None:
-    targets = max(progress["targets"], 1)
+def _check_finite(images: torch.Tensor, part: list[dict], checkpoint: str, spec: SamplerSpec) -> None:
+    """NaN/inf would be written as black pixels and scored as a (bad) image: refuse instead."""
+    bad = [it["item"] for it, ok in zip(part, images.flatten(1).isfinite().all(1).tolist()) if not ok]
+    if bad:
+        raise ViewFusionError(f"{checkpoint} with --sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g} gave "
+                              f"NaN/inf pixels for {len(bad)} items (first {bad[0]}); nothing of them was written")
+
+
+def _write_marker(marker: Path, *, items, i, n, progress, info, settings, fp, extra) -> None:
+    done = progress["targets"]
     atomic_write_json(marker, {
         "chunk": i, "of": n, "items": [it["item"] for it in items],
-        "sampler": spec.name, "steps": steps_taken, "eta": spec.eta,
-        "checkpoint": str(checkpoint), "checkpoint_step": info.get("step"), "weights": info["weights"],
-        "experiment": experiment, "row_batch": info.get("row_batch"), "max_train_views": info.get("max_train_views"),
-        "seconds_per_target": progress["seconds"] / targets if progress["targets"] else math.nan,
-        "unet_evals_per_target": progress["unet_evals"] / targets if progress["targets"] else math.nan,
-        "device": device,
+        "sampler": settings["sampler"], "steps": settings["steps"], "eta": settings["eta"],
+        "checkpoint_step": info.get("step"), "weights": info["weights"], "row_batch": info["row_batch"],
+        "max_train_views": info.get("max_train_views"), "weights_sha256": info["weights_sha256"],
+        "config_sha256": info["config_sha256"], "data_sha256": settings["data_sha256"],
+        "seconds_per_target": progress["seconds"] / done if done else math.nan,
+        "unet_evals_per_target": progress["unet_evals"] / done if done else math.nan,
+        "settings": settings, "fingerprint": fp, **extra,
     })
 
 
@@ -289,105 +392,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- inputs of the paper's Figure 2 (view weights) and Figure 3 (autoregressive generation) ---
-
-FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
-FIGURE_TARGET_STRIDE = 2  # targets every 30 degrees: the weights shift smoothly enough to follow
-
-
-def figure_object(shards: str, split: str, *, seed: int, key: str | None) -> str:
-    """The object the figures show: `key`, or one drawn with `seed` from the split."""
-    manifest_file = Path(shards) / "manifest.json"
-    objects = json.loads(manifest_file.read_text())["splits"][split]["objects"]
-    if key is not None:
-        if key not in objects:
-            raise ViewFusionError(f"--object {key!r} is not in split {split!r} of {manifest_file}")
-        return key
-    return objects[np.random.default_rng(seed).integers(len(objects))]
-
-
-def weights_manifest(key: str, *, split: str, seed: int) -> dict:
-    synset, object_id = key.split("_", 1)
-    items = [
-        {"item": f"{key}-t{t:02d}-v6-0", "key": key, "synset": synset, "object_id": object_id,
-         "target_view": t, "cond_views": list(FIGURE_COND_VIEWS), "view_count": 6, "seed": seed + t}
-        for t in range(0, NUM_VIEWS, FIGURE_TARGET_STRIDE)
-    ]
-    return {"split": split, "seed": seed, "view_count": 6, "source": "figure", "items": items}
-
-
-def autoregressive(model, images: torch.Tensor, *, spec: SamplerSpec, start_view: int, stride: int,
-                   seed: int, device: torch.device, out: Path, key: str) -> None:
-    """Generate views start+stride, start+2*stride, ... each conditioned on all earlier ones.
-
-    The conditioning set starts with one real view; every generated view joins it (paper Fig. 3).
-    """
-    cond = [images[start_view]]
-    names = [f"gt:{start_view}"]
-    steps = []
-    for k, target in enumerate(range(start_view + stride, start_view + NUM_VIEWS, stride)):
-        target %= NUM_VIEWS
-        batch = {"y_cond": torch.stack(cond)[None].to(device),
-                 "view_count": torch.tensor([len(cond)], device=device),
-                 "angle": torch.tensor([target * VIEW_STEP], device=device, dtype=torch.float32),
-                 "seeds": torch.tensor([seed + k])}
-        if model.relative:
-            batch["y_ref"] = images[start_view][None].to(device)
-            batch["angle"] = torch.tensor([((target - start_view) % NUM_VIEWS) * VIEW_STEP], device=device)
-        image, _, _ = generate_batch(model, batch, spec, save_weights=False, weights_every=1)
-        atomic_write_bytes(out / f"step_{k:02d}.png", encode_png(image[0]))
-        atomic_write_bytes(out / f"gt_{k:02d}.png", encode_png(images[target]))
-        steps.append({"step": k, "target_view": target, "file": f"step_{k:02d}.png",
-                      "gt": f"gt_{k:02d}.png", "cond": list(names)})
-        cond.append(image[0].float())
-        names.append(f"gen:{target}")
-    atomic_write_json(out / "sequence.json", {"key": key, "start_view": start_view, "steps": steps})
-
-
-def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: SamplerSpec,
-                   seed: int = 0, key: str | None = None, stride: int = 3, device: str = "auto",
-                   experiment: str = "", weights: str = "auto") -> Path:
-    out_dir = Path(out)
-    key = figure_object(shards, split, seed=seed, key=key)
-    manifest = weights_manifest(key, split=split, seed=seed)
-    manifest_file = out_dir / "weights" / "manifest.json"
-    atomic_write_json(manifest_file, manifest)
-    sample_chunk(checkpoint=checkpoint, manifest=str(manifest_file), shards=shards, out=str(out_dir / "weights"),
-                 spec=spec, batch_size=len(manifest["items"]), device=device, save_weights=True,
-                 weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, weights=weights)
-    dev = resolve_device(device)
-    model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
-    images = load_objects(shards, split, keys={key})[key].images
-    autoregressive(model, images, spec=spec, start_view=FIGURE_COND_VIEWS[0], stride=stride,
-                   seed=seed, device=dev, out=out_dir / "autoregressive", key=key)
-    done = out_dir / "done.json"
-    atomic_write_json(done, {"experiment": experiment, "checkpoint_step": info.get("step"),
-                             "sampler": spec.name, "steps": spec.steps, "key": key})
-    return done
-
-
-def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--shards", required=True)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", required=True, help="figure sample directory (weights/, autoregressive/)")
-    parser.add_argument("--object", default=None, help="object key synset_objectid (default: drawn with --seed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stride", type=int, default=3, help="views between autoregressive targets")
-    parser.add_argument("--sampler", choices=MODEL_SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--eta", type=float, default=0.0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--experiment", default="")
-    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
-                        help="auto: the EMA weights when the checkpoint has them, else the raw ones")
-
-
-def run_figures(args: argparse.Namespace) -> int:
-    done = sample_figures(
-        checkpoint=args.checkpoint, shards=args.shards, split=args.split, out=args.out,
-        spec=SamplerSpec(args.sampler, args.steps, args.eta), seed=args.seed, key=args.object,
-        stride=args.stride, device=args.device, experiment=args.experiment, weights=args.weights,
-    )
-    print(f"figure samples complete: {done}")
-    return 0

@@ -50,8 +50,11 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
 
 METRICS = ("psnr", "ssim", "lpips")
-CONFIG = ["experiment", "checkpoint_step", "sampler", "steps"]
-REQUIRED = {"item", "key", "category", "view_count", *CONFIG, "seconds_per_target", *METRICS}
+# A setting is an experiment's checkpoint (its step and the first 12 hex digits of its weights'
+# sha256, so two trainings that reached the same step are never pooled) and a sampler.
+CONFIG = ["experiment", "checkpoint_step", "checkpoint", "sampler", "steps"]
+REQUIRED = {"item", "key", "category", "view_count", "experiment", "checkpoint_step", "weights_sha256", "sampler",
+            "steps", "seconds_per_target", *METRICS}
 MEASURED = "measured"
 PIXELNERF = "published: pixelNeRF (Yu et al. 2021)"
 PIXELNERF_NOTE = "1 input view (viewlist/src_dvr.txt), 23 targets, softras test split, per object then over objects"
@@ -92,6 +95,7 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
         raise ViewFusionError(f"metrics files mix LPIPS nets {sorted(nets)}; tabulate one net at a time")
     frame["experiment"] = frame["experiment"].fillna("").astype(str)
     frame["sampler"] = frame["sampler"].astype(str)
+    frame["checkpoint"] = frame["weights_sha256"].astype(str).str[:12]
     if "max_train_views" not in frame:
         frame["max_train_views"] = pd.NA  # metrics written before the column existed
     for column in ("checkpoint_step", "steps", "view_count", "max_train_views"):
@@ -145,6 +149,7 @@ def baseline_once(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     base = latest_checkpoint(frame[is_base]).copy()
     base["checkpoint_step"] = pd.array([pd.NA] * len(base), dtype="Int64")
+    base["checkpoint"] = None
     return pd.concat([frame[~is_base], base], ignore_index=True)
 
 
@@ -174,7 +179,7 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
     table = summarize(baseline_once(frame), [*CONFIG, "view_count"])
     limit = table["experiment"].map(trained_views(frame, default=max_train_views))
     seen = table["view_count"] <= limit
-    table.insert(5, "regime", [f"1-{n} views (as trained)" if ok else f"extrapolation (> {n})"
+    table.insert(len(CONFIG) + 1, "regime", [f"1-{n} views (as trained)" if ok else f"extrapolation (> {n})"
                                for n, ok in zip(limit, seen)])
     published = reference_rows([
         {"source": PIXELNERF, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
@@ -186,7 +191,7 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
 
 def table_against_baseline(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
     """Per sampler setting: its metrics minus the copy baseline's on the same targets (paired)."""
-    keys = ["experiment", "checkpoint_step", "view_count"]
+    keys = ["experiment", "checkpoint_step", "checkpoint", "view_count"]
     base = frame[frame["sampler"] == BASELINE]
     if base.empty:
         return None, f"no `{BASELINE}` baseline rows (add {{name: {BASELINE}}} to evaluation.samplers)"
@@ -232,7 +237,8 @@ def paired_difference(data: pd.DataFrame, *, first: str, second: str, label: str
         return pd.DataFrame()
     diff = (a.loc[common] - b.loc[common]).reset_index()
     table = summarize(diff, keys)
-    return table.assign(variant=label, experiment=f"{first} - {second}", checkpoint_step=pd.NA)
+    return table.assign(variant=label, experiment=f"{first} - {second}", checkpoint_step=pd.NA,
+                        checkpoint=None)
 
 
 def table_ablation(frame: pd.DataFrame, *, variants: dict[str, str], what: str) -> tuple[pd.DataFrame | None, str]:
@@ -250,7 +256,7 @@ def table_ablation(frame: pd.DataFrame, *, variants: dict[str, str], what: str) 
     data = data[settings == 2]
     if data.empty:
         return None, f"experiments {first!r} and {second!r} share no sampler setting and view count"
-    rows = summarize(data, ["experiment", "checkpoint_step", *keys])
+    rows = summarize(data, ["experiment", "checkpoint_step", "checkpoint", *keys])
     rows.insert(0, "variant", rows["experiment"].map({first: label_a, second: label_b}))
     diff = paired_difference(data, first=first, second=second, label=f"{label_a} - {label_b} (paired)")
     table = pd.concat([rows, diff], ignore_index=True)
@@ -274,7 +280,8 @@ def table_withheld(frame: pd.DataFrame, *, experiments: list[str], baseline: str
         return None, f"no {category!r} images scored for {chosen}"
     data["group"] = np.where(data["category"] == category, category, "other categories")
     data["category_in_training"] = ~data["experiment"].isin(withheld)
-    keys = ["experiment", "category_in_training", "checkpoint_step", "sampler", "steps", "view_count", "group"]
+    keys = ["experiment", "category_in_training", "checkpoint_step", "checkpoint", "sampler", "steps", "view_count",
+            "group"]
     note = f"trained without {category}: {', '.join(withheld)}" + (
         f"; baseline trained on all: {chosen[-1]}" if len(chosen) > len(withheld) else "; no baseline experiment found")
     return with_source(summarize(data, keys), pd.DataFrame()), note
@@ -292,7 +299,7 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
             frame = frame[frame[column] == value]
     if frame.empty:
         return frame
-    grouped = frame.groupby(["experiment", "checkpoint_step", "view_count"], dropna=False, sort=True)
+    grouped = frame.groupby(["experiment", "checkpoint_step", "checkpoint", "view_count"], dropna=False, sort=True)
     # One row per setting, row i being group i of ngroup (both in sort order).
     settings = grouped[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates())).rename("samplers")
     settings = settings.reset_index()
@@ -318,9 +325,11 @@ def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, 
     first = selected.iloc[0]
     detail.insert(0, "experiment", first["experiment"])
     detail.insert(1, "checkpoint_step", first["checkpoint_step"])
-    detail.insert(2, "view_count", first["view_count"])
+    detail.insert(2, "checkpoint", first["checkpoint"])
+    detail.insert(3, "view_count", first["view_count"])
     exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]]
-    note = (f"experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']}, "
+    note = (f"experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']} "
+            f"(weights {first['checkpoint']}), "
             f"{first['view_count']} views, {selected['item'].nunique()} targets scored by every sampler")
     return exact, with_source(detail, pd.DataFrame()), note
 
