@@ -7,9 +7,16 @@ import signal
 
 import pytest
 import torch
+from train_utils import (
+    assert_same_weights,
+    load,
+    make_shards,
+    metrics,
+    run_train,
+    start_train,
+    wait_for,
+)
 
-from train_utils import (assert_same_weights, load, make_shards, metrics, run_train, start_train,
-                         wait_for)
 from viewfusion import distributed, train
 from viewfusion.config import TrainConfig, from_dict
 from viewfusion.errors import ViewFusionError
@@ -124,3 +131,48 @@ def test_torchrun_two_ranks_stay_in_sync_on_different_samples(shards, tmp_path):
         assert not set(r0["batch_keys"]) & set(r1["batch_keys"])
     bad = run_train(shards, tmp_path / "bad", "train.global_batch_size=3", nproc=2)
     assert bad.returncode != 0 and "3 is not divisible by the 2 ranks" in bad.stderr
+
+
+def test_a_finished_run_is_never_relabelled_with_another_config(shards, tmp_path):
+    """A retrain with another config must not wrap the old weights in the new config (it used to
+    print "nothing to do" and rewrite final.pt); raising max_steps continues, restart moves aside."""
+    import subprocess
+    import sys
+
+    from train_utils import env, train_argv
+
+    out = tmp_path / "run"
+    assert run_train(shards, out, "train.max_steps=3").returncode == 0
+    before = (out / "final.pt").read_bytes()
+    res = run_train(shards, out, "train.max_steps=3", "train.lr=0.5")
+    assert res.returncode == 2 and "train.lr: 0.001 -> 0.5" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and (out / "final.pt").read_bytes() == before
+    resumed = run_train(shards, out, "train.max_steps=5")  # allowed: the budget grows
+    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr
+    lowered = run_train(shards, out, "train.max_steps=4")
+    assert lowered.returncode == 2 and "below the checkpoint's step 5" in lowered.stderr
+    cmd = [sys.executable, "-m", "viewfusion.cli", *train_argv(shards, out, "train.max_steps=2", "train.lr=0.5"),
+           "--on-config-change", "restart"]
+    fresh = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env(), timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    final = load(out / "final.pt")
+    assert final["step"] == 2 and final["config"]["train"]["lr"] == 0.5
+    (old,) = (out / "superseded").iterdir()
+    assert load(old / "final.pt")["step"] == 5 and (old / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_changes_allow_only_the_budget_and_cadence():
+    from train_utils import TINY
+
+    from viewfusion.config import load_config
+    from viewfusion.rundir import resume_changes
+
+    old = load_config(TINY, ["train.snapshot_steps=[10]"])
+    ok = load_config(TINY, ["train.max_steps=9000", "train.log_every=1", "train.snapshot_steps=[10, 20]"])
+    assert resume_changes(old, ok, step=15) == []
+    assert resume_changes(old, load_config(TINY, ["train.snapshot_steps=[5, 10]"]), step=15) == [
+        "train.snapshot_steps adds [5], already passed at step 15"]
+    assert resume_changes(old, load_config(TINY, ["train.checkpoint_every=7"]), step=15) == [
+        "train.checkpoint_every: 250 -> 7"]
+    assert resume_changes(old, load_config(TINY, ["diffusion.prediction=eps"]), step=15) == [
+        "diffusion.prediction: 'v' -> 'eps'"]

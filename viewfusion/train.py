@@ -49,7 +49,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from viewfusion import checkpoint, distributed
+from viewfusion import checkpoint, distributed, rundir
 from viewfusion.config import ExperimentConfig, TrainConfig, build_model, load_config, to_dict
 from viewfusion.errors import ViewFusionError
 from viewfusion.trainlog import TrainLogger
@@ -83,28 +83,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.max_steps=10 (repeatable)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--on-config-change", choices=("refuse", "restart"), default="refuse",
+                        help="when RUN_DIR's checkpoint was trained with another config (beyond "
+                             f"{', '.join(rundir.RESUMABLE)}): refuse (default), or restart: move the old run "
+                             "to RUN_DIR/superseded/<its config sha256>/ and train afresh")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    outcome = train(cfg, shards=args.shards, out=args.out, device=args.device)
+    outcome = train(cfg, shards=args.shards, out=args.out, device=args.device,
+                    restart_on_change=args.on_config_change == "restart")
     return 0 if outcome.finished else PREEMPTED
 
 
-def train(cfg: ExperimentConfig, *, shards: Path, out: Path, device: str = "auto") -> Outcome:
+def train(cfg: ExperimentConfig, *, shards: Path, out: Path, device: str = "auto",
+          restart_on_change: bool = False) -> Outcome:
     d = distributed.setup(device=device)
     try:
-        return _train(cfg, d, Path(shards), Path(out))
+        return _train(cfg, d, Path(shards), Path(out), restart_on_change)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path) -> Outcome:
+def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path, restart_on_change: bool) -> Outcome:
     tc = cfg.train
     batch_size = distributed.per_rank_batch(tc.global_batch_size, d.world_size)
     _check_shards(shards, cfg)
     state = _build(cfg, d)
-    done = _resume(state, cfg, d, out)
+    done = _resume(state, cfg, d, out, restart_on_change)
     if state.step >= tc.max_steps:
         if done != "final":  # e.g. max_steps lowered after a checkpoint: the budget is reached
             _save(state, cfg, d, [out / "final.pt"], out)
@@ -245,16 +251,24 @@ def _seed_rngs(seed: int, rank: int, generator: torch.Generator, *, step: int) -
     random.seed(_seed(seed, "python", rank, step))
 
 
-def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path) -> str | None:
-    """Load RUN_DIR's newest checkpoint into `state`; returns which file ("last"/"final") or None."""
+def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path, restart_on_change: bool) -> str | None:
+    """Load RUN_DIR's newest checkpoint into `state`; returns which file ("last"/"final") or None
+    (a fresh run: none there, or the old run superseded because its config differs)."""
     final, last = out / "final.pt", out / "checkpoints" / "last.pt"
     which = "last" if last.exists() else "final" if final.exists() else None
     if which is None:
         return None
     path = last if which == "last" else final
     ckpt = checkpoint.load(path)
-    _check_compatible(ckpt, cfg, path)
-    state.model.load_state_dict(ckpt["model"])
+    changes = rundir.resume_changes(checkpoint.config_of(ckpt, source=str(path)), cfg, step=int(ckpt["step"]))
+    if changes and not restart_on_change:
+        raise ViewFusionError(f"{path} was trained with another config ({'; '.join(changes)}); resuming would "
+                              "label its weights with the new one. Use a new --out, or pass "
+                              "--on-config-change restart to move the old run aside and train afresh")
+    if changes:
+        rundir.supersede(out, checkpoint.config_of(ckpt), d, changes)
+        return None
+    checkpoint.load_state(state.model, ckpt["model"], source=str(path))
     if ckpt["optimizer"] is not None:
         state.optimizer.load_state_dict(ckpt["optimizer"])
     state.step = int(ckpt["step"])
@@ -267,18 +281,6 @@ def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path)
     return which
 
 
-def _check_compatible(ckpt: dict, cfg: ExperimentConfig, path: Path) -> None:
-    """Refuse to resume into a different model; train settings (e.g. max_steps) may change."""
-    old = ckpt["config"]
-    new = to_dict(cfg)
-    diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
-             for sec in ("model", "diffusion") for k, v in new[sec].items()
-             if old.get(sec, {}).get(k) != v]
-    if diffs:
-        raise ViewFusionError(f"{path} was trained with another model config ({'; '.join(diffs)}); "
-                              "use a new --out directory")
-
-
 def _load_ema(state: State, ckpt: dict, path: Path) -> None:
     if state.ema is None:
         return
@@ -286,7 +288,7 @@ def _load_ema(state: State, ckpt: dict, path: Path) -> None:
         # EMA switched on mid-run (or an imported checkpoint): start it from the current weights.
         distributed.print0(f"{path} has no EMA; starting it from the loaded weights")
         return
-    state.ema.module.load_state_dict(ckpt["ema"]["model"])
+    checkpoint.load_state(state.ema.module, ckpt["ema"]["model"], source=f"{path} (EMA weights)")
     state.ema.n_averaged.fill_(int(ckpt["ema"]["n_averaged"]))
 
 
