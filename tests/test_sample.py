@@ -222,3 +222,16 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_a_clear_error(man
                      str(synth_shards), "--out", str(tmp_path / "o"), "--steps", "2", "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err, err
+
+
+def test_a_full_disk_is_one_clear_line(ckpt, manifest, synth_shards, full_disk, capsys):
+    from viewfusion.cli import main
+
+    pad = full_disk / "pad"
+    with open(pad, "wb") as fh:  # leave ~20 KiB: a few PNGs fit, the chunk does not
+        fh.write(b"0" * (236 * 1024))
+    assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards", str(synth_shards),
+                 "--out", str(full_disk / "out"), "--steps", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left" in err, err
+    assert not (full_disk / "out" / "chunks" / "1-of-1.json").exists()

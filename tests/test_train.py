@@ -176,3 +176,23 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
         "train.checkpoint_every: 250 -> 7"]
     assert resume_changes(old, load_config(TINY, ["diffusion.prediction=eps"]), step=15) == [
         "diffusion.prediction: 'v' -> 'eps'"]
+
+
+def test_resume_from_a_checkpoint_missing_a_buffer_is_one_clear_line(shards, tmp_path):
+    from viewfusion import checkpoint
+
+    out = tmp_path / "run"
+    assert run_train(shards, out, "train.max_steps=3", "train.checkpoint_every=1000").returncode == 0
+    last = out / "checkpoints" / "last.pt"  # what a rerun resumes from
+    ckpt = checkpoint.load(last)
+    checkpoint.save(last, {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != "gammas"}})
+    res = run_train(shards, out, "train.max_steps=4", "train.checkpoint_every=1000")
+    assert res.returncode == 2 and "gammas" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_a_full_disk_while_training_is_one_clear_line(shards, full_disk):
+    res = run_train(shards, full_disk / "run", "train.max_steps=3")
+    # torch's writer hides the errno ("unexpected pos"): fsutil names the file and the likely cause
+    assert res.returncode == 2 and ("no space left" in res.stderr or "full disk" in res.stderr), res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1 and not (full_disk / "run" / "final.pt").exists()

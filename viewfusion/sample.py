@@ -46,6 +46,7 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
+    disk_errors,
     sha256_file,
     sha256_json,
 )
@@ -382,12 +383,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = SamplerSpec(args.sampler, args.steps, args.eta)
-    marker = sample_chunk(
-        checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards, out=args.out,
-        chunk=args.chunk, spec=spec, batch_size=args.batch_size, device=args.device,
-        save_weights=args.save_weights, weights_every=args.weights_every, experiment=args.experiment,
-        weights=args.weights, row_batch=args.row_batch,
-    )
+    with disk_errors(args.out):
+        marker = sample_chunk(
+            checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards, out=args.out,
+            chunk=args.chunk, spec=spec, batch_size=args.batch_size, device=args.device,
+            save_weights=args.save_weights, weights_every=args.weights_every, experiment=args.experiment,
+            weights=args.weights, row_batch=args.row_batch,
+        )
     print(f"chunk complete: {marker}")
     return 0
 

@@ -52,6 +52,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from viewfusion import checkpoint, distributed, rundir
 from viewfusion.config import ExperimentConfig, TrainConfig, build_model, load_config, to_dict
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import disk_errors
 from viewfusion.trainlog import TrainLogger
 
 PREEMPTED = 75
@@ -91,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    outcome = train(cfg, shards=args.shards, out=args.out, device=args.device,
-                    restart_on_change=args.on_config_change == "restart")
+    with disk_errors(args.out):  # metrics.jsonl, config.yaml, TensorBoard: a full disk is one line
+        outcome = train(cfg, shards=args.shards, out=args.out, device=args.device,
+                        restart_on_change=args.on_config_change == "restart")
     return 0 if outcome.finished else PREEMPTED
 
 
@@ -318,7 +320,10 @@ def _restore_rngs(state: State, ckpt: dict, cfg: ExperimentConfig, d: distribute
 def _save(state: State, cfg, d: distributed.Dist, paths: list[Path], out: Path, keys=()) -> dict:
     """Collective: gathers every rank's RNG state, weight fingerprint and last batch keys; rank 0
     writes the same dict to every path (atomically). Returns the checkpoint event for the log."""
-    mine = {"rng": _rng_state(state), "weights_sha256": _fingerprint(state.model), "keys": list(keys)}
+    # The same identity as sampling's (checkpoint.weights_sha256 of the raw weights), equal on all
+    # ranks iff DDP kept them in sync.
+    mine = {"rng": _rng_state(state), "weights_sha256": checkpoint.weights_sha256(state.model.state_dict()),
+            "keys": list(keys)}
     ranks = distributed.all_gather_object(mine)
     if d.is_main:
         ckpt = {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
@@ -339,14 +344,6 @@ def _ema_dict(state: State, cfg: ExperimentConfig) -> dict | None:
         return None
     return {"decay": cfg.train.ema_decay, "n_averaged": int(state.ema.n_averaged),
             "model": state.ema.module.state_dict()}
-
-
-def _fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- data
