@@ -146,3 +146,104 @@ def _dry_run_rules(text: str) -> set[str]:
             break
         rules.add(match.group(1))
     return rules - {"total"}
+
+
+# ---------------------------------------------------------------- rerun triggers (issue 16)
+
+EVALUATION = {"sample", "metrics", "tables", "figures"}
+# setting changed on the finished QUICK run -> the rules `snakemake -n` reruns (beyond `all`).
+RERUNS = {
+    "evaluation.batch_size": ("evaluation: {batch_size: 3}\n", set()),
+    "training.nproc": ("training: {nproc: 2}\n", set()),
+    "sampler steps": ("evaluation: {samplers: [{name: ddim, steps: 20}, {name: nearest}]}\n", EVALUATION),
+    "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", *EVALUATION}),
+    "view count dropped": ("evaluation: {view_counts: [1, 2]}\n", {"tables", "figures"}),
+    "experiment override": (("experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
+                             "['train.max_steps=40', 'train.snapshot_steps=[]', 'train.checkpoint_every=20', "
+                             "'train.lr=0.002']}}\n"), {"train", "sample_figures", *EVALUATION}),
+}
+
+
+def _rerun_rules(work: Path, *args: str) -> set[str]:
+    proc = snakemake(work, "-n", *args)
+    text = proc.stdout + proc.stderr
+    return set() if "Nothing to be done" in text else _dry_run_rules(text) - {"all"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", sorted(RERUNS))
+def test_rerun_triggers_are_exactly_what_changes_outputs(pipeline, setting):
+    text, expected = RERUNS[setting]
+    assert _rerun_rules(pipeline, "--configfile", overlay(pipeline, "rerun.yaml", text)) == expected
+
+
+@pytest.mark.slow
+def test_a_base_config_change_retrains_its_variants_and_a_resave_does_not(pipeline):
+    base = pipeline / "config/experiments/paper.yaml"  # tiny.yaml's `base:`
+    original = base.read_text()
+    try:
+        base.write_text(original)  # new mtime, same content
+        assert _rerun_rules(pipeline) == set()
+        base.write_text(original.replace("adam_eps: 1.0e-8", "adam_eps: 2.0e-8"))
+        assert original != base.read_text()
+        assert _rerun_rules(pipeline) == {"train", "sample_figures", *EVALUATION}
+    finally:
+        base.write_text(original)
+
+
+@pytest.mark.slow
+def test_dataset_url_is_not_a_rerun_trigger(pipeline):
+    jobs = [_rerun_rules(pipeline, "--configfile", overlay(pipeline, "url.yaml", f"dataset: {{source: download, url: "
+                                                                               f"http://127.0.0.1:9/{m}/NMR.zip}}\n"))
+            for m in ("a", "mirror")]
+    assert jobs[0] == jobs[1]
+
+
+@pytest.mark.slow
+def test_config_given_on_the_command_line_is_typed_by_the_schema(pipeline):
+    assert _rerun_rules(pipeline, "--config", "training={nproc: 1}") == set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text, message", [
+    ("shard_sets: {all: {shards: 3}}\ntraining: {nproc: 2}\n", "not divisible"),
+    ("shard_sets: {all: {shards: 2, withhold: [spaceship]}}\n", "spaceship"),
+    ("evaluation: {checkpoints: [final, 17]}\n", "evaluation.checkpoints [17]"),
+    ("shard_sets: {all: {shards: 2, withhold: [car]}}\n", "withholds"),
+])
+def test_bad_settings_stop_the_dag_before_any_job_deletes_outputs(pipeline, text, message):
+    shards = pipeline / "results/shards/all/manifest.json"
+    before = shards.stat().st_mtime_ns
+    proc = snakemake(pipeline, "--configfile", overlay(pipeline, "bad.yaml", text), check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "config error:" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    assert shards.exists() and shards.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, tmp_path):
+    """Raising train.max_steps resumes training, and every image and metric is then that of the
+    new checkpoint: equal to sampling it into an empty folder (before, the step-40 images stayed
+    and were labelled with the new step)."""
+    work = tmp_path / "work"
+    shutil.copytree(pipeline, work, symlinks=True)
+    sample_dir = work / "results/samples/tiny/final/ddim-10/v2"
+    old = {p.name: p.read_bytes() for p in (sample_dir / "images").glob("*.png")}
+    more = overlay(work, "more.yaml", "experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
+                   "['train.max_steps=44', 'train.snapshot_steps=[]', 'train.checkpoint_every=20']}}\n")
+    snakemake(work, "--configfile", more)
+    new = {p.name: p.read_bytes() for p in (sample_dir / "images").glob("*.png")}
+    assert new.keys() == old.keys() and all(new[k] != old[k] for k in old)
+    fresh = tmp_path / "fresh"
+    for i in (1, 2):
+        subprocess.run(["viewfusion", "sample", "--checkpoint", "results/runs/tiny/final.pt", "--manifest",
+                        "results/manifests/all/test-v2.json", "--shards", "results/shards/all", "--out", str(fresh),
+                        "--chunk", f"{i}/2", "--sampler", "ddim", "--steps", "10", "--batch-size", "5"],
+                       cwd=work, env=_env(), check=True, capture_output=True)
+    assert {p.name: p.read_bytes() for p in (fresh / "images").glob("*.png")} == new
+    metrics = pd.read_parquet(sample_dir / "metrics.parquet")
+    assert set(metrics["checkpoint_step"]) == {44}
+    subprocess.run(["viewfusion", "metrics", "--generated", str(fresh), "--manifest",
+                    "results/manifests/all/test-v2.json", "--out", str(tmp_path / "fresh.parquet"), "--no-lpips"],
+                   cwd=work, env=_env(), check=True, capture_output=True)
+    pd.testing.assert_series_equal(metrics["psnr"], pd.read_parquet(tmp_path / "fresh.parquet")["psnr"])

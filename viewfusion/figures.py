@@ -42,6 +42,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from viewfusion import provenance  # noqa: E402
+from viewfusion.data.nmr import NUM_VIEWS  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
 from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
@@ -56,7 +57,6 @@ from viewfusion.tables import (  # noqa: E402
     trained_views,
 )
 
-NUM_VIEWS = 24
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
 ITEM_NAME = re.compile(r"^(?P<key>.+)-t(?P<target>\d+)-v(?P<views>\d+)-(?P<k>\d+)$")  # FORMATS: manifests
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}

@@ -1,14 +1,89 @@
 # Python helpers of the workflow: config validation and get_* input functions. Rules hold none.
+# Every cross-setting check runs here, when the DAG is built, before any job can delete outputs.
+import os
+import sys
+
+import yaml
 from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
+sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
+from viewfusion.config import config_sha256, load_config
+from viewfusion.data.nmr import resolve_category
+from viewfusion.data.shard import check_settings
+from viewfusion.errors import ViewFusionError
+
+SCHEMA = "../schemas/config.schema.yaml"
+
+
+def config_error(message):
+    """The project's clear-error contract at DAG-build time: one line, exit 2, nothing run."""
+    print(f"config error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def coerce_scalars(value, schema):
+    """`--config training={nproc: 1}` arrives as the string '1': give strings the type the schema
+    asks for (integer, number, boolean) where they parse as one; names stay strings."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce_scalars(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_scalars(v, schema.get("items", {})) for v in value]
+    types = [schema.get("type")] + [alt.get("type") for alt in schema.get("anyOf", [])]
+    wanted = {t for ts in types for t in (ts if isinstance(ts, list) else [ts])}
+    if isinstance(value, str) and wanted & {"integer", "number", "boolean"}:
+        parsed = yaml.safe_load(value)
+        kinds = {"integer": int, "number": (int, float), "boolean": bool}
+        if any(isinstance(parsed, kinds[t]) and not (t != "boolean" and isinstance(parsed, bool))
+               for t in wanted & kinds.keys()):
+            return parsed
+    return value
+
+
+with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as _fh:
+    config.update(coerce_scalars(dict(config), yaml.safe_load(_fh)))
+validate(config, SCHEMA)
 
 EVAL = config["evaluation"]
 ACTIVE = config["active_experiments"]
-_unknown = sorted(set(ACTIVE) - set(config["experiments"]))
-if _unknown:
-    raise ValueError(f"active_experiments names {_unknown}, which config['experiments'] does not define")
 LOGS = "results/logs"
+
+
+def resolved_training_config(exp):
+    """The experiment's training config: its YAML, `base:` chain and `set` overrides."""
+    spec = config["experiments"][exp]
+    return load_config(spec["config"], spec.get("set", []))
+
+
+def check_config():
+    """Cross-setting checks, all at DAG-build time (see config_error)."""
+    unknown = sorted(set(ACTIVE) - set(config["experiments"]))
+    if unknown:
+        config_error(f"active_experiments names {unknown}, which `experiments` does not define")
+    nproc = config["training"]["nproc"]
+    for name, spec in config["shard_sets"].items():
+        check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
+                       source=f"shard_sets.{name} with training.nproc {nproc}")
+    for exp in ACTIVE:
+        spec = config["experiments"][exp]
+        if spec["shard_set"] not in config["shard_sets"]:
+            config_error(f"experiments.{exp}.shard_set {spec['shard_set']!r} is not in shard_sets "
+                         f"({', '.join(config['shard_sets'])})")
+        cfg = resolved_training_config(exp)
+        withheld = sorted(resolve_category(c) for c in config["shard_sets"][spec["shard_set"]]["withhold"])
+        if sorted(resolve_category(c) for c in cfg.data.withheld) != withheld:
+            config_error(f"experiments.{exp}: its config withholds {sorted(cfg.data.withheld)} (data.withheld), "
+                         f"shard set {spec['shard_set']!r} withholds {withheld}; make them agree")
+        missing = [c for c in EVAL["checkpoints"] if c != "final" and c not in cfg.train.snapshot_steps]
+        if missing:
+            config_error(f"evaluation.checkpoints {missing} are not in experiment {exp}'s train.snapshot_steps "
+                         f"{list(cfg.train.snapshot_steps)}: those snapshots are never written")
+
+
+try:
+    check_config()
+except ViewFusionError as err:
+    config_error(err)
 
 
 wildcard_constraints:
@@ -64,6 +139,12 @@ def get_experiment_shards(wildcards):
 def get_train_overrides(wildcards):
     sets = get_experiment(wildcards).get("set", [])
     return " ".join(f"--set {s}" for s in sets)
+
+
+def get_train_config_sha256(wildcards):
+    """Fingerprint of the resolved training config: a param, so editing an experiment's YAML,
+    any file of its `base:` chain or its overrides retrains it, and nothing else does."""
+    return config_sha256(resolved_training_config(wildcards.exp))
 
 
 def get_checkpoint_file(wildcards):

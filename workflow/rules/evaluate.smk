@@ -1,5 +1,7 @@
 # Sampling in chunks (one job each, Slurm runs them in parallel) -> per-image metrics.
 # Changing only sampler, steps, view counts or metrics reruns these jobs and never training.
+# evaluation.batch_size is a resource, not a param: images do not depend on it (only memory does). A rerun
+# keeps the images whose fingerprint matches and regenerates the rest (viewfusion.provenance).
 
 
 rule sample:
@@ -13,13 +15,13 @@ rule sample:
         checkpoint=get_checkpoint_file,
         out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
         sampler=lambda wc: parse_sampler(wc.sampler),
-        batch_size=EVAL["batch_size"],
     threads: 2
     resources:
         gpu=0,
         cpus_per_gpu=4,
         mem_mb=4000,
         runtime=60,
+        batch_size=EVAL["batch_size"],
     conda:
         "../envs/viewfusion.yaml"
     log:
@@ -28,7 +30,7 @@ rule sample:
         "OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {params.checkpoint}"
         " --manifest {input.manifest} --shards {input.shards} --out {params.out}"
         " --chunk {wildcards.chunk}/{wildcards.n} {params.sampler}"
-        " --batch-size {params.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
+        " --batch-size {resources.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
 
 
 rule metrics:
