@@ -136,3 +136,15 @@ def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
     (fig_dir / "weights" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ViewFusionError, match="share one object"):
         figures.read_weight_samples(fig_dir / "weights")
+
+
+@pytest.mark.parametrize("field, value", [("file", "../../../outside.png"), ("gt", "/etc/hostname")])
+def test_figure_inputs_never_name_files_outside_their_folder(tmp_path, capsys, field, value):
+    """sequence.json names PNGs relative to autoregressive/: a path there is refused, not read."""
+    fig_dir = make_figure_samples(tmp_path / "fig")
+    seq = fig_dir / "autoregressive" / "sequence.json"
+    sequence = json.loads(seq.read_text())
+    sequence["steps"][0][field] = value
+    seq.write_text(json.dumps(sequence))
+    assert cli.main(["figures", "--figure-samples", str(fig_dir), "--out", str(tmp_path / "out")]) == 2
+    assert "not a plain name" in capsys.readouterr().err

@@ -42,9 +42,10 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from viewfusion import provenance  # noqa: E402
+from viewfusion.data.manifest import read_manifest  # noqa: E402
 from viewfusion.data.nmr import NUM_VIEWS  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
-from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
+from viewfusion.fsutil import atomic_path, atomic_write_bytes, plain_name  # noqa: E402
 from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
 from viewfusion.tables import (  # noqa: E402
     BASELINE,
@@ -152,7 +153,7 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
 
 def read_weight_samples(weights_dir: Path, *, stat: str = "final") -> tuple[list[int], pd.DataFrame]:
     """(cond views, one row per target: target_view, item, weights (N,), maps (N, H, W))."""
-    items = read_json(weights_dir / "manifest.json")["items"]
+    items = read_manifest(weights_dir / "manifest.json")["items"]
     keys = {(it["key"], tuple(it["cond_views"])) for it in items}
     if len(keys) != 1:
         raise ViewFusionError(f"{weights_dir}/manifest.json: items must share one object and one set of "
@@ -190,7 +191,7 @@ def view_weight_curves(cond: list[int], samples: pd.DataFrame, path: Path, *, st
 
 def input_images(weights_dir: Path, cond: list[int]) -> dict[int, np.ndarray]:
     """Ground-truth pictures of the input views: the gt PNG of the target at the same view."""
-    items = read_json(weights_dir / "manifest.json")["items"]
+    items = read_manifest(weights_dir / "manifest.json")["items"]
     by_view = {it["target_view"]: weights_dir / "gt" / f"{it['item']}.png" for it in items}
     return {v: read_image(by_view[v]) for v in cond if v in by_view and by_view[v].exists()}
 
@@ -245,8 +246,8 @@ def autoregressive_columns(figure_dir: Path) -> list[dict]:
     for step in sequence["steps"]:
         columns.append({
             "title": f"view {step['target_view']} ({len(step['cond'])} in)",
-            "generated": read_image(seq_dir / step["file"]),
-            "gt": read_image(seq_dir / step["gt"]) if step.get("gt") else None,
+            "generated": read_image(seq_dir / plain_name(step["file"], f"{seq_dir}/sequence.json file")),
+            "gt": read_image(seq_dir / plain_name(step["gt"], f"{seq_dir}/sequence.json gt")) if step.get("gt") else None,
         })
     if not columns:
         raise ViewFusionError(f"{seq_dir}/sequence.json lists no steps")
