@@ -29,3 +29,21 @@ def test_paths_and_odd_names_are_refused(name):
 def test_sha256_json_ignores_key_order():
     assert sha256_json({"a": 1, "b": [1, 2]}) == sha256_json({"b": [1, 2], "a": 1})
     assert sha256_json({"a": 1}) != sha256_json({"a": 1.5})
+
+
+def test_stale_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from viewfusion.fsutil import remove_stale_temps
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {f".a.png.tmp-{host}-{dead.pid}": False, f".b.png.tmp-{dead.pid}": False,
+             f".c.png.tmp-{host}-{os.getpid()}": True, f".d.png.tmp-otherhost-{dead.pid}": True, "e.png": True}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 2
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}

@@ -87,6 +87,7 @@ def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_sh
     after = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
     assert len(after) == 10 and (out / "chunks/1-of-1.json").exists()
     assert all(after[name] == mtime for name, mtime in first.items()), "finished items were redone"
+    assert not list(out.rglob(".*.tmp-*")), "half-written files of the killed run stay behind"
 
 
 def test_bad_chunk_and_missing_checkpoint_are_clear_errors(manifest, synth_shards, tmp_path):

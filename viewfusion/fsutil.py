@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _raise_disk_full(err: BaseException, path: Path) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         with disk_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +77,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# `.NAME.tmp-<host>-<pid>`; names without a host were written by an older version on this host.
+_TEMP = re.compile(r"\..+\.tmp-(?:(?P<host>.+)-)?(?P<pid>[0-9]+)")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files of atomic writes that a killed process left in `folder`: those
+    of this host whose process is gone (a live writer's, or another host's, are kept)."""
+    folder, removed = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob(".*.tmp-*"):
+        match = _TEMP.fullmatch(path.name)
+        if match is None or not path.is_file() or path.is_symlink():
+            continue
+        if match["host"] in (None, socket.gethostname()) and not pid_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

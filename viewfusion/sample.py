@@ -47,6 +47,7 @@ from viewfusion.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
     disk_errors,
+    remove_stale_temps,
     sha256_file,
     sha256_json,
 )
@@ -293,6 +294,8 @@ def sample_chunk(
         data_sha256=data_sha256(shards, man["split"]))
     fp = provenance.fingerprint(settings)
     marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
+    for sub in ("images", "gt", "weights", "chunks"):
+        remove_stale_temps(out_dir / sub)  # half-written files of a killed run
     states = {it["item"]: item_state(out_dir, it, fp, weights=save_weights) for it in items}
     stale = sum(state == "stale" for state in states.values())
     if stale:

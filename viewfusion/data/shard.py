@@ -42,7 +42,7 @@ from typing import Self
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json, disk_errors, plain_name, sha256_file
+from viewfusion.fsutil import atomic_write_json, disk_errors, pid_alive, plain_name, sha256_file
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -293,16 +293,6 @@ def scratch_path(out: Path, kind: str) -> Path:
     return out.with_name(f"{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def remove_stale_scratch(out: Path) -> list[Path]:
     """Remove the scratch folders beside `out` that a killed run left: those of this host whose
     process is gone. A live process's folder, or another host's, is never touched."""
@@ -311,7 +301,7 @@ def remove_stale_scratch(out: Path) -> list[Path]:
         match = _SCRATCH.fullmatch(path.name[len(out.name):])
         if match is None or path.is_symlink() or not path.is_dir():
             continue
-        if match["host"] not in (None, socket.gethostname()) or _alive(int(match["pid"])):
+        if match["host"] not in (None, socket.gethostname()) or pid_alive(int(match["pid"])):
             continue
         shutil.rmtree(path)
         removed.append(path)
