@@ -31,13 +31,13 @@ from torch import Tensor, nn
 
 from viewfusion.diffusion import (
     BUFFER_NAMES,
-    AncestralSampler,
-    DDIMSampler,
     PREDICTIONS,
+    AncestralSampler,
     Schedule,
     add_noise,
     check_clamp,
     eps_from_v,
+    make_sampler_for,
     sample_continuous_gamma,
     v_target,
 )
@@ -224,17 +224,13 @@ class ViewFusion(nn.Module):
         return mean, log_var, weights
 
     def make_sampler(self, kind: str = "ddpm", *, steps: int | None = None, eta: float = 0.0):
-        """"ddpm": the paper's ancestral sampler over all trained steps; "ddim": `steps` (50) DDIM steps."""
-        if kind == "ddpm":
-            if steps not in (None, self.num_timesteps) or eta != 0:
-                raise ValueError(
-                    f"the ancestral sampler runs all {self.num_timesteps} trained steps without eta; "
-                    "for fewer steps use sampler='ddim' (eta=1 is the respaced ancestral sampler)"
-                )
-            return AncestralSampler(self.schedule_buffers(), clamp=self.clamp)
-        if kind == "ddim":
-            return DDIMSampler(self.gammas, steps=50 if steps is None else steps, eta=eta, clamp=self.clamp)
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {kind!r}")
+        """A fresh sampler over this model's schedule and clamp; kinds: `SAMPLER_KINDS`.
+
+        "ddpm": the paper's ancestral sampler over all trained steps; "ddim": `steps` (50) DDIM
+        steps with `eta`; "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun": the few-step
+        solvers (`steps`, default 20). Its `timesteps` list one U-Net call each (see `unet_calls`).
+        """
+        return make_sampler_for(kind, self.schedule_buffers(), steps=steps, eta=eta, clamp=self.clamp)
 
     @torch.no_grad()
     def iter_sample(
@@ -245,7 +241,8 @@ class ViewFusion(nn.Module):
         """The sampling loop one step at a time: yields SampleStep(t, y_prev, view_weights).
 
         seeds (B,): each target draws its initial and per-step noise from its own CPU generator,
-        so a target with a given seed gets the same image whatever batch it sits in.
+        so a target with a given seed gets the same image whatever batch it sits in. One
+        SampleStep per U-Net call: Heun's 2nd-order calls yield its Euler proposal as y_prev.
         """
         smp = self.make_sampler(sampler, steps=steps, eta=eta)
         batch, _, channels, height, width = y_cond.shape
@@ -264,19 +261,20 @@ class ViewFusion(nn.Module):
     ) -> Tensor | GenerationResult:
         """Sample targets (B, C, H, W) in [0, 1]; with return_weights a GenerationResult.
 
-        See `iter_sample` for seeds. Weights are recorded every `weights_every` steps counted
-        back from the last step (always included), averaged over colour channels.
+        See `iter_sample` for seeds. Weights are recorded every `weights_every` U-Net calls
+        counted back from the last (always included), averaged over colour channels; Heun's
+        timesteps repeat (two calls at one t), so positions, not values, pick them.
         """
         if weights_every < 1:
             raise ValueError(f"weights_every must be >= 1, got {weights_every}")
         timesteps = self.make_sampler(sampler, steps=steps, eta=eta).timesteps.tolist()
-        recorded = set(timesteps[len(timesteps) - 1 :: -weights_every]) if return_weights else set()
+        recorded = set(range(len(timesteps) - 1, -1, -weights_every)) if return_weights else set()
         loop = self.iter_sample(
             y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, seeds=seeds, y_ref=y_ref
         )
         weights, weight_steps = [], []
-        for step in _progress(loop, progress, total=len(timesteps)):
-            if step.t in recorded:
+        for position, step in enumerate(_progress(loop, progress, total=len(timesteps))):
+            if position in recorded:
                 weights.append(step.view_weights.mean(dim=2).half())
                 weight_steps.append(step.t)
         images = step.y_prev.clamp(0.0, 1.0)
