@@ -16,6 +16,7 @@ from viewfusion.diffusion import (
     eps_from_v,
     make_beta_schedule,
     sample_continuous_gamma,
+    spaced_timesteps,
     v_target,
 )
 
@@ -38,7 +39,7 @@ def test_beta_schedules_closed_forms():
     # Cosine: abar_t = f(t+1)/f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2), where no beta is clipped.
     s, n = 8e-3, 1000
     abar = Schedule(make_beta_schedule("cosine", n)).alphas_cumprod
-    f = lambda t: math.cos((t / n + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    f = lambda t: math.cos((t / n + s) / (1 + s) * math.pi / 2) ** 2
     for t in (0, 10, 500, 900):
         assert abar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     with pytest.raises(ValueError, match="kind"):
@@ -144,6 +145,19 @@ def test_ddim_timesteps(schedule):
             DDIMSampler(gammas, steps=bad)
     with pytest.raises(ValueError, match="eta"):
         DDIMSampler(gammas, eta=-0.5)
+
+
+def test_ddim_spacing(schedule):
+    """DDIM's published "linspace" spacing is the default; "trailing" (the few-step solvers')
+    on request, ending at T/steps - 1 and still exact with an exact predictor."""
+    gammas = schedule.buffers(torch.float64)["gammas"]
+    assert DDIMSampler(gammas, steps=10).timesteps.tolist() == spaced_timesteps(T, 10, "linspace").tolist()
+    trailing = DDIMSampler(gammas, steps=10, spacing="trailing")
+    assert trailing.timesteps.tolist() == list(range(1999, 0, -200))
+    x0 = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(_run(trailing, x0), x0, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="spacing"):
+        DDIMSampler(gammas, steps=10, spacing="leading")
 
 
 @pytest.mark.parametrize("t", [1999, 700, 3, 1])
