@@ -39,6 +39,8 @@ from viewfusion.errors import ViewFusionError
 # imports torch (tests/test_config.py keeps them equal).
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
 PREDICTIONS = ("eps", "v")
+# train.precision: "auto" picks by device (select_precision); the others are what they say.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     ema_decay: float | None = None
-    bf16: bool = True
+    # auto|bf16|fp16|fp32 (select_precision); the former `bf16: true/false` loads as bf16/fp32.
+    precision: str = "auto"
     compile: bool = False
     checkpoint_every: int = 5000
     snapshot_steps: tuple[int, ...] = (100_000, 200_000, 300_000, 400_000, 500_000, 600_000,
@@ -153,6 +156,27 @@ class TrainConfig:
                  "train.ema_decay must be null or in (0, 1)")
         _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be > 0")
         _require(all(s >= 1 for s in self.snapshot_steps), "train.snapshot_steps must be >= 1")
+        _require(self.precision in PRECISIONS,
+                 f"train.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def select_precision(requested: str, *, device_type: str, bf16_tensor_cores: bool = False) -> tuple[str, str]:
+    """The autocast precision a training run uses and why: (bf16|fp16|fp32, reason).
+
+    A pure function of the request and the device's capability, so the choice is testable
+    without a GPU. `auto` takes bf16 on a CUDA GPU with bf16 tensor cores (compute capability
+    8.0+: A100, H100, L40S...), fp16 with a gradient scaler on older CUDA GPUs (V100, T4: fp16
+    tensor cores, bf16 only emulated), and fp32 on CPU (the CPU kernels' bf16 gain depends on
+    AVX-512 bf16; ask for it with `bf16`). An explicit request is kept as it is."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, f"train.precision {requested}"
+    if device_type == "cuda":
+        if bf16_tensor_cores:
+            return "bf16", "auto: the GPU has bf16 tensor cores"
+        return "fp16", "auto: the GPU has no bf16 tensor cores (fp16 with a gradient scaler)"
+    return "fp32", f"auto: {device_type} device"
 
 
 @dataclass(frozen=True)
@@ -253,6 +277,13 @@ def _check_layer(raw: Any, source: str) -> dict[str, Any]:
                 raise ViewFusionError(f"{source}: section {key!r} must be a mapping")
             hints = typing.get_type_hints(SECTIONS[key])
             for sub, v in value.items():
+                if key == "train" and sub == "bf16":  # the former key: true -> bf16, false -> fp32
+                    if "precision" in value:
+                        raise ViewFusionError(f"{source}: train.bf16 and train.precision both given; "
+                                              "keep train.precision (auto|bf16|fp16|fp32)")
+                    bf16 = _check_value(v, bool, "train.bf16", source)
+                    out.setdefault(key, {})["precision"] = "bf16" if bf16 else "fp32"
+                    continue
                 if sub not in hints:
                     raise _unknown(f"{key}.{sub}", source)
                 out.setdefault(key, {})[sub] = _check_value(v, hints[sub], f"{key}.{sub}", source)

@@ -20,6 +20,11 @@ at every multiple of train.checkpoint_every, so a run resumed from a periodic ch
 exactly the batches of an uninterrupted run and ends with bit-identical weights (CPU). A resume
 from a signal checkpoint taken between two such steps starts a fresh, still seeded, data segment.
 
+Precision: train.precision auto takes bf16 autocast on GPUs with bf16 tensor cores, fp16 autocast
+with a gradient scaler (its state saved in the checkpoint) on older GPUs such as the V100, fp32 on
+CPU; bf16/fp16/fp32 force one (config.select_precision). The choice is printed and recorded in
+every checkpoint ("precision").
+
 Exit status: 0 when train.max_steps is reached; 75 (PREEMPTED, EX_TEMPFAIL) after SIGTERM,
 SIGUSR1 or SIGUSR2 (what Slurm and submitit send before a time limit or preemption): the step in
 flight finishes, checkpoints/last.pt is written, and rerunning resumes; 2 on bad input or a loss
@@ -50,7 +55,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from viewfusion import checkpoint, distributed, rundir
-from viewfusion.config import ExperimentConfig, TrainConfig, build_model, load_config, to_dict
+from viewfusion.config import (ExperimentConfig, TrainConfig, build_model, load_config, select_precision,
+                               to_dict)
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import disk_errors
 from viewfusion.trainlog import TrainLogger
@@ -75,6 +81,8 @@ class State:
     ema: AveragedModel | None
     generator: torch.Generator  # the loss's noise, t and gamma (per rank)
     step: int  # optimizer steps done
+    precision: str = "fp32"  # resolved train.precision: bf16, fp16 or fp32 (select_precision)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: loss scaling against underflow
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +137,7 @@ def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path, 
 def _loop(state, cfg, d, out, stream, log, stop) -> Outcome:
     tc = cfg.train
     nan_step = int(os.environ.get(FAULT_NAN_ENV, 0))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if d.device.type == "cuda" and tc.bf16 else nullcontext())
+    autocast = autocast_for(state.precision, d.device)
     while state.step < tc.max_steps:
         t0 = time.perf_counter()
         batch = next(stream)
@@ -166,18 +173,24 @@ def _step(state: State, batch: dict, autocast, tc: TrainConfig, d: distributed.D
     if poison:
         loss = loss * float("nan")
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if state.scaler is None else state.scaler.scale(loss)).backward()
     flags = torch.tensor([float(stop.received == s) for s in STOP_SIGNALS], device=d.device)
     stats = distributed.all_reduce_(torch.cat([loss.detach().float().reshape(1), flags])).tolist()
     signum = next((s for s, n in zip(STOP_SIGNALS, stats[1:]) if n > 0), None)
     grad_norm = None
     if tc.grad_clip is not None:
+        if state.scaler is not None:
+            state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip))
     return stats[0] / d.world_size, grad_norm, signum
 
 
 def _optimizer_step(state: State) -> None:
-    state.optimizer.step()
+    if state.scaler is None:
+        state.optimizer.step()
+    else:  # skips the step when the scaled gradients overflowed, then adapts the scale
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
     state.scheduler.step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
@@ -232,7 +245,29 @@ def _build(cfg: ExperimentConfig, d: distributed.Dist) -> State:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     generator = torch.Generator(device=d.device)
     _seed_rngs(tc.seed, d.rank, generator, step=0)
-    return State(model, net, optimizer, _scheduler(optimizer, tc, 0), ema, generator, 0)
+    precision = resolve_precision(tc.precision, d.device)
+    scaler = torch.amp.GradScaler(d.device.type) if precision == "fp16" else None
+    return State(model, net, optimizer, _scheduler(optimizer, tc, 0), ema, generator, 0, precision, scaler)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """train.precision on this device (config.select_precision, fed the device's capability):
+    bf16 tensor cores are compute capability 8.0+ (torch.cuda.is_bf16_supported without
+    emulation, which would say yes on a V100)."""
+    bf16_cores = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    precision, reason = select_precision(requested, device_type=device.type, bf16_tensor_cores=bf16_cores)
+    if precision == "bf16" and device.type == "cuda" and not bf16_cores:
+        distributed.print0("warning: train.precision bf16 on a GPU without bf16 tensor cores: emulated, slow "
+                           "(auto would take fp16 with a gradient scaler)")
+    distributed.print0(f"precision: {precision} ({reason})")
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (fp32: none; CPU autocast takes bf16 and fp16)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _scheduler(optimizer, tc: TrainConfig, step: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -278,6 +313,8 @@ def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path,
     if ckpt["scheduler"] is not None:
         state.scheduler.load_state_dict(ckpt["scheduler"])
     _load_ema(state, ckpt, path)
+    if state.scaler is not None and ckpt.get("scaler"):  # absent: bf16/fp32 before, or an old file
+        state.scaler.load_state_dict(ckpt["scaler"])
     _restore_rngs(state, ckpt, cfg, d)
     distributed.print0(f"resumed from {path} at step {state.step}")
     return which
@@ -330,7 +367,8 @@ def _save(state: State, cfg, d: distributed.Dist, paths: list[Path], out: Path, 
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                 "scheduler": state.scheduler.state_dict(), "ema": _ema_dict(state, cfg),
                 "step": state.step, "config": to_dict(cfg), "rng": [r["rng"] for r in ranks],
-                "world_size": d.world_size}
+                "world_size": d.world_size, "precision": state.precision,
+                "scaler": None if state.scaler is None else state.scaler.state_dict()}
         for path in paths:
             checkpoint.save(path, ckpt)
     distributed.barrier()  # nobody races ahead (or exits) before the files exist
