@@ -68,7 +68,7 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
         write_png(root / "gt" / f"{name}.png", rng, made_by=f"{FP} {name}")
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
                      "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
-                     "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5,
+                     "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5, "protocol": "official",
                      "weights_sha256": "a" * 64,
                      "psnr": 20 + views + rng.random(),
                      "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})

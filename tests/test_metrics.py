@@ -80,9 +80,52 @@ def test_psnr_and_ssim_match_independent_reference(image_pairs):
 
 def test_ssim_of_flat_images_is_the_luminance_term():
     # Zero variance: contrast-structure is C2/C2 = 1, SSIM is (2ab + C1) / (a^2 + b^2 + C1).
+    # pytorch-msssim's float32 window sums to 1 - ~1e-7, which leaves ~5e-8 of "variance" against
+    # C2 = 9e-4: 1e-5 off the exact value, as the official script computes it.
     a, b = np.full((32, 32, 3), 0.2), np.full((32, 32, 3), 0.7)
     expected = (2 * 0.2 * 0.7 + 1e-4) / (0.2**2 + 0.7**2 + 1e-4)
-    assert float(metrics.ssim(as_tensor(a), as_tensor(b))[0]) == pytest.approx(expected, abs=1e-12)
+    assert float(metrics.ssim(as_tensor(a), as_tensor(b))[0]) == pytest.approx(expected, abs=2e-5)
+    for protocol_ssim in (metrics.ssim_pixelnerf,):  # skimage: float64 throughout
+        assert float(protocol_ssim(as_tensor(a), as_tensor(b))[0]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_official_ssim_is_pytorch_msssim_as_the_official_script_calls_it():
+    """utils/metrics.py of bronemos/view-fusion: ssim(x, y, data_range=1, size_average=False) on
+    8-bit PNGs read as float32 in [0, 1]."""
+    import pytorch_msssim
+
+    rng = np.random.default_rng(3)
+    a, b = (torch.from_numpy(rng.integers(0, 256, (6, 3, 64, 64)).astype(np.float32) / 255) for _ in range(2))
+    official = pytorch_msssim.ssim(a, b, data_range=1, size_average=False)
+    assert metrics.ssim(a, b).numpy() == pytest.approx(official.double().numpy(), abs=1e-6)
+
+
+def reference_ssim_pixelnerf(a: np.ndarray, b: np.ndarray) -> float:
+    """pixelNeRF's SSIM from its definition: uniform 7x7 window, sample covariance (N/(N-1),
+    N = 49), the 3-pixel border cropped, the mean over pixels and channels (skimage's defaults,
+    which eval/calc_metrics.py uses with data_range 1)."""
+    from scipy.ndimage import uniform_filter
+
+    n, c1, c2 = 49, 0.01**2, 0.03**2
+    maps = []
+    for c in range(a.shape[2]):
+        p, q = a[..., c], b[..., c]
+        mean = lambda img: uniform_filter(img, size=7, mode="reflect")
+        mp, mq = mean(p), mean(q)
+        vp = (mean(p * p) - mp**2) * n / (n - 1)
+        vq = (mean(q * q) - mq**2) * n / (n - 1)
+        cov = (mean(p * q) - mp * mq) * n / (n - 1)
+        s = (2 * mp * mq + c1) * (2 * cov + c2) / ((mp**2 + mq**2 + c1) * (vp + vq + c2))
+        maps.append(s[3:-3, 3:-3])
+    return float(np.mean(maps))
+
+
+def test_pixelnerf_ssim_is_its_convention_and_differs_from_the_official(image_pairs):
+    for a, b in image_pairs:
+        got = float(metrics.ssim_pixelnerf(as_tensor(a), as_tensor(b))[0])
+        assert got == pytest.approx(reference_ssim_pixelnerf(b, a), abs=1e-9)
+    a, b = image_pairs[1]
+    assert abs(float(metrics.ssim_pixelnerf(as_tensor(a), as_tensor(b))[0]) - reference_ssim(a, b)) > 1e-3
 
 
 def test_identical_images_cap_psnr_and_give_ssim_one(image_pairs):
@@ -284,3 +327,18 @@ def test_fetch_tool_conversion_layout():
     buffer = io.BytesIO()
     torch.save({"w": state["classifier.1.weight"]}, buffer)
     assert buffer.tell() < 10_000  # the NaN placeholder is stored as one value
+
+
+def test_protocol_picks_the_ssim_convention_and_labels_the_rows(tmp_path):
+    sample_dir, manifest, arrays = make_sample_dir(tmp_path)
+    frames = {p: metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None, protocol=p)
+              for p in ("official", "pixelnerf")}
+    for protocol, frame in frames.items():
+        assert set(frame["protocol"]) == {protocol}
+        for row in frame.itertuples():
+            gen, gt = (as_tensor(x.astype(np.float64) / 255) for x in arrays[row.item])
+            assert row.ssim == pytest.approx(float(metrics.SSIM_OF[protocol](gen, gt)[0]), abs=1e-12)
+    assert (frames["official"]["psnr"] == frames["pixelnerf"]["psnr"]).all()
+    assert (frames["official"]["ssim"] != frames["pixelnerf"]["ssim"]).any()
+    with pytest.raises(ViewFusionError, match="--protocol 'dvr'"):
+        metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None, protocol="dvr")

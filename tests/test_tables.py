@@ -26,11 +26,11 @@ def ci(values: list[float]) -> float:
 
 
 def row(item, key, category, view_count, psnr, ssim, lpips, *, experiment="paper", sampler="ddim", steps=50,
-        seconds=1.0):
+        seconds=1.0, protocol="official"):
     return {"item": item, "key": key, "synset": "x", "category": category, "object_id": key, "target_view": 1,
             "view_count": view_count, "experiment": experiment, "checkpoint_step": 100, "sampler": sampler,
             "steps": steps, "seconds_per_target": seconds, "psnr": psnr, "ssim": ssim, "lpips": lpips,
-            "lpips_net": "vgg", "weights_sha256": f"{experiment:a<64}"}
+            "lpips_net": "vgg", "weights_sha256": f"{experiment:a<64}", "protocol": protocol}
 
 
 def hand_made() -> pd.DataFrame:
@@ -93,18 +93,27 @@ def test_extrapolation_follows_each_experiments_own_training_views(tmp_path):
     assert regime[("no_weighting", "ddim", 1)] == "1-6 views (as trained)"
 
 
-def test_published_rows_are_labelled_and_apart(out, tmp_path):
-    views = pd.read_csv(out / "views.csv")
+def test_published_rows_are_labelled_and_only_beside_their_protocol(out, tmp_path):
+    """pixelNeRF's numbers were measured under its protocol: official-protocol tables never show
+    them, pixelnerf-protocol tables do, and every measured row and caption names its protocol."""
+    official = pd.read_csv(out / "views.csv")
+    assert set(official["source"]) == {"measured"} and set(official["protocol"]) == {"official"}
+    assert "official ViewFusion protocol" in (out / "views.md").read_text()
+    path = tmp_path / "pixelnerf.parquet"
+    hand_made().assign(protocol="pixelnerf").to_parquet(path)
+    assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "pn")]) == 0
+    views = pd.read_csv(tmp_path / "pn" / "views.csv")
     published = views[views["source"].str.startswith("published:")]
-    assert set(published["source"]) == {tables.PIXELNERF, tables.SRT}
+    assert set(published["source"]) == {tables.PIXELNERF, tables.SRT} and set(views["protocol"]) == {"pixelnerf"}
     pixelnerf = published[published["source"] == tables.PIXELNERF].iloc[0]
     assert (pixelnerf["psnr"], pixelnerf["ssim"], pixelnerf["lpips"], pixelnerf["view_count"]) == (26.80, 0.910, 0.108, 1)
     assert published["n"].isna().all() and published["experiment"].isna().all()
-    per_category = pd.read_csv(out / "per_category.csv")
+    per_category = pd.read_csv(tmp_path / "pn" / "per_category.csv")
     ref = per_category[per_category["source"] == tables.PIXELNERF].set_index("category")
     assert len(ref) == 14 and tuple(ref.loc["chair", ["psnr", "ssim", "lpips"]]) == (23.84, 0.858, 0.146)
-    assert "published: pixelNeRF" in (out / "views.md").read_text() and r"\midrule" in (out / "views.tex").read_text()
-    path = tmp_path / "metrics.parquet"
+    md = (tmp_path / "pn" / "views.md").read_text()
+    assert "published: pixelNeRF" in md and "pixelNeRF's protocol" in md
+    assert r"\midrule" in (tmp_path / "pn" / "views.tex").read_text()
     assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "bare"), "--no-reference"]) == 0
     assert set(pd.read_csv(tmp_path / "bare" / "views.csv")["source"]) == {"measured"}
 

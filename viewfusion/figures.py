@@ -128,9 +128,9 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for config, group in summary.groupby(CONFIG, dropna=False, sort=True):
-            experiment, step, weights, sampler, steps = config
+            protocol, experiment, step, weights, sampler, steps = config
             at = "" if pd.isna(step) else f" @{step} ({weights[:7]})"  # the baseline: one per experiment
-            label = f"{experiment}{at} {sampler_label(sampler, steps)}"
+            label = f"{experiment}{at} {sampler_label(sampler, steps)} [{protocol}]"
             ax.errorbar(group["view_count"].astype(float), group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
                         marker="o", capsize=3, label=label)
         if summary["view_count"].max() > limit:

@@ -16,10 +16,12 @@ evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats i
   images (MSE 0) get `PSNR_CAP_DB` = 100 dB instead of inf, so means stay finite. For 8-bit
   images the largest finite PSNR is 10 log10(255^2 * 3HW), 89.0 dB at 64x64, so at NMR's size
   the cap only ever marks identical images.
-- SSIM as pytorch-msssim computes it (the official script's library): separable 11-tap Gaussian
-  window, sigma 1.5, data range 1, K1 0.01, K2 0.03, no padding (valid region only), mean over
-  pixels and channels. torchmetrics' SSIM is not used because it averages a reflect-padded
-  full-size map and clamps variances, which differs from pytorch-msssim.
+- SSIM by protocol (`--protocol`): `official` calls pytorch-msssim, the official script's
+  library (separable 11-tap Gaussian window, sigma 1.5, data range 1, K1 0.01, K2 0.03, valid
+  region, mean over pixels and channels); `pixelnerf` calls scikit-image's structural_similarity
+  with its defaults, as pixelNeRF's eval/calc_metrics.py (7x7 uniform window, sample covariance).
+  torchmetrics' SSIM is not used because it averages a reflect-padded full-size map and clamps
+  variances, which matches neither. PSNR stays three lines here, not skimage's, for the cap.
 - LPIPS with the `lpips` package (v0.1 heads), VGG by default as the paper, AlexNet on request,
   inputs scaled to [-1, 1]. The ImageNet backbone must already be in the torch hub cache
   (`python tools/fetch_lpips_weights.py`); it is never downloaded or replaced by random weights
@@ -37,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytorch_msssim
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from viewfusion import provenance
@@ -55,7 +57,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 # What every row records of the run that made its image (docs/FORMATS.md, Metrics).
 PROVENANCE = ("weights_sha256", "config_sha256", "manifest_sha256", "fingerprint")
-COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "experiment",
+COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "protocol", "experiment",
            "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
            "lpips", *PROVENANCE, "lpips_net"]
 CHUNK_SETTINGS = ("fingerprint", "sampler", "steps", "eta", "checkpoint_step", "weights_sha256", "config_sha256",
@@ -71,33 +73,28 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, cap_db: float = PSNR_CAP_D
     return value.clamp(max=cap_db)
 
 
-def _gaussian_window(*, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float64, device=None):
-    coords = torch.arange(size, dtype=dtype, device=device) - size // 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable valid-region Gaussian filter per channel (pytorch-msssim's gaussian_filter)."""
-    c = x.shape[1]
-    x = F.conv2d(x, window.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, window.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM of (B, C, H, W) images, exactly pytorch-msssim's `ssim(..., size_average=False)`."""
+    """Per-image SSIM of (B, C, H, W) images: the official protocol's, pytorch-msssim's
+    `ssim(..., size_average=False)` itself (11-tap Gaussian, sigma 1.5, valid region)."""
     if min(pred.shape[-2:]) < SSIM_WINDOW:
         raise ViewFusionError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
-    x, y = pred.double(), target.double()
-    window = _gaussian_window(device=x.device)
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    mu_x, mu_y = _blur(x, window), _blur(y, window)
-    var_x = _blur(x * x, window) - mu_x**2
-    var_y = _blur(y * y, window) - mu_y**2
-    cov = _blur(x * y, window) - mu_x * mu_y
-    cs = (2 * cov + c2) / (var_x + var_y + c2)
-    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
-    return ssim_map.flatten(2).mean(-1).mean(1)
+    return pytorch_msssim.ssim(pred.double(), target.double(), data_range=data_range, size_average=False,
+                               win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=(SSIM_K1, SSIM_K2))
+
+
+def ssim_pixelnerf(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM as pixelNeRF's eval/calc_metrics.py computes it: scikit-image's
+    `structural_similarity` with its defaults (uniform 7x7 window, sample covariance, border
+    cropped), data range 1, the mean over colour channels."""
+    from skimage.metrics import structural_similarity
+
+    pairs = zip(pred.double().permute(0, 2, 3, 1).cpu().numpy(), target.double().permute(0, 2, 3, 1).cpu().numpy())
+    return torch.tensor([structural_similarity(t, p, channel_axis=-1, data_range=1.0) for p, t in pairs],
+                        dtype=torch.float64)
+
+
+# protocol -> its SSIM; PSNR and LPIPS (VGG, inputs in [-1, 1]) are the same in both.
+SSIM_OF = {"official": ssim, "pixelnerf": ssim_pixelnerf}
 
 
 def backbone_path(net: str) -> Path:
@@ -233,8 +230,12 @@ def item_row(it: dict, chunk: dict) -> dict:
 
 
 def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: str | None = "vgg",
-                    lpips_random_for_tests: bool = False, device: str = "cpu", batch_size: int = 64) -> pd.DataFrame:
-    """One row per manifest item (columns `COLUMNS`); `lpips_net=None` skips LPIPS (NaN)."""
+                    lpips_random_for_tests: bool = False, device: str = "cpu", batch_size: int = 64,
+                    protocol: str = "official") -> pd.DataFrame:
+    """One row per manifest item (columns `COLUMNS`); `lpips_net=None` skips LPIPS (NaN);
+    `protocol` picks the SSIM convention (SSIM_OF) and labels the rows."""
+    if protocol not in SSIM_OF:
+        raise ViewFusionError(f"--protocol {protocol!r}: use one of {', '.join(SSIM_OF)}")
     generated = Path(generated)
     items = read_manifest(manifest)["items"]
     chunks = read_chunks(generated)
@@ -244,11 +245,12 @@ def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: s
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         pred, gt = (t.to(device) for t in load_pair_batch(generated, [it["item"] for it in batch]))
-        scores = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        scores = {"psnr": psnr(pred, gt), "ssim": SSIM_OF[protocol](pred, gt)}
         scores["lpips"] = lpips_distance(model, pred, gt) if model else torch.full((len(batch),), math.nan)
         scores = {k: v.double().cpu().numpy() for k, v in scores.items()}
         for row, it in enumerate(batch):
-            rows.append(item_row(it, chunks[owner[it["item"]]]) | {k: float(v[row]) for k, v in scores.items()})
+            rows.append(item_row(it, chunks[owner[it["item"]]]) | {"protocol": protocol}
+                        | {k: float(v[row]) for k, v in scores.items()})
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
     # A random backbone is labelled as such, so no table can mistake its numbers for LPIPS.
     frame["lpips_net"] = (f"{lpips_net}-random" if lpips_random_for_tests else lpips_net) if lpips_net else None
@@ -277,6 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LPIPS backbone: vgg as the paper (default) or alex")
     parser.add_argument("--lpips-random-for-tests", action="store_true",
                         help="random LPIPS backbone: for testing code paths only, the numbers mean nothing")
+    parser.add_argument("--protocol", choices=sorted(SSIM_OF), default="official",
+                        help="metric conventions: official (ViewFusion's script) or pixelnerf (its calc_metrics.py)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=64, help="image pairs per batch")
 
@@ -290,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     frame = compute_metrics(generated=args.generated, manifest=args.manifest,
                             lpips_net=None if args.no_lpips else args.lpips_net,
                             lpips_random_for_tests=args.lpips_random_for_tests,
-                            device=args.device, batch_size=args.batch_size)
+                            device=args.device, batch_size=args.batch_size, protocol=args.protocol)
     write_table(frame, args.out)
     means = frame[["psnr", "ssim", "lpips"]].mean()
     print(f"{len(frame)} images in {time.perf_counter() - started:.1f} s -> {args.out}: PSNR {means.psnr:.3f} dB, "

@@ -52,9 +52,18 @@ from viewfusion.fsutil import atomic_path
 METRICS = ("psnr", "ssim", "lpips")
 # A setting is an experiment's checkpoint (its step and the first 12 hex digits of its weights'
 # sha256, so two trainings that reached the same step are never pooled) and a sampler.
-CONFIG = ["experiment", "checkpoint_step", "checkpoint", "sampler", "steps"]
-REQUIRED = {"item", "key", "category", "view_count", "experiment", "checkpoint_step", "weights_sha256", "sampler",
-            "steps", "seconds_per_target", *METRICS}
+# The evaluation protocol comes first: rows of different protocols are never compared.
+CONFIG = ["protocol", "experiment", "checkpoint_step", "checkpoint", "sampler", "steps"]
+REQUIRED = {"item", "key", "category", "view_count", "protocol", "experiment", "checkpoint_step", "weights_sha256",
+            "sampler", "steps", "seconds_per_target", *METRICS}
+# viewfusion.metrics' protocols, as the captions name them.
+PROTOCOLS = {
+    "official": "official ViewFusion protocol (seeded conditioning views and targets; SSIM pytorch-msssim, "
+                "11x11 Gaussian)",
+    "pixelnerf": "pixelNeRF's protocol (one source view per object from a view list, every other view a target; "
+                 "SSIM scikit-image, 7x7 uniform)",
+}
+PUBLISHED_PROTOCOL = "pixelnerf"  # the published rows were measured under it
 MEASURED = "measured"
 PIXELNERF = "published: pixelNeRF (Yu et al. 2021)"
 PIXELNERF_NOTE = "1 input view (viewlist/src_dvr.txt), 23 targets, softras test split, per object then over objects"
@@ -153,6 +162,11 @@ def baseline_once(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame[~is_base], base], ignore_index=True)
 
 
+def _with_published(frame: pd.DataFrame, reference: bool) -> bool:
+    """Published rows only beside measured rows of their own protocol."""
+    return reference and (frame["protocol"] == PUBLISHED_PROTOCOL).any()
+
+
 def reference_rows(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"view_count": "Int64"}) if rows else pd.DataFrame()
 
@@ -182,16 +196,16 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
     table.insert(len(CONFIG) + 1, "regime", [f"1-{n} views (as trained)" if ok else f"extrapolation (> {n})"
                                for n, ok in zip(limit, seen)])
     published = reference_rows([
-        {"source": PIXELNERF, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
+        {"source": PIXELNERF, "protocol": PUBLISHED_PROTOCOL, "view_count": 1, "psnr": PIXELNERF_NUMBERS["overall"][0],
          "ssim": PIXELNERF_NUMBERS["overall"][1], "lpips": PIXELNERF_NUMBERS["overall"][2], "note": PIXELNERF_NOTE},
-        {"source": SRT, "view_count": pd.NA, "psnr": SRT_PSNR, "note": SRT_NOTE},
-    ] if reference else [])
+        {"source": SRT, "protocol": PUBLISHED_PROTOCOL, "view_count": pd.NA, "psnr": SRT_PSNR, "note": SRT_NOTE},
+    ] if _with_published(frame, reference) else [])
     return with_source(table, published)
 
 
 def table_against_baseline(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
     """Per sampler setting: its metrics minus the copy baseline's on the same targets (paired)."""
-    keys = ["experiment", "checkpoint_step", "checkpoint", "view_count"]
+    keys = ["protocol", "experiment", "checkpoint_step", "checkpoint", "view_count"]
     base = frame[frame["sampler"] == BASELINE]
     if base.empty:
         return None, f"no `{BASELINE}` baseline rows (add {{name: {BASELINE}}} to evaluation.samplers)"
@@ -221,16 +235,16 @@ def table_per_category(frame: pd.DataFrame, *, reference: bool) -> pd.DataFrame:
     table["_overall"] = table["category"] == "overall"
     table = table.sort_values([*keys, "_overall", "category"], kind="stable").drop(columns="_overall")
     published = reference_rows([
-        {"source": PIXELNERF, "view_count": 1, "category": category, "psnr": p, "ssim": s, "lpips": l,
-         "note": PIXELNERF_NOTE}
+        {"source": PIXELNERF, "protocol": PUBLISHED_PROTOCOL, "view_count": 1, "category": category, "psnr": p,
+         "ssim": s, "lpips": l, "note": PIXELNERF_NOTE}
         for category, (p, s, l) in PIXELNERF_NUMBERS.items()
-    ] if reference else [])
+    ] if _with_published(frame, reference) else [])
     return with_source(table.reset_index(drop=True), published)
 
 
 def paired_difference(data: pd.DataFrame, *, first: str, second: str, label: str) -> pd.DataFrame:
     """first - second over the targets (item names) both experiments scored, per sampler setting."""
-    keys = ["sampler", "steps", "view_count"]
+    keys = ["protocol", "sampler", "steps", "view_count"]
     a, b = (data[data["experiment"] == e].set_index([*keys, "item"])[list(METRICS)] for e in (first, second))
     common = a.index.intersection(b.index)
     if common.empty:
@@ -250,8 +264,8 @@ def table_ablation(frame: pd.DataFrame, *, variants: dict[str, str], what: str) 
     if not {first, second} <= set(found):
         return None, f"needs experiments {first!r} ({label_a}) and {second!r} ({label_b}); found {found}"
     data = latest_checkpoint(frame[frame["experiment"].isin([first, second])])
-    # Only settings (sampler, steps, view count) that both experiments were scored in.
-    keys = ["sampler", "steps", "view_count"]
+    # Only settings (protocol, sampler, steps, view count) that both experiments were scored in.
+    keys = ["protocol", "sampler", "steps", "view_count"]
     settings = data.groupby(keys, dropna=False)["experiment"].transform("nunique")
     data = data[settings == 2]
     if data.empty:
@@ -280,8 +294,8 @@ def table_withheld(frame: pd.DataFrame, *, experiments: list[str], baseline: str
         return None, f"no {category!r} images scored for {chosen}"
     data["group"] = np.where(data["category"] == category, category, "other categories")
     data["category_in_training"] = ~data["experiment"].isin(withheld)
-    keys = ["experiment", "category_in_training", "checkpoint_step", "checkpoint", "sampler", "steps", "view_count",
-            "group"]
+    keys = ["protocol", "experiment", "category_in_training", "checkpoint_step", "checkpoint", "sampler", "steps",
+            "view_count", "group"]
     note = f"trained without {category}: {', '.join(withheld)}" + (
         f"; baseline trained on all: {chosen[-1]}" if len(chosen) > len(withheld) else "; no baseline experiment found")
     return with_source(summarize(data, keys), pd.DataFrame()), note
@@ -299,7 +313,8 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
             frame = frame[frame[column] == value]
     if frame.empty:
         return frame
-    grouped = frame.groupby(["experiment", "checkpoint_step", "checkpoint", "view_count"], dropna=False, sort=True)
+    grouped = frame.groupby(["protocol", "experiment", "checkpoint_step", "checkpoint", "view_count"], dropna=False,
+                            sort=True)
     # One row per setting, row i being group i of ngroup (both in sort order).
     settings = grouped[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates())).rename("samplers")
     settings = settings.reset_index()
@@ -323,12 +338,10 @@ def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, 
         detail["speedup_vs_slowest"] = slowest["seconds_per_target"] / detail["seconds_per_target"]
         detail["psnr_vs_slowest"] = detail["psnr"] - slowest["psnr"]
     first = selected.iloc[0]
-    detail.insert(0, "experiment", first["experiment"])
-    detail.insert(1, "checkpoint_step", first["checkpoint_step"])
-    detail.insert(2, "checkpoint", first["checkpoint"])
-    detail.insert(3, "view_count", first["view_count"])
+    for i, column in enumerate(("protocol", "experiment", "checkpoint_step", "checkpoint", "view_count")):
+        detail.insert(i, column, first[column])
     exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]]
-    note = (f"experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']} "
+    note = (f"{first['protocol']} protocol, experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']} "
             f"(weights {first['checkpoint']}), "
             f"{first['view_count']} views, {selected['item'].nunique()} targets scored by every sampler")
     return exact, with_source(detail, pd.DataFrame()), note
@@ -428,6 +441,10 @@ def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, d
     else:
         written["sampler_speed_quality"] = (exact, "Sampler speed against quality", note)
         written["sampler_speed_quality_detail"] = (detail, "Sampler speed against quality (detail)", note)
+    # Every caption names the protocol(s) its measured rows were scored under.
+    protocols = "protocol: " + "; ".join(PROTOCOLS.get(p, p) for p in sorted(set(frame["protocol"])))
+    written = {name: (table, title, f"{note}; {protocols}" if note else protocols)
+               for name, (table, title, note) in written.items()}
     return written, skipped
 
 
