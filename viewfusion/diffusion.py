@@ -407,6 +407,8 @@ class DPMSolverPP(_GridSolver):
 
     def uses_noise(self, t: int) -> bool:
         # The last step lands on sigma = 0, where the noise term sigma_next sqrt(1 - e^{-2h}) is 0.
+        if int(t) not in self._index:
+            raise ValueError(f"t={int(t)} is not one of this sampler's timesteps")
         return self.sde and self._index[int(t)] < self.steps - 1
 
     def step(self, eps: Tensor, t: int, y_t: Tensor, *, noise: Tensor | None = None) -> StepOutput:
