@@ -148,3 +148,17 @@ def test_figure_inputs_never_name_files_outside_their_folder(tmp_path, capsys, f
     seq.write_text(json.dumps(sequence))
     assert cli.main(["figures", "--figure-samples", str(fig_dir), "--out", str(tmp_path / "out")]) == 2
     assert "not a plain name" in capsys.readouterr().err
+
+
+def test_quality_against_unet_calls_is_drawn_for_several_samplers(tmp_path):
+    from test_tables import hand_made
+
+    from viewfusion import tables
+
+    frame = hand_made()
+    frame["unet_evals_per_target"] = frame["steps"].fillna(0) * frame["view_count"]
+    frame.to_parquet(tmp_path / "m.parquet")
+    loaded = tables.load_metrics([tmp_path / "m.parquet"])
+    path = figures.quality_vs_cost(loaded, tmp_path)
+    assert path is not None and path.stat().st_size > 1000
+    assert figures.quality_vs_cost(loaded[loaded["sampler"] == "ddim"], tmp_path / "one") is None

@@ -236,3 +236,20 @@ def test_a_full_disk_is_one_clear_line(ckpt, manifest, synth_shards, full_disk, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no space left" in err, err
     assert not (full_disk / "out" / "chunks" / "1-of-1.json").exists()
+
+
+def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest, synth_shards, tmp_path, capsys):
+    from viewfusion.cli import main
+
+    views = sum(len(it["cond_views"]) for it in json.loads(manifest.read_text())["items"])
+    for name, calls in (("dpmpp-2m", 3), ("heun", 5)):  # heun: 2 x 3 - 1 calls
+        out = tmp_path / name
+        sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out,
+                     spec=SamplerSpec(name, 3), device="cpu")
+        marker = json.loads((out / "chunks/1-of-1.json").read_text())
+        assert marker["sampler"] == name and marker["steps"] == 3
+        assert marker["unet_evals_per_target"] == pytest.approx(calls * views / 10)
+        assert len(_pngs(out)) == 10
+    assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards", str(synth_shards),
+                 "--out", str(tmp_path / "e"), "--sampler", "euler", "--eta", "0.5"]) == 2
+    assert "eta" in capsys.readouterr().err

@@ -143,13 +143,26 @@ def test_weighting_ablation_with_paired_difference(out):
 
 def test_sampler_speed_quality_exact(out):
     table = pd.read_csv(out / "sampler_speed_quality.csv")
-    assert list(table.columns) == ["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]
-    assert table.to_dict("records") == [
+    assert list(table.columns) == ["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips",
+                                   "unet_evals_per_target", "psnr_vs_ancestral", "psnr_vs_ancestral_ci95",
+                                   "lpips_vs_ancestral", "lpips_vs_ancestral_ci95"]
+    core = ["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]
+    assert table[core].to_dict("records") == [
         {"sampler": "ddim", "steps": 50, "seconds_per_target": 1.0, "psnr": pytest.approx(22.0),
          "ssim": pytest.approx(0.6), "lpips": pytest.approx(0.2)},
         {"sampler": "ddpm", "steps": 2000, "seconds_per_target": 40.0, "psnr": pytest.approx(23.0),
          "ssim": pytest.approx(0.6), "lpips": pytest.approx(0.2)},
     ]
+    # paired with ancestral on the same items: ddim minus ddpm, hand-computed from hand_made()
+    frame = hand_made()
+    sel = frame[(frame["experiment"] == "paper") & (frame["view_count"] == 1)]
+    a, b = (sel[sel["sampler"] == s].set_index("item")["psnr"] for s in ("ddim", "ddpm"))
+    diff = (a - b).dropna()
+    row = table.set_index("sampler")
+    assert row.loc["ddim", "psnr_vs_ancestral"] == pytest.approx(diff.mean())
+    assert row.loc["ddim", "psnr_vs_ancestral_ci95"] == pytest.approx(ci(list(diff)) if len(diff) > 1 else math.nan,
+                                                                     nan_ok=True)
+    assert row.loc["ddpm", "psnr_vs_ancestral"] == 0 and row.loc["ddpm", "lpips_vs_ancestral"] == 0
     detail = pd.read_csv(out / "sampler_speed_quality_detail.csv").set_index("sampler")
     assert detail.loc["ddim", "speedup_vs_slowest"] == pytest.approx(40.0)
     assert detail.loc["ddim", "psnr_vs_slowest"] == pytest.approx(-1.0)

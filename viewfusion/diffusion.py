@@ -39,6 +39,10 @@ from torch import Tensor
 # The clamp rule's one owner is the (torch-free) config module; samplers and ViewFusion use it.
 from viewfusion.config import check_clamp
 
+# Names, default steps and costs have one torch-free owner, viewfusion.samplers (re-exported).
+from viewfusion.samplers import DEFAULT_STEPS, SAMPLER_KINDS, unet_calls
+from viewfusion.samplers import check_kind as _check_kind
+
 __all__ = [
     "BUFFER_NAMES",
     "DEFAULT_STEPS",
@@ -575,32 +579,6 @@ class HeunSolver(_GridSolver):
         d2 = (y_t / self._alpha[n] - x0) / self._s[n]
         x = x + (self._s[n] - self._s[i]) * 0.5 * (d + d2)
         return StepOutput(self._alpha[n] * x, x0)
-
-
-# The sampler names, owned here (the CLI, the workflow schema and the tables ask this module).
-SAMPLER_KINDS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
-# Steps when none are given ("ddpm" always runs the whole trained schedule).
-DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20, "unipc": 20, "euler": 20, "heun": 20}
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in SAMPLER_KINDS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
-
-
-def unet_calls(kind: str, steps: int | None, num_timesteps: int) -> int:
-    """U-Net evaluations per target and conditioning view of sampler `kind` with `steps` steps
-    (None: its default) on a schedule of num_timesteps: the length of its `timesteps`. Heun
-    counts its 2nd-order calls (2 steps - 1); "ddpm" runs all num_timesteps."""
-    _check_kind(kind)
-    if kind == "ddpm":
-        if steps not in (None, num_timesteps):
-            raise ValueError(f"the ancestral sampler runs all {num_timesteps} trained steps, got steps={steps}")
-        return num_timesteps
-    steps = DEFAULT_STEPS[kind] if steps is None else int(steps)
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be in 1..{num_timesteps} (the trained schedule), got {steps}")
-    return 2 * steps - 1 if kind == "heun" else steps
 
 
 def make_sampler_for(

@@ -54,6 +54,7 @@ from viewfusion.tables import (  # noqa: E402
     baseline_once,
     load_metrics,
     sampler_label,
+    speed_selection,
     summarize,
     trained_views,
 )
@@ -147,6 +148,33 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
     fig.suptitle("Quality against the number of conditioning views (mean, 95% CI)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out / "metrics_vs_views.png")
+
+
+def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
+    """PSNR and LPIPS against U-Net calls per target (log x), one point per sampler setting, on
+    the targets every sampler scored (the speed table's selection); None with < 2 settings."""
+    selected = speed_selection(frame, preferred=None)
+    model = selected[(selected["sampler"] != BASELINE)] if not selected.empty else selected
+    if model.empty or "unet_evals_per_target" not in model or model[["sampler", "steps"]].drop_duplicates().shape[0] < 2:
+        return None
+    summary = summarize(model, ["sampler", "steps"], means=("unet_evals_per_target",))
+    metrics = [m for m in ("psnr", "lpips") if summary[m].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for sampler, group in summary.groupby("sampler", sort=True):
+            group = group.sort_values("unet_evals_per_target")
+            ax.errorbar(group["unet_evals_per_target"], group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
+                        marker="o", capsize=3, label=sampler)
+        base = selected[selected["sampler"] == BASELINE]
+        if not base.empty:
+            ax.axhline(base[metric].mean(), color="0.5", linestyle="--", label="nearest view copied")
+        ax.set_xscale("log")
+        ax.set_xlabel("U-Net calls per target")
+        ax.set_ylabel(METRIC_LABELS[metric])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Quality against sampling cost (mean, 95% CI; same targets)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out / "quality_vs_unet_calls.png")
 
 
 # ---------------------------------------------------------------- Figure 2: view weights
@@ -412,7 +440,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     notes = []
     if args.metrics:
-        metrics_vs_views(load_metrics(args.metrics), out, max_train_views=args.max_train_views, reference=args.reference)
+        frame = load_metrics(args.metrics)
+        metrics_vs_views(frame, out, max_train_views=args.max_train_views, reference=args.reference)
+        if quality_vs_cost(frame, out) is None:
+            notes.append("quality_vs_unet_calls.png skipped: fewer than two model samplers on common targets")
     for figure_dir in args.figure_samples:
         notes += figure_sample_figures(figure_dir, out, args)
     notes += grid_figures(grid_dirs, out, args)

@@ -58,7 +58,8 @@ LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be
 # What every row records of the run that made its image (docs/FORMATS.md, Metrics).
 PROVENANCE = ("weights_sha256", "config_sha256", "manifest_sha256", "fingerprint")
 COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "view_count", "protocol", "experiment",
-           "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "psnr", "ssim",
+           "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "unet_evals_per_target",
+           "psnr", "ssim",
            "lpips", *PROVENANCE, "lpips_net"]
 CHUNK_SETTINGS = ("fingerprint", "sampler", "steps", "eta", "checkpoint_step", "weights_sha256", "config_sha256",
                   "experiment")
@@ -225,6 +226,7 @@ def item_row(it: dict, chunk: dict) -> dict:
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
         "max_train_views": chunk.get("max_train_views"), "sampler": sampler_name(chunk), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),
+        "unet_evals_per_target": chunk.get("unet_evals_per_target"),
         **{name: chunk.get(name) for name in PROVENANCE},
     }
 

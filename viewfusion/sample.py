@@ -51,9 +51,10 @@ from viewfusion.fsutil import (
     sha256_file,
     sha256_json,
 )
+from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS, SAMPLER_KINDS
 
-MODEL_SAMPLERS = ("ddpm", "ddim")
-SAMPLERS = (*MODEL_SAMPLERS, "nearest")  # nearest: the copy baseline, no network
+MODEL_SAMPLERS = SAMPLER_KINDS
+SAMPLERS = ALL_SAMPLERS  # with `nearest`, the copy baseline (no network)
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,13 @@ def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int 
             raise ViewFusionError(f"{flag} {value}: must be at least 1")
 
 
-def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> int:
-    """The number of sampling steps `spec` runs on `model` (its schedule bounds them)."""
+def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> tuple[int, int]:
+    """(steps, U-Net calls per target and view) of `spec` on `model` (its schedule bounds them);
+    they differ for Heun, whose 2nd-order corrections are extra calls."""
     try:
-        return len(model.make_sampler(spec.name, steps=spec.steps, eta=spec.eta).timesteps)
+        calls = len(model.make_sampler(spec.name, steps=spec.steps, eta=spec.eta).timesteps)
+        steps = model.num_timesteps if spec.name == "ddpm" else spec.steps or DEFAULT_STEPS[spec.name]
+        return steps, calls
     except ValueError as err:
         raise ViewFusionError(f"--sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g} on {checkpoint}: "
                               f"{err}") from None
@@ -284,10 +288,10 @@ def sample_chunk(
     items = chunk_items(man["items"], i, n)
     dev = resolve_device(device)
     if spec.name == "nearest":
-        model, info, steps = None, checkpoint_info(checkpoint), 0
+        model, info, steps, calls = None, checkpoint_info(checkpoint), 0, 0
     else:
         model, info = load_sampling_model(checkpoint, device=dev, weights=weights, row_batch=row_batch)
-        steps = _settled_steps(model, spec, checkpoint)
+        steps, calls = _settled_steps(model, spec, checkpoint)
     settings = provenance.sample_settings(
         sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, row_batch=info["row_batch"],
         weights=info["weights"], weights_sha256=info["weights_sha256"], config_sha256=info["config_sha256"],
@@ -312,7 +316,7 @@ def sample_chunk(
             _check_finite(images, part, checkpoint, spec)
             progress["seconds"] += time.perf_counter() - tick
             progress["targets"] += len(part)
-            progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * steps
+            progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * calls
             for row, it in enumerate(part):
                 gt = objects[it["key"]].images[it["target_view"]]
                 _save_item(out_dir, it, provenance.made_by(fp, it), images[row], gt,
@@ -370,8 +374,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="sample directory (images/, gt/, chunks/)")
     parser.add_argument("--chunk", default="1/1", help="i/N: the i-th of N contiguous blocks (1-based)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (ddpm default: the training schedule)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampling steps (ddpm: the training schedule; defaults {DEFAULT_STEPS})")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; DDIM only)")
     parser.add_argument("--batch-size", type=int, default=16, help="targets per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--save-weights", action="store_true", help="also save the per-step view weights")

@@ -327,20 +327,47 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
     return selected[selected["item"].isin(common)]
 
 
+ANCESTRAL = "ddpm"  # the paper's 2000-step sampler: the reference of the speed table
+SPEED_EXTRA = ["unet_evals_per_target", "psnr_vs_ancestral", "psnr_vs_ancestral_ci95", "lpips_vs_ancestral",
+               "lpips_vs_ancestral_ci95"]
+
+
+def paired_vs_ancestral(selected: pd.DataFrame) -> pd.DataFrame:
+    """Per sampler setting: its PSNR and LPIPS minus the ancestral sampler's on the same targets
+    (mean and 95% CI half-width of the paired per-image differences); empty without ancestral rows."""
+    columns = ["sampler", "steps", *SPEED_EXTRA[1:]]
+    reference = selected[selected["sampler"] == ANCESTRAL].set_index("item")
+    if reference.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (sampler, steps), group in selected.groupby(["sampler", "steps"], dropna=False):
+        group = group.set_index("item")
+        row = {"sampler": sampler, "steps": steps}
+        for metric in ("psnr", "lpips"):
+            diff = (group[metric] - reference[metric]).dropna()
+            row[f"{metric}_vs_ancestral"] = diff.mean()
+            row[f"{metric}_vs_ancestral_ci95"] = float(ci_half_width(diff.std(), len(diff)))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
 def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
     """(exact table, detail table, note) of sampler speed against quality."""
     selected = speed_selection(frame, **selection)
     if selected.empty:
         return None, None, f"no rows match the selection {selection}"
-    detail = summarize(selected, ["sampler", "steps"], means=("seconds_per_target",))
+    if "unet_evals_per_target" not in selected:
+        selected = selected.assign(unet_evals_per_target=np.nan)  # metrics written before the column
+    detail = summarize(selected, ["sampler", "steps"], means=("seconds_per_target", "unet_evals_per_target"))
     slowest = detail.loc[detail["seconds_per_target"].idxmax()] if detail["seconds_per_target"].notna().any() else None
     if slowest is not None:
         detail["speedup_vs_slowest"] = slowest["seconds_per_target"] / detail["seconds_per_target"]
         detail["psnr_vs_slowest"] = detail["psnr"] - slowest["psnr"]
+    detail = detail.merge(paired_vs_ancestral(selected), on=["sampler", "steps"], how="left")
     first = selected.iloc[0]
     for i, column in enumerate(("protocol", "experiment", "checkpoint_step", "checkpoint", "view_count")):
         detail.insert(i, column, first[column])
-    exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips"]]
+    exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", *SPEED_EXTRA]]
     note = (f"{first['protocol']} protocol, experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']} "
             f"(weights {first['checkpoint']}), "
             f"{first['view_count']} views, {selected['item'].nunique()} targets scored by every sampler")

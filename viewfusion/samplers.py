@@ -1,0 +1,63 @@
+"""Sampler names, default steps, U-Net cost and path tags: one torch-free owner that the
+samplers (viewfusion.diffusion), the CLI, the workflow (Snakefile wildcards, schema check), the
+markers and the tables ask.
+
+    tag(name, steps, eta)  -> "ddim-50", "ddim-50-eta1", "ddpm-full", "dpmpp-2m-10", "nearest"
+    parse_tag(tag)         -> (name, steps | None, eta)          (inverse of tag)
+    TAG_PATTERN            the regular expression of every tag (a Snakemake wildcard constraint)
+    unet_calls(name, steps, num_timesteps) -> U-Net calls per target and conditioning view
+"""
+
+from __future__ import annotations
+
+import re
+
+# Model samplers: the paper's ancestral sampler, DDIM and the few-step solvers.
+SAMPLER_KINDS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
+BASELINE = "nearest"  # the copy baseline: the conditioning view nearest the target, no network
+ALL_SAMPLERS = (*SAMPLER_KINDS, BASELINE)
+# Steps when none are given ("ddpm" always runs the whole trained schedule).
+DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20, "unipc": 20, "euler": 20, "heun": 20}
+
+_NAMES = "|".join(re.escape(k) for k in sorted(SAMPLER_KINDS, key=len, reverse=True))
+TAG_PATTERN = rf"{BASELINE}|(?:{_NAMES})-(?:full|[0-9]+)(?:-eta[0-9.]+)?"
+_TAG = re.compile(rf"(?P<name>{_NAMES})-(?P<steps>full|[0-9]+)(?:-eta(?P<eta>[0-9.]+))?")
+
+
+def check_kind(kind: str) -> None:
+    if kind not in SAMPLER_KINDS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+
+
+def unet_calls(kind: str, steps: int | None, num_timesteps: int) -> int:
+    """U-Net evaluations per target and conditioning view of sampler `kind` with `steps` steps
+    (None: its default) on a schedule of num_timesteps: the length of its `timesteps`. Heun
+    counts its 2nd-order calls (2 steps - 1); "ddpm" runs all num_timesteps."""
+    check_kind(kind)
+    if kind == "ddpm":
+        if steps not in (None, num_timesteps):
+            raise ValueError(f"the ancestral sampler runs all {num_timesteps} trained steps, got steps={steps}")
+        return num_timesteps
+    steps = DEFAULT_STEPS[kind] if steps is None else int(steps)
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be in 1..{num_timesteps} (the trained schedule), got {steps}")
+    return 2 * steps - 1 if kind == "heun" else steps
+
+
+def tag(name: str, steps: int | None = None, eta: float = 0.0) -> str:
+    """A path-safe tag of a sampler setting; `steps` None is "full" (the sampler's default)."""
+    if name == BASELINE:
+        return BASELINE
+    check_kind(name)
+    return f"{name}-{'full' if steps is None else int(steps)}" + (f"-eta{eta:g}" if eta else "")
+
+
+def parse_tag(text: str) -> tuple[str, int | None, float]:
+    """Inverse of `tag`: (name, steps or None, eta)."""
+    if text == BASELINE:
+        return BASELINE, None, 0.0
+    match = _TAG.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a sampler tag ({TAG_PATTERN})")
+    steps = None if match["steps"] == "full" else int(match["steps"])
+    return match["name"], steps, float(match["eta"] or 0.0)
