@@ -174,3 +174,23 @@ def test_hostile_names_never_reach_item_names(synth_shards, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(shards))
     with pytest.raises(ViewFusionError, match=r"splits.test.objects: '02691156_\.\./\.\./evil' is not a plain name"):
         make_manifest(copy, split="test", view_count=1)
+
+
+def test_viewlist_gives_each_split_object_one_seeded_view_and_feeds_the_pixelnerf_manifest(synth_shards, tmp_path):
+    from viewfusion.cli import main
+    from viewfusion.data.manifest import make_manifest, read_viewlist
+    from viewfusion.data.shard import read_shard_manifest
+
+    out = tmp_path / "viewlist.txt"
+    assert main(["data", "viewlist", "--shards", str(synth_shards), "--split", "test", "--seed", "0",
+                 "--out", str(out)]) == 0
+    sources = read_viewlist(out)
+    keys = read_shard_manifest(synth_shards)["splits"]["test"]["objects"]
+    assert sorted(sources) == sorted(keys) and all(0 <= v < 24 for v in sources.values())
+    again = tmp_path / "again.txt"
+    assert main(["data", "viewlist", "--shards", str(synth_shards), "--out", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    manifest = make_manifest(synth_shards, split="test", view_count=1, seed=0, viewlist=out)
+    assert len(manifest["items"]) == 23 * len(keys)  # every other view is a target
+    assert all(it["cond_views"] == [sources[it["key"]]] for it in manifest["items"])
+    assert main(["data", "viewlist", "--shards", str(synth_shards), "--seed", "-1", "--out", str(again)]) == 2

@@ -247,3 +247,21 @@ def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, t
                     "results/manifests/all/test-v2.json", "--out", str(tmp_path / "fresh.parquet"), "--no-lpips"],
                    cwd=work, env=_env(), check=True, capture_output=True)
     pd.testing.assert_series_equal(metrics["psnr"], pd.read_parquet(tmp_path / "fresh.parquet")["psnr"])
+
+
+@pytest.mark.slow
+def test_pixelnerf_protocol_scores_softras_objects_without_retraining(pipeline, tmp_path):
+    """evaluation.protocol pixelnerf on the finished run: a softras shard set, a seeded view list,
+    every other view a target, pixelNeRF's SSIM; no retraining; published rows beside them."""
+    work = tmp_path / "work"
+    shutil.copytree(pipeline, work, symlinks=True)
+    pn = overlay(work, "pn.yaml", "shard_sets: {all: {shards: 2}, softras: {shards: 2, lists: softras}}\n"
+                 "evaluation: {protocol: pixelnerf, shard_set: softras, view_counts: [1], max_objects: 2}\n")
+    assert "train" not in _rerun_rules(work, "--configfile", pn)
+    snakemake(work, "--configfile", pn)
+    metrics = pd.read_parquet(work / "results/samples/tiny/final/ddim-10/v1/metrics.parquet")
+    assert set(metrics["protocol"]) == {"pixelnerf"} and len(metrics) == 2 * 23
+    assert metrics.groupby("key")["target_view"].nunique().eq(23).all()
+    views = pd.read_csv(work / "results/tables/views.csv")
+    assert "published: pixelNeRF (Yu et al. 2021)" in set(views["source"])
+    assert set(views.loc[views["source"] == "measured", "protocol"]) == {"pixelnerf"}

@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "verify"): ("viewfusion.data.nmr", "check an NMR-format zip's structure"),
     ("data", "shard"): ("viewfusion.data.shard", "write deterministic webdataset shards per split"),
     ("data", "manifest"): ("viewfusion.data.manifest", "write a seeded evaluation manifest"),
+    ("data", "viewlist"): ("viewfusion.data.viewlist", "write a pixelNeRF-style source-view list for a split"),
     ("train",): ("viewfusion.train", "train a model (one process or torchrun/DDP), resumable"),
     ("launch", "train"): ("viewfusion.launch", "submit training with submitit (slurm or local)"),
     ("sample",): ("viewfusion.sample", "generate one chunk of an evaluation manifest"),

@@ -40,7 +40,7 @@ FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
 
 
-def _key_int(key: str) -> int:
+def key_int(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
@@ -60,7 +60,7 @@ def choose_objects(keys: list[str], *, seed: int, max_objects: int | None) -> li
 
 
 def _noise_seed(seed: int, key: str, target: int) -> int:
-    return int(np.random.SeedSequence([seed, _key_int(key), target, 1]).generate_state(1)[0] & 0x7FFFFFFF)
+    return int(np.random.SeedSequence([seed, key_int(key), target, 1]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _item(key: str, target: int, cond: list[int], k: int, seed: int) -> dict:
@@ -74,10 +74,10 @@ def random_items(keys: list[str], *, view_count: int, seed: int, targets_per_obj
     """Items for the random protocol: per object `targets_per_object` seeded targets."""
     items = []
     for key in keys:
-        targets = np.random.default_rng([seed, _key_int(key)]).permutation(nmr.NUM_VIEWS)[:targets_per_object]
+        targets = np.random.default_rng([seed, key_int(key)]).permutation(nmr.NUM_VIEWS)[:targets_per_object]
         for k, target in enumerate(int(t) for t in targets):
             others = [v for v in range(nmr.NUM_VIEWS) if v != target]
-            order = np.random.default_rng([seed, _key_int(key), target]).permutation(others)
+            order = np.random.default_rng([seed, key_int(key), target]).permutation(others)
             items.append(_item(key, target, [int(v) for v in order[:view_count]], k, seed))
     return items
 
@@ -106,7 +106,7 @@ def viewlist_items(keys: list[str], sources: dict[str, int], *, seed: int,
         source = sources[key]
         targets = [v for v in range(nmr.NUM_VIEWS) if v != source]
         if targets_per_object is not None:
-            picked = np.random.default_rng([seed, _key_int(key)]).permutation(targets)[:targets_per_object]
+            picked = np.random.default_rng([seed, key_int(key)]).permutation(targets)[:targets_per_object]
             targets = sorted(int(t) for t in picked)
         items += [_item(key, target, [source], k, seed) for k, target in enumerate(targets)]
     return items

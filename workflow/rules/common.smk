@@ -7,6 +7,7 @@ import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
+from viewfusion import samplers
 from viewfusion.config import config_sha256, load_config
 from viewfusion.data.nmr import resolve_category
 from viewfusion.data.shard import check_settings
@@ -55,11 +56,21 @@ def resolved_training_config(exp):
     return load_config(spec["config"], spec.get("set", []))
 
 
+def eval_shard_set(exp):
+    """The shard set an experiment is evaluated on: evaluation.shard_set, else its own."""
+    return EVAL["shard_set"] or config["experiments"][exp]["shard_set"]
+
+
 def check_config():
     """Cross-setting checks, all at DAG-build time (see config_error)."""
     unknown = sorted(set(ACTIVE) - set(config["experiments"]))
     if unknown:
         config_error(f"active_experiments names {unknown}, which `experiments` does not define")
+    for spec in [*EVAL["samplers"], config["figures"]["sampler"]]:
+        if spec["name"] not in samplers.ALL_SAMPLERS:
+            config_error(f"sampler {spec['name']!r}: use one of {', '.join(samplers.ALL_SAMPLERS)}")
+        if spec.get("eta", 0) and spec["name"] != "ddim":
+            config_error(f"sampler {spec['name']!r} takes no eta (only ddim does); remove it")
     nproc = config["training"]["nproc"]
     for name, spec in config["shard_sets"].items():
         check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
@@ -74,10 +85,26 @@ def check_config():
         if sorted(resolve_category(c) for c in cfg.data.withheld) != withheld:
             config_error(f"experiments.{exp}: its config withholds {sorted(cfg.data.withheld)} (data.withheld), "
                          f"shard set {spec['shard_set']!r} withholds {withheld}; make them agree")
+        check_protocol(exp)
         missing = [c for c in EVAL["checkpoints"] if c != "final" and c not in cfg.train.snapshot_steps]
         if missing:
             config_error(f"evaluation.checkpoints {missing} are not in experiment {exp}'s train.snapshot_steps "
                          f"{list(cfg.train.snapshot_steps)}: those snapshots are never written")
+
+
+def check_protocol(exp):
+    """The evaluation shard set exists; pixelNeRF's protocol is one view on softras lists."""
+    name = eval_shard_set(exp)
+    if name not in config["shard_sets"]:
+        config_error(f"evaluation.shard_set {name!r} is not in shard_sets ({', '.join(config['shard_sets'])})")
+    if EVAL["protocol"] != "pixelnerf":
+        return
+    if EVAL["view_counts"] != [1]:
+        config_error(f"evaluation.protocol pixelnerf is the one-view protocol: set evaluation.view_counts "
+                     f"to [1] (got {EVAL['view_counts']})")
+    if config["shard_sets"][name]["lists"] != "softras":
+        config_error(f"evaluation.protocol pixelnerf scores pixelNeRF's softras test objects: shard set {name!r} "
+                     "needs lists: softras (name one in evaluation.shard_set)")
 
 
 try:
@@ -90,32 +117,21 @@ wildcard_constraints:
     exp="[A-Za-z0-9_]+",
     shard_set="[A-Za-z0-9_]+",
     ckpt="final|step[0-9]+",
-    sampler="nearest|(ddpm|ddim)-(full|[0-9]+)(-eta[0-9.]+)?",
+    sampler=samplers.TAG_PATTERN,
     views="[0-9]+",
     chunk="[0-9]+",
+    split="train|val|test",
 
 
 def sampler_tag(spec):
-    """{name, steps, eta} -> a path-safe tag: ddim-50, ddim-50-eta0.5, ddpm-full, nearest."""
-    if spec["name"] == "nearest":
-        return "nearest"
-    steps = spec.get("steps")
-    tag = f"{spec['name']}-{'full' if steps is None else steps}"
-    return tag + (f"-eta{spec['eta']:g}" if spec.get("eta", 0) else "")
+    """{name, steps, eta} of the config -> a path-safe tag (viewfusion.samplers.tag)."""
+    return samplers.tag(spec["name"], spec.get("steps"), spec.get("eta", 0))
 
 
 def parse_sampler(tag):
-    """Inverse of sampler_tag: the CLI flags of `viewfusion sample`."""
-    name, *rest = tag.split("-")
-    flags = f"--sampler {name}"
-    if not rest:
-        return flags
-    steps, *rest = rest
-    if steps != "full":
-        flags += f" --steps {steps}"
-    if rest:
-        flags += f" --eta {rest[0].removeprefix('eta')}"
-    return flags
+    """A sampler tag -> the CLI flags of `viewfusion sample`."""
+    name, steps, eta = samplers.parse_tag(tag)
+    return f"--sampler {name}" + (f" --steps {steps}" if steps else "") + (f" --eta {eta:g}" if eta else "")
 
 
 def ckpt_tag(ckpt):
@@ -160,9 +176,18 @@ def get_checkpoint_file(wildcards):
     return f"{run}/checkpoints/step_{int(wildcards.ckpt.removeprefix('step')):08d}.pt"
 
 
+def get_eval_shards(wildcards):
+    return f"results/shards/{eval_shard_set(wildcards.exp)}"
+
+
 def get_manifest(wildcards):
-    shard_set = get_experiment(wildcards)["shard_set"]
-    return f"results/manifests/{shard_set}/{EVAL['split']}-v{wildcards.views}.json"
+    protocol = "-pixelnerf" if EVAL["protocol"] == "pixelnerf" else ""
+    return f"results/manifests/{eval_shard_set(wildcards.exp)}/{EVAL['split']}{protocol}-v{wildcards.views}.json"
+
+
+def get_viewlist(wildcards):
+    """pixelNeRF's list as configured, else the seeded one the viewlist rule writes."""
+    return EVAL["viewlist"] or f"results/manifests/{wildcards.shard_set}/viewlist-{wildcards.split}.txt"
 
 
 def get_sample_chunks(wildcards):

@@ -55,6 +55,7 @@ rule shard:
         shards=lambda wc: get_shard_set(wc)["shards"],
         percent=lambda wc: get_shard_set(wc)["percent"],
         withhold=lambda wc: " ".join(get_shard_set(wc)["withhold"]),
+        lists=lambda wc: get_shard_set(wc)["lists"],
     conda:
         "../envs/viewfusion.yaml"
     log:
@@ -62,7 +63,7 @@ rule shard:
     # Divisibility by training.nproc and the category names were checked when the DAG was built.
     shell:
         "viewfusion data shard --zip {input.zip} --out {output.shards} --shards {params.shards}"
-        " --percent {params.percent}"
+        " --percent {params.percent} --lists {params.lists}"
         " $( [ -n '{params.withhold}' ] && echo --withhold {params.withhold} ) > {log} 2>&1"
 
 
@@ -85,3 +86,42 @@ rule eval_manifest:
         "viewfusion data manifest --shards {input.shards} --split {wildcards.split}"
         " --views {wildcards.views} --seed {params.seed} {params.max_objects}"
         " --targets-per-object {params.targets} --out {output.manifest} > {log} 2>&1"
+
+
+# pixelNeRF's protocol: one listed source view per object, every other view a target.
+rule eval_manifest_pixelnerf:
+    input:
+        shards="results/shards/{shard_set}",
+        viewlist=get_viewlist,
+    output:
+        manifest="results/manifests/{shard_set}/{split}-pixelnerf-v{views}.json",
+    params:
+        seed=EVAL["seed"],
+        max_objects=(
+            f"--max-objects {EVAL['max_objects']}" if EVAL["max_objects"] else ""
+        ),
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/data/manifest_{{shard_set}}_{{split}}_pixelnerf_v{{views}}.log",
+    shell:
+        "viewfusion data manifest --shards {input.shards} --split {wildcards.split}"
+        " --views {wildcards.views} --seed {params.seed} {params.max_objects}"
+        " --viewlist {input.viewlist} --out {output.manifest} > {log} 2>&1"
+
+
+# The synthetic data has no src_dvr.txt: a seeded list of the same kind.
+rule viewlist:
+    input:
+        shards="results/shards/{shard_set}",
+    output:
+        viewlist="results/manifests/{shard_set}/viewlist-{split}.txt",
+    params:
+        seed=EVAL["seed"],
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/data/viewlist_{{shard_set}}_{{split}}.log",
+    shell:
+        "viewfusion data viewlist --shards {input.shards} --split {wildcards.split} --seed {params.seed}"
+        " --out {output.viewlist} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule sample:
     input:
         checkpoint=lambda wc: f"results/runs/{wc.exp}/final.pt",
         manifest=get_manifest,
-        shards=get_experiment_shards,
+        shards=get_eval_shards,
     output:
         chunk="results/samples/{exp}/{ckpt}/{sampler}/v{views}/chunks/{chunk}-of-{n}.json",
     params:
@@ -42,6 +42,7 @@ rule metrics:
     params:
         generated="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
         lpips=get_lpips_flags,
+        protocol=EVAL["protocol"],
     threads: 2
     resources:
         gpu=0,
@@ -53,7 +54,7 @@ rule metrics:
         f"{LOGS}/metrics/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}.log",
     shell:
         "OMP_NUM_THREADS={threads} viewfusion metrics --generated {params.generated}"
-        " --manifest {input.manifest} --out {output.metrics} {params.lpips} > {log} 2>&1"
+        " --manifest {input.manifest} --out {output.metrics} {params.lpips} --protocol {params.protocol} > {log} 2>&1"
 
 
 rule sample_figures:
