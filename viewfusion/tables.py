@@ -496,7 +496,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experiments with weighted and with mean composition (default: paper no_weighting)")
     parser.add_argument("--angle", nargs=2, metavar=("ABSOLUTE", "RELATIVE"), default=["paper", "relative"],
                         help="experiments with absolute and relative target angle (default: paper relative)")
-    parser.add_argument("--withheld", nargs="+", metavar="EXP", default=["withhold_car"],
+    parser.add_argument("--withheld", nargs="*", metavar="EXP", default=["withhold_car"],
                         help="experiments trained without --withheld-category (default: withhold_car)")
     parser.add_argument("--main-experiment", default="paper",
                         help="the paper model trained on all categories: baseline of the withheld-category table, "
