@@ -12,6 +12,7 @@ GPU ranks use NCCL and `cuda:LOCAL_RANK`; CPU ranks use gloo. Only rank 0 writes
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,17 @@ def env_ranks() -> tuple[int, int, int]:
         raise ViewFusionError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {err}") from None
 
 
-def resolve_device(kind: str, local_rank: int) -> torch.device:
-    """`auto` is CUDA when present, else CPU; each rank takes the GPU of its local rank."""
-    if kind not in ("auto", "cpu", "cuda"):
-        raise ViewFusionError(f"--device must be auto, cpu or cuda, got {kind!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ViewFusionError("--device cuda asked for, but torch sees no CUDA device")
+def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when present, else CPU; each rank takes the GPU of its local rank;
+    `cuda:N` (one process, e.g. sampling) names a GPU."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", kind):
+        raise ViewFusionError(f"--device {kind!r}: use auto, cpu, cuda or cuda:N")
+    if kind.startswith("cuda") and not torch.cuda.is_available():
+        raise ViewFusionError(f"--device {kind}: torch sees no CUDA device here; use --device cpu or auto")
+    if kind.startswith("cuda:"):
+        if int(kind[5:]) >= torch.cuda.device_count():
+            raise ViewFusionError(f"--device {kind}: only {torch.cuda.device_count()} GPUs visible")
+        return torch.device(kind)
     if kind == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():

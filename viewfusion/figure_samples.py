@@ -20,6 +20,7 @@ import torch
 from viewfusion.data.loader import load_objects
 from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP
 from viewfusion.data.shard import read_shard_manifest
+from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
 from viewfusion.sample import (
@@ -29,7 +30,6 @@ from viewfusion.sample import (
     encode_png,
     generate_batch,
     load_sampling_model,
-    resolve_device,
     sample_chunk,
 )
 

@@ -42,6 +42,7 @@ from viewfusion.data.loader import load_objects
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP, view_distance
 from viewfusion.data.shard import split_shards
+from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
     atomic_write_bytes,
@@ -62,18 +63,6 @@ class SamplerSpec:
     name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
     steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
     eta: float = 0.0
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ViewFusionError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ViewFusionError(f"--device {device}: no CUDA device here; use --device cpu or auto")
-    return dev
 
 
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,
