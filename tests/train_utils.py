@@ -25,13 +25,13 @@ SAMPLE_SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.n
                 "model.res_blocks=1", "model.attn_res=[]", "diffusion.n_timestep=100"]
 
 
-def save_random_model(path: Path, *, step: int, edit=None) -> Path:
-    """A checkpoint of the tiny config with `SAMPLE_SMALL` and seed-0 random weights; `edit(model)`
-    may change the weights before saving."""
+def save_random_model(path: Path, *, step: int, edit=None, sets=()) -> Path:
+    """A checkpoint of the tiny config with `SAMPLE_SMALL` (then `sets`) and seed-0 random weights;
+    `edit(model)` may change the weights before saving."""
     from viewfusion import checkpoint
     from viewfusion.config import build_model, load_config, to_dict
 
-    cfg = load_config(TINY, SAMPLE_SMALL)
+    cfg = load_config(TINY, [*SAMPLE_SMALL, *sets])
     torch.manual_seed(0)
     model = build_model(cfg)
     if edit is not None:
@@ -74,7 +74,7 @@ def run_train(shards: Path, out: Path, *sets: str, nproc: int = 0, **env_extra: 
                f"--nproc-per-node={nproc}", "-m", "viewfusion.cli"]
     else:
         cmd = [sys.executable, "-m", "viewfusion.cli"]
-    return subprocess.run(cmd + train_argv(shards, out, *sets), capture_output=True, text=True,
+    return subprocess.run(cmd + train_argv(shards, out, *sets), check=False, capture_output=True, text=True,
                           env=env(**env_extra), timeout=600)
 
 
