@@ -144,6 +144,11 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     marker = json.loads((shared / "chunks/1-of-1.json").read_text())
     fresh_marker = json.loads((fresh / "chunks/1-of-1.json").read_text())
     assert marker["fingerprint"] == fresh_marker["fingerprint"] and marker["weights_sha256"] == fresh_marker["weights_sha256"]
+    # the config as stored in the checkpoint: a code version adding a key does not change it
+    from viewfusion.checkpoint import load
+    from viewfusion.fsutil import sha256_json
+
+    assert marker["config_sha256"] == sha256_json(load(other)["config"])
     sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=shared, spec=SamplerSpec("ddim", 3),
                  device="cpu")
     assert all(_pngs(shared)[name] != png for name, png in _pngs(fresh).items())

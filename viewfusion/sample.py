@@ -37,7 +37,6 @@ from viewfusion.checkpoint import (
     load_state,
     weights_sha256,
 )
-from viewfusion.config import config_sha256
 from viewfusion.data.loader import load_objects
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP, view_distance
@@ -122,7 +121,9 @@ def checkpoint_info(checkpoint: str) -> dict:
 
 
 def _identity(ckpt: dict, cfg) -> dict:
-    return {"step": ckpt.get("step"), "max_train_views": cfg.data.max_views, "config_sha256": config_sha256(cfg)}
+    # The config as the checkpoint stores it, not re-resolved: a code version that adds a config
+    # key (with its default) must not change the fingerprint of an existing checkpoint.
+    return {"step": ckpt.get("step"), "max_train_views": cfg.data.max_views, "config_sha256": sha256_json(ckpt["config"])}
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
