@@ -37,6 +37,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("sample",): ("viewfusion.sample", "generate one chunk of an evaluation manifest"),
     ("sample-figures",): ("viewfusion.figure_samples", "sample what the weight and autoregressive figures need"),
     ("heldout",): ("viewfusion.heldout", "the training loss on fixed seeded held-out draws, by noise band"),
+    ("validate",): ("viewfusion.validate", "validate a checkpoint as training does: held-out loss, DDIM PSNR/SSIM on val"),
     ("metrics",): ("viewfusion.metrics", "PSNR/SSIM/LPIPS of generated images, per image"),
     ("tables",): ("viewfusion.tables", "aggregate per-image metrics into the paper's tables"),
     ("figures",): ("viewfusion.figures", "plot metrics, view weights and generation strips"),

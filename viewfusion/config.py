@@ -41,6 +41,8 @@ SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
 PREDICTIONS = ("eps", "v")
 # train.precision: "auto" picks by device (select_precision); the others are what they say.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# train.validate_metric -> whether higher is better (viewfusion.validate keeps best.pt by it).
+VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,17 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = True
     wandb: bool = False
+    # In-training validation on the val split (viewfusion.validate): every validate_every steps
+    # (null: never), the held-out loss on validate_draws fixed draws and DDIM-validate_steps
+    # samples of validate_targets fixed targets with validate_views views (null: data.max_views),
+    # all seeded by validate_seed; checkpoints/best.pt keeps the best validate_metric.
+    validate_every: int | None = None
+    validate_draws: int = 64
+    validate_targets: int = 16
+    validate_views: int | None = None
+    validate_steps: int = 10
+    validate_metric: str = "psnr"
+    validate_seed: int = 0
 
     def __post_init__(self):
         _require_finite(self, "train")
@@ -158,6 +171,15 @@ class TrainConfig:
         _require(all(s >= 1 for s in self.snapshot_steps), "train.snapshot_steps must be >= 1")
         _require(self.precision in PRECISIONS,
                  f"train.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _require(self.validate_every is None or self.validate_every >= 1,
+                 "train.validate_every must be null (no validation) or at least 1")
+        for name in ("validate_draws", "validate_targets", "validate_steps"):
+            _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
+        _require(self.validate_views is None or 1 <= self.validate_views <= 23,
+                 "train.validate_views must be null (data.max_views) or in 1..23")
+        _require(self.validate_metric in VALIDATE_METRICS,
+                 f"train.validate_metric {self.validate_metric!r} is not one of {', '.join(VALIDATE_METRICS)}")
+        _require(self.validate_seed >= 0, "train.validate_seed must be >= 0")
 
 
 def select_precision(requested: str, *, device_type: str, bf16_tensor_cores: bool = False) -> tuple[str, str]:

@@ -11,6 +11,7 @@ RUN_DIR (--out) receives, from rank 0 only:
                                      step time, data wait) and one per checkpoint written
     checkpoints/last.pt              rolling: every train.checkpoint_every steps and on exit
     checkpoints/step_{N:08d}.pt      snapshots at train.snapshot_steps
+    checkpoints/best.pt              the best validation so far (train.validate_every set)
     final.pt                         at train.max_steps
     tb/                              TensorBoard events, when tensorboard is installed
 
@@ -19,6 +20,13 @@ step, RNG of every rank). The data loader restarts with a seed derived from (tra
 at every multiple of train.checkpoint_every, so a run resumed from a periodic checkpoint sees
 exactly the batches of an uninterrupted run and ends with bit-identical weights (CPU). A resume
 from a signal checkpoint taken between two such steps starts a fresh, still seeded, data segment.
+
+Validation (train.validate_every, viewfusion.validate): every validate_every steps the EMA (or
+raw) weights are measured on the val split: held-out loss on fixed draws and PSNR/SSIM of DDIM
+samples of a fixed manifest, spread over the ranks; one `{"event": "validation", ...}` line in
+metrics.jsonl, and checkpoints/best.pt when train.validate_metric improved. It runs inside saved
+and restored RNG states, so the training (and an exact resume) is that of a run without it; it is
+skipped at a step where a stop signal arrived (the checkpoint comes first).
 
 Precision: train.precision auto takes bf16 autocast on GPUs with bf16 tensor cores, fp16 autocast
 with a gradient scaler (its state saved in the checkpoint) on older GPUs such as the V100, fp32 on
@@ -83,6 +91,7 @@ class State:
     step: int  # optimizer steps done
     precision: str = "fp32"  # resolved train.precision: bf16, fp16 or fp32 (select_precision)
     scaler: torch.amp.GradScaler | None = None  # fp16 only: loss scaling against underflow
+    best: dict | None = None  # the best validation so far: {"metric", "value", "step", "settings"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,12 +138,17 @@ def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path, 
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    validator = None
+    if tc.validate_every is not None:
+        from viewfusion.validate import Validator
+
+        validator = Validator(cfg, d, shards)
     stream = _data_stream(cfg, d, shards, batch_size, state.step)
     with TrainLogger(cfg, d, out, start=state.step) as log, _StopSignals() as stop:
-        return _loop(state, cfg, d, out, stream, log, stop)
+        return _loop(state, cfg, d, out, stream, log, stop, validator)
 
 
-def _loop(state, cfg, d, out, stream, log, stop) -> Outcome:
+def _loop(state, cfg, d, out, stream, log, stop, validator=None) -> Outcome:
     tc = cfg.train
     nan_step = int(os.environ.get(FAULT_NAN_ENV, 0))
     autocast = autocast_for(state.precision, d.device)
@@ -152,6 +166,8 @@ def _loop(state, cfg, d, out, stream, log, stop) -> Outcome:
         _optimizer_step(state)
         log.step(state.step, loss, lr, grad_norm,
                  batch_time=time.perf_counter() - t0, data_time=t1 - t0)
+        if validator is not None and signum is None and state.step % tc.validate_every == 0:
+            _validate(state, cfg, d, out, validator, log)  # before the checkpoints: they carry the best
         paths = _due_checkpoints(state.step, tc, out, stopping=signum is not None)
         if paths:
             log.checkpoint(_save(state, cfg, d, paths, out, keys=batch["key"]))
@@ -195,6 +211,22 @@ def _optimizer_step(state: State) -> None:
     if state.ema is not None:
         state.ema.update_parameters(state.model)
     state.step += 1
+
+
+def _validate(state: State, cfg, d: distributed.Dist, out: Path, validator, log) -> None:
+    """Collective: validate the weights sampling would use, log the line, and write best.pt
+    when train.validate_metric improved (every rank sees the same numbers, so all decide alike)."""
+    from viewfusion.validate import update_best
+
+    model = state.model if state.ema is None else state.ema.module
+    row = validator.run(model, weights="raw" if state.ema is None else "ema")
+    state.best, improved = update_best(state.best, row, validator.settings, state.step)
+    event = _save(state, cfg, d, [out / "checkpoints" / "best.pt"], out) if improved else None
+    log.validation({**row, "step": state.step, "metric": cfg.train.validate_metric, "best": improved,
+                    "best_value": None if state.best is None else state.best["value"],
+                    "best_step": None if state.best is None else state.best["step"], "time": time.time()})
+    if event is not None:
+        log.checkpoint(event)
 
 
 def _due_checkpoints(step: int, tc: TrainConfig, out: Path, *, stopping: bool) -> list[Path]:
@@ -313,6 +345,10 @@ def _resume(state: State, cfg: ExperimentConfig, d: distributed.Dist, out: Path,
     if ckpt["scheduler"] is not None:
         state.scheduler.load_state_dict(ckpt["scheduler"])
     _load_ema(state, ckpt, path)
+    if ckpt.get("best") is not None:  # the best validation of the run continued
+        from viewfusion.validate import resumed_best
+
+        state.best = resumed_best(ckpt["best"], cfg)
     if state.scaler is not None and ckpt.get("scaler"):  # absent: bf16/fp32 before, or an old file
         state.scaler.load_state_dict(ckpt["scaler"])
     _restore_rngs(state, ckpt, cfg, d)
@@ -368,7 +404,7 @@ def _save(state: State, cfg, d: distributed.Dist, paths: list[Path], out: Path, 
                 "scheduler": state.scheduler.state_dict(), "ema": _ema_dict(state, cfg),
                 "step": state.step, "config": to_dict(cfg), "rng": [r["rng"] for r in ranks],
                 "world_size": d.world_size, "precision": state.precision,
-                "scaler": None if state.scaler is None else state.scaler.state_dict()}
+                "scaler": None if state.scaler is None else state.scaler.state_dict(), "best": state.best}
         for path in paths:
             checkpoint.save(path, ckpt)
     distributed.barrier()  # nobody races ahead (or exits) before the files exist

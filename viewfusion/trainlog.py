@@ -3,7 +3,8 @@ the run directory, TensorBoard when installed, Weights & Biases only when `train
 
 Each `metrics.jsonl` line is one log interval (`step`, mean `loss`, `lr`, `step_time_s`,
 `steps_per_s`, `samples_per_s`, `data_wait_frac`, `grad_norm` when clipping, `time`) or one
-checkpoint event (`{"event": "checkpoint", "step", "files", "ranks"}`).
+checkpoint event (`{"event": "checkpoint", "step", "files", "ranks"}`) or one validation
+(`{"event": "validation", "step", "psnr", "ssim", "heldout_loss", ..., "best"}`, viewfusion.validate).
 """
 
 from __future__ import annotations
@@ -77,6 +78,26 @@ class TrainLogger:
                 self.tb.add_scalar(f"train/{key}", row[key], step)
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+
+    def validation(self, row: dict) -> None:
+        """One validation line (viewfusion.validate); TensorBoard and W&B under val/."""
+        if not self.on:
+            return
+        self._write(row)
+        text = (f"validation step {row['step']}: PSNR {row['psnr']:.3f} dB, SSIM {row['ssim']:.4f}, held-out "
+                f"{row['heldout_loss_name']} {row['heldout_loss']:.5f} +- {row['heldout_loss_se'] or 0:.5f}"
+                + (" (best)" if row.get("best") else ""))
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+        scalars = {f"val/{key}": row[key] for key in ("psnr", "ssim", "heldout_loss", "heldout_eps_mse")
+                   if row.get(key) is not None}
+        for key, value in scalars.items():
+            if self.tb is not None:
+                self.tb.add_scalar(key, value, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=row["step"])
 
     def checkpoint(self, event: dict) -> None:
         if self.on:
