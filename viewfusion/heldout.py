@@ -289,7 +289,8 @@ def heldout(*, checkpoint: str, shards: str, split: str = "val", draws: int = 25
             device: str = "auto", weights: str = "auto", row_batch: int | None = None) -> dict:
     """The held-out loss of one checkpoint as the JSON-ready dict `viewfusion heldout` writes."""
     from viewfusion.data.shard import read_shard_manifest
-    from viewfusion.sample import data_sha256, load_sampling_model, resolve_device
+    from viewfusion.distributed import resolve_device
+    from viewfusion.sample import data_sha256, load_sampling_model
 
     if row_batch is not None and row_batch < 1:
         raise ViewFusionError(f"--row-batch {row_batch}: must be at least 1")
