@@ -22,6 +22,21 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Run where Snakemake runs (a login node on Slurm: internet, little CPU), never as cluster jobs:
+# the download needs the internet, which compute nodes often lack; verifying the zip, the tables
+# and the figures are minutes of light work, not worth a place in the queue.
+localrules:
+    verify_dataset,
+    tables,
+    figures,
+
+
+if config["dataset"]["source"] == "download":
+
+    localrules:
+        download_dataset,
+
+
 rule all:
     input:
         get_final_outputs(),

@@ -4,18 +4,27 @@
     VIEWFUSION_SLURM_STATE=$state pytest -m slurm tests/test_slurm.py
     .ci/slurm/stop.sh "$state"
 
-`.ci/run` does exactly this around `make test`. Without VIEWFUSION_SLURM_STATE the Slurm test
-is skipped; the dry-run test of the two Slurm profiles runs everywhere.
+`.ci/run` does exactly this around `make test`. Without VIEWFUSION_SLURM_STATE the Slurm tests
+are skipped; the dry-run test of the two Slurm profiles and the tests of the training launcher
+(workflow/scripts/train.sh, with stand-ins for torchrun and scontrol) run everywhere.
+
+On the cluster: the whole pipeline as Slurm jobs; a training job that reaches its time-limit
+warning, checkpoints, requeues itself and resumes, ending with the weights of an uninterrupted
+run; two ranks launched by srun through torchrun's c10d rendezvous.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +32,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_SH = REPO / "workflow" / "scripts" / "train.sh"
+# Rules the Snakefile runs where Snakemake runs (`localrules`), never as Slurm jobs.
+LOCAL_RULES = {"download_dataset", "verify_dataset", "tables", "figures"}
 # What a copy of the workflow needs (the viewfusion package itself is installed in the venv).
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles")
 # The default config (config/config.yaml) made smaller still: Slurm adds ~5-20 s per job on top
@@ -177,6 +189,8 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
     planned = _job_stats(log)
     planned.pop("all", None)
     assert planned and planned["sample"] == 2 * 2, planned  # 2 view counts x 2 chunks
+    local = {rule: planned.pop(rule) for rule in LOCAL_RULES & set(planned)}
+    assert set(local) == {"verify_dataset", "tables", "figures"}, local  # synthetic data: no download
 
     slurm_ids: dict[str, list[str]] = {}  # rule -> Slurm ids (array tasks as <job>_<task>)
     for rule_dir in (wf / ".snakemake" / "slurm_logs").glob("rule_*"):
@@ -193,6 +207,8 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
         assert len(completed) >= n, (
             f"rule {rule}: {n} jobs planned, Slurm completed {completed} (logs: {ids})"
         )
+    assert not set(local) & set(slurm_ids), f"local rules ran as Slurm jobs: {slurm_ids}"
+    assert re.search(r"^localrule tables:", log, re.M), "tables did not run locally"
     # Sampling chunks went in as job arrays (ids <array>_<task>).
     assert any("_" in i for i in slurm_ids["sample"]), slurm_ids["sample"]
     assert "Submitted array job" in log
@@ -210,7 +226,7 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
         if job_state == "COMPLETED"
     }
     # Jobs older than MinJobAge have left squeue; the last ones are surely there.
-    assert {"tables", "figures"} <= completed_rules <= set(planned), q.stdout
+    assert {"metrics"} <= completed_rules <= set(planned), q.stdout
 
     # 3. Nothing left to do: a second run would submit nothing.
     again = subprocess.run(
@@ -220,3 +236,235 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
     )
     assert again.returncode == 0, again.stderr
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- the training launcher
+
+FAKE_TORCHRUN = """#!/usr/bin/env bash
+# torchrun's shape: a parent that starts the worker as its child and exits 1 if it fails.
+echo "torchrun $* OMP=$OMP_NUM_THREADS" >>"$FAKE_LOG"
+python3 "$FAKE_WORKER" "$@" &
+wait $!
+rc=$?
+[ "$rc" = 0 ] || exit 1
+"""
+FAKE_WORKER = """import os, signal, sys, time
+# viewfusion train's shape: SIGUSR1 -> checkpoints/last.pt, exit 75; done -> final.pt, exit 0.
+out = sys.argv[sys.argv.index("--out") + 1]
+stop = []
+signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+os.makedirs(f"{out}/checkpoints", exist_ok=True)
+open(f"{out}/started", "w").close()
+deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "60"))
+while time.time() < deadline:
+    if stop:
+        open(f"{out}/checkpoints/last.pt", "w").close()
+        sys.exit(75)
+    time.sleep(0.05)
+open(f"{out}/final.pt", "w").close()
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >>"$FAKE_LOG"
+"""
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    """train.sh with stand-ins for torchrun and scontrol on PATH; returns (start, run dir, log)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "worker.py").write_text(FAKE_WORKER)
+    run, log = tmp_path / "run", tmp_path / "calls.log"
+    log.touch()
+
+    def start(*options: str, slurm: bool = True, **env: str) -> subprocess.Popen:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
+        base.update(PATH=f"{bin_dir}{os.pathsep}{base['PATH']}", FAKE_LOG=str(log),
+                    FAKE_WORKER=str(tmp_path / "worker.py"), **env)
+        if slurm:
+            base.update(SLURM_JOB_ID="123", SLURM_JOB_NODELIST="localhost")
+        cmd = ["bash", str(TRAIN_SH), "--run-dir", str(run), *options, "--", "--config", "c.yaml", "--out", str(run)]
+        return subprocess.Popen(cmd, env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    return start, run, log
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """Exit status and stderr; then nothing of the launcher's session is left running."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, err
+
+
+def _wait_until(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_train_sh_without_slurm_is_torchrun_standalone(launcher):
+    start, _, log = launcher
+    rc, err = _finish(start("--nodes", "1", "--nproc", "3", "--threads", "6", "--max-minutes", "0",
+                            slurm=False, FAKE_SECONDS="0"))
+    assert rc == 0, err
+    assert log.read_text().split("\n")[0] == (
+        "torchrun --standalone --nproc-per-node=3 -m viewfusion.cli train --config c.yaml --out "
+        f"{launcher[1]} OMP=2")
+    rc, err = _finish(start("--nodes", "2", "--nproc", "1", "--threads", "1", "--max-minutes", "0", slurm=False))
+    assert rc == 2 and "training.nodes 2 needs a Slurm allocation" in err
+
+
+def test_train_sh_turns_the_warning_into_a_checkpoint_and_a_requeue(launcher):
+    start, run, log = launcher
+    proc = start("--nodes", "1", "--nproc", "1", "--threads", "2", "--max-minutes", "600")
+    _wait_until(lambda: (run / "started").exists())
+    os.kill(proc.pid, signal.SIGURG)  # what Slurm's --signal=URG@... delivers
+    _wait_until(lambda: "scontrol requeue 123" in log.read_text())
+    os.killpg(proc.pid, signal.SIGTERM)  # Slurm ends the allocation after the requeue
+    proc.wait(timeout=10)
+    assert (run / "checkpoints" / "last.pt").exists() and not (run / "final.pt").exists()
+    ledger = (run / "checkpoints" / "allocations.tsv").read_text().split("\t")
+    assert ledger[0] == "123" and ledger[1] == "0" and ledger[-1] == "stopped\n", ledger
+    assert "torchrun --standalone --nproc-per-node=1" in log.read_text()
+
+
+def test_train_sh_finishes_and_keeps_the_budget(launcher):
+    start, run, log = launcher
+    rc, err = _finish(start("--nodes", "1", "--nproc", "1", "--threads", "1", "--max-minutes", "1",
+                            FAKE_SECONDS="0.2"))
+    assert rc == 0 and (run / "final.pt").exists(), err
+    assert (run / "checkpoints" / "allocations.tsv").read_text().rstrip().endswith("finished")
+    # 60 s of allocations already spent against a 1-minute budget: refuse before starting.
+    (run / "final.pt").unlink()
+    (run / "checkpoints" / "allocations.tsv").write_text("9\t0\t0\t60\t60\tstopped\n")
+    log.write_text("")
+    rc, err = _finish(start("--nodes", "1", "--nproc", "1", "--threads", "1", "--max-minutes", "1"))
+    assert rc == 75 and "training budget (training.max_hours = 0 h 1 min) is used up" in err, err
+    assert "torchrun" not in log.read_text()  # never started
+
+
+def test_train_sh_does_not_requeue_past_the_budget(launcher):
+    start, run, log = launcher
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "allocations.tsv").write_text("9\t0\t0\t59\t59\tstopped\n")
+    proc = start("--nodes", "1", "--nproc", "1", "--threads", "1", "--max-minutes", "1")
+    _wait_until(lambda: (run / "started").exists())
+    time.sleep(1.1)
+    os.kill(proc.pid, signal.SIGURG)
+    rc, err = _finish(proc)
+    assert rc == 75 and "not requeueing" in err, err
+    assert "scontrol requeue" not in log.read_text()
+
+
+def test_train_sh_refuses_a_gpu_count_that_is_not_the_process_count(launcher):
+    start, _, log = launcher
+    rc, err = _finish(start("--nodes", "1", "--nproc", "4", "--threads", "8", "--max-minutes", "0",
+                            CUDA_VISIBLE_DEVICES="0,1"))
+    assert rc == 2 and "gives 2 GPU(s) per node" in err and "GPUS_PER_NODE" in err, err
+    assert "torchrun" not in log.read_text()
+
+
+# ---------------------------------------------------------------- on the local cluster
+
+
+def _release_requeued(stop: threading.Event) -> None:
+    """A requeued job waits ~2 minutes (Reason=BeginTime) before Slurm starts it again: start
+    it at once (the test's only shortcut; the requeue itself is Slurm's)."""
+    while not stop.wait(2):
+        q = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True, env=_env())
+        for line in q.stdout.splitlines():
+            job, reason = line.split(maxsplit=1)
+            if reason == "BeginTime":
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True,
+                               env=_env())
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_training_survives_time_limits_by_requeue(tmp_path):
+    """Two-minute allocations with the warning a minute before the limit: the job checkpoints,
+    requeues itself and resumes until final.pt, whose weights equal an uninterrupted run's."""
+    _cluster_state()
+    wf = _copy_workflow(tmp_path)
+    sets = ["train.max_steps=40", "train.checkpoint_every=1", "train.log_every=5", "train.snapshot_steps=[]"]
+    overrides = {"dataset": CI_OVERRIDES["dataset"],
+                 "experiments": {"tiny": {"config": "config/experiments/tiny.yaml", "shard_set": "all", "set": sets}}}
+    (wf / "requeue.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
+    cmd = [*_snakemake(), "results/runs/tiny/final.pt", "--profile", "profiles/slurm-ci",
+           "--configfile", "requeue.yaml"]
+    env = {**_env(), "VIEWFUSION_CI_TRAIN_MINUTES": "2", "VIEWFUSION_CI_WARNING_SECONDS": "60"}
+    stop = threading.Event()
+    releaser = threading.Thread(target=_release_requeued, args=(stop,), daemon=True)
+    releaser.start()
+    try:
+        with open(tmp_path / "snakemake.log", "w") as log_file:
+            proc = subprocess.run(cmd, cwd=wf, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                  timeout=RUN_TIMEOUT_S)
+    finally:
+        stop.set()
+    log = (tmp_path / "snakemake.log").read_text()
+    run = wf / "results/runs/tiny"
+    ledger = [line.split("\t") for line in (run / "checkpoints/allocations.tsv").read_text().splitlines()] \
+        if (run / "checkpoints/allocations.tsv").exists() else []
+    assert proc.returncode == 0, f"{log[-4000:]}\n{ledger}"
+    # One Slurm job, several allocations: stopped at the warning, restarted, finished.
+    assert len(ledger) >= 2 and {row[0] for row in ledger} == {ledger[0][0]}, ledger
+    assert [row[5] for row in ledger] == ["stopped"] * (len(ledger) - 1) + ["finished"], ledger
+    assert [int(row[1]) for row in ledger] == list(range(len(ledger))), ledger  # SLURM_RESTART_COUNT
+    assert "Trying to restart job" not in log  # no Snakemake retry was spent
+    slurm_log = next((wf / ".snakemake/slurm_logs/rule_train").rglob("*.log")).read_text()
+    assert slurm_log.count("Building DAG of jobs") >= len(ledger)  # --open-mode=append: every allocation
+
+    # The same 40 steps without interruption (same launcher, threads and shards, outside Slurm).
+    straight = tmp_path / "straight"
+    ref = subprocess.run(["torchrun", "--standalone", "--nproc-per-node=1", "-m", "viewfusion.cli", "train",
+                          "--config", "config/experiments/tiny.yaml", "--shards", "results/shards/all",
+                          "--out", str(straight), *[a for s in sets for a in ("--set", s)]],
+                         cwd=wf, env={**_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    sys.path.insert(0, str(REPO / "tests"))
+    from train_utils import assert_same_weights, load
+
+    assert_same_weights(load(run / "final.pt"), load(straight / "final.pt"))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_ranks_through_srun_and_c10d(tmp_path):
+    """train.sh's multi-node path on the one node: srun starts two torchrun agents (the
+    --agents-per-node test hook stands in for two nodes), which meet through a c10d rendezvous
+    at the allocation's first node and train one model as ranks 0 and 1 (gloo, CPU)."""
+    _cluster_state()
+    sys.path.insert(0, str(REPO / "tests"))
+    from train_utils import SMALL, TINY, load, make_shards
+
+    shards = make_shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    args = ["--config", str(TINY), "--shards", str(shards), "--out", str(run), "--device", "cpu"]
+    for s in [*SMALL, "train.max_steps=4"]:
+        args += ["--set", s]
+    wrap = shlex.join(["bash", str(TRAIN_SH), "--run-dir", str(run), "--nodes", "1", "--nproc", "1", "--threads", "2",
+                     "--agents-per-node", "2", "--max-minutes", "0", "--", *args])
+    out = tmp_path / "slurm.out"
+    job = subprocess.run(["sbatch", "--wait", "--parsable", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
+                          "--mem=3000", "-t", "10", "-o", str(out), "-D", str(REPO), f"--wrap={wrap}"],
+                         env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    text = out.read_text() if out.exists() else ""
+    assert job.returncode == 0, f"{job.stderr}\n{text[-4000:]}"
+    assert re.search(r"srun 2 torchrun agent\(s\) on 1 node\(s\) x 1 process\(es\), c10d rendezvous at "
+                     r"127\.0\.0\.1:\d+ \(node localhost\)", text), text[-3000:]
+    final = load(run / "final.pt")
+    assert final["world_size"] == 2 and final["step"] == 4
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ranks = [e for e in events if e.get("event") == "checkpoint"][-1]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and len({r["weights_sha256"] for r in ranks}) == 1, ranks

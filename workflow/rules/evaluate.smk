@@ -2,6 +2,17 @@
 # Changing only sampler, steps, view counts or metrics reruns these jobs and never training.
 # evaluation.batch_size is a resource, not a param: images do not depend on it (only memory does). A rerun
 # keeps the images whose fingerprint matches and regenerates the rest (viewfusion.provenance).
+#
+# Two rules with one command: `sample` runs the model's samplers (a GPU each on a cluster),
+# `sample_nearest` the copy baseline (no network: a small CPU job). Separate rules because the
+# Slurm plugin submits the ready jobs of one rule as one job array with the first job's resources.
+
+SAMPLE_SHELL = (
+    "OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {params.checkpoint}"
+    " --manifest {input.manifest} --shards {input.shards} --out {params.out}"
+    " --chunk {wildcards.chunk}/{wildcards.n} {params.sampler}"
+    " --batch-size {resources.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
+)
 
 
 rule sample:
@@ -11,6 +22,8 @@ rule sample:
         shards=get_eval_shards,
     output:
         chunk="results/samples/{exp}/{ckpt}/{sampler}/v{views}/chunks/{chunk}-of-{n}.json",
+    wildcard_constraints:
+        sampler=rf"(?!{samplers.BASELINE}\b)(?:{samplers.TAG_PATTERN})",
     params:
         checkpoint=get_checkpoint_file,
         out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
@@ -27,10 +40,36 @@ rule sample:
     log:
         f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {params.checkpoint}"
-        " --manifest {input.manifest} --shards {input.shards} --out {params.out}"
-        " --chunk {wildcards.chunk}/{wildcards.n} {params.sampler}"
-        " --batch-size {resources.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
+        SAMPLE_SHELL
+
+
+# The copy baseline: reads the checkpoint only for its fingerprint (the provenance of the
+# chunk), so it stays per experiment.
+rule sample_nearest:
+    input:
+        checkpoint=lambda wc: f"results/runs/{wc.exp}/final.pt",
+        manifest=get_manifest,
+        shards=get_eval_shards,
+    output:
+        chunk="results/samples/{exp}/{ckpt}/{sampler}/v{views}/chunks/{chunk}-of-{n}.json",
+    wildcard_constraints:
+        sampler=samplers.BASELINE,
+    params:
+        checkpoint=get_checkpoint_file,
+        out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
+        sampler=lambda wc: parse_sampler(wc.sampler),
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=30,
+        batch_size=EVAL["batch_size"],
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
+    shell:
+        SAMPLE_SHELL
 
 
 rule metrics:

@@ -3,7 +3,26 @@
 # there instead of starting over; final.pt is declared and written once the step budget is done.
 # It reruns when the resolved training config's fingerprint (a param) changes, whichever file of
 # the `base:` chain changed; the job then moves the old run to superseded/ (never resumes it).
-# training.nproc is a resource, not a param: a process count does not call for retraining.
+# training.nproc, training.nodes and training.max_hours are resources, not params: a process
+# count, a node count or a time budget does not call for retraining.
+#
+# workflow/scripts/train.sh launches it: `torchrun --standalone` on one node (a workstation, or
+# one Slurm node); with training.nodes > 1, srun starts one torchrun per node joined by a c10d
+# rendezvous on the allocation's first node. On Slurm it also turns the profile's early
+# time-limit signal into a checkpoint and requeues the job until final.pt or training.max_hours.
+
+TRAIN = config["training"]
+
+if TRAIN["nodes"] > 1:
+    # Every rank reads its own shards: the shard count must divide by all ranks of all nodes.
+    for _name, _spec in config["shard_sets"].items():
+        try:
+            check_settings(shards=_spec["shards"], gpus=TRAIN["nodes"] * TRAIN["nproc"],
+                           withhold=_spec["withhold"],
+                           source=f"shard_sets.{_name} with training.nodes {TRAIN['nodes']} x "
+                                  f"training.nproc {TRAIN['nproc']}")
+        except ViewFusionError as err:
+            config_error(err)
 
 
 rule train:
@@ -23,14 +42,16 @@ rule train:
         cpus_per_gpu=8,
         mem_mb=8000,
         runtime=60,
-        nproc=config["training"]["nproc"],  # CPU processes when gpu is 0
+        nproc=TRAIN["nproc"],  # processes per node when gpu is 0 (GPUs then come from gres)
+        nodes=TRAIN["nodes"],  # --nodes=N of the Slurm plugin (1: a single node, always)
+        max_train_minutes=round(TRAIN["max_hours"] * 60),  # over all requeued allocations
     conda:
         "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/train/{{exp}}.log",
     shell:
-        "NPROC=$(( {resources.gpu} > 0 ? {resources.gpu} : {resources.nproc} ));"
-        " OMP_NUM_THREADS=$(( {threads} / NPROC > 0 ? {threads} / NPROC : 1 ))"
-        " torchrun --standalone --nproc-per-node=$NPROC -m viewfusion.cli train"
-        " --config {params.config} --shards {input.shards} --out {params.run_dir}"
+        "bash workflow/scripts/train.sh --run-dir {params.run_dir} --nodes {resources.nodes}"
+        " --nproc $(( {resources.gpu} > 0 ? {resources.gpu} : {resources.nproc} )) --threads {threads}"
+        " --max-minutes {resources.max_train_minutes}"
+        " -- --config {params.config} --shards {input.shards} --out {params.run_dir}"
         " {params.overrides} --on-config-change restart >> {log} 2>&1"

@@ -1,0 +1,217 @@
+"""What the Slurm profiles submit: the resources of each rule as `snakemake -n` resolves them
+(profiles/slurm with config/paper.yaml: the paper run), turned into sbatch and job-step srun
+arguments by the Slurm executor plugin's own builders (the functions it calls when it submits).
+No cluster needed; tests/test_slurm.py runs the CI profile on a real one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("Snakefile", "workflow", "config", "profiles")
+# One place to edit: the YTE definitions at the top of profiles/slurm/config.yaml.
+CLUSTER = {"GPU_PARTITION": '"gpu"', "CPU_PARTITION": '"cpu"', "ACCOUNT": '"proj42"', "GPU_MODEL": '"v100"'}
+
+submit_string = pytest.importorskip("snakemake_executor_plugin_slurm.submit_string")
+slurm_utils = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
+jobstep = pytest.importorskip("snakemake_executor_plugin_slurm_jobstep")
+
+
+class Resources(dict):
+    """A job's resources as the plugin reads them: .get(name) and .name."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _copy(dest: Path) -> Path:
+    for part in PARTS:
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / part)
+    return dest
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "VIEWFUSION_CI_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _value(text: str):
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+def dry_run(work: Path, *args: str) -> tuple[dict[str, SimpleNamespace], set[str], str]:
+    """`snakemake -n` -> {rule: the first job's threads, resources and shell command}, the rules
+    that run locally (`localrule`), and the whole output."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=work, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    jobs: dict[str, SimpleNamespace] = {}
+    local = set()
+    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
+        head = re.search(r"^(local)?rule (\w+):", block, re.M)
+        if not head:
+            continue
+        kind, rule = head.groups()
+        if kind:
+            local.add(rule)
+        if rule in jobs:
+            continue
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        pairs = (item.split("=", 1) for item in res.group(1).split(", ")) if res else ()
+        jobs[rule] = SimpleNamespace(
+            name=rule, threads=int(threads.group(1)) if threads else 1,
+            resources=Resources({k: _value(v) for k, v in pairs}),
+            shell=shell.group(1) if shell else "", is_group=lambda: False)
+    return jobs, local, text
+
+
+def sbatch(job: SimpleNamespace) -> str:
+    """The sbatch call the plugin builds for `job` (run_job: get_submit_command + gres),
+    with -A/-p as its get_account_arg/get_partition_arg give them for set resources."""
+    r = job.resources
+    params = {"run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": f"rule_{job.name}",
+              "account": f" -A {r['slurm_account']}" if r.get("slurm_account") else "",
+              "partition": f" -p {r['slurm_partition']}" if r.get("slurm_partition") else "",
+              "workdir": "WD"}
+    settings = SimpleNamespace(requeue=True, no_requeue=False, qos=None, reservation=None)
+    return submit_string.get_submit_command(job, params, settings=settings) + slurm_utils.set_gres_string(job)
+
+
+def step(job: SimpleNamespace, batch_env_gpus: bool) -> str:
+    """The job-step srun the jobstep plugin wraps a non-array job's Snakemake in."""
+    return " ".join(["srun -n1", jobstep.get_cpu_setting(job, batch_env_gpus), jobstep.get_gpu_setting(job),
+                     jobstep.get_node_setting(job)])
+
+
+def flags(call: str) -> set[str]:
+    return {f.strip() for f in call.replace(" -", "\n-").split("\n")}
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    work = _copy(tmp_path_factory.mktemp("profiles"))
+    return dry_run(work, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The profile with the one place filled in, training on 2 nodes."""
+    work = _copy(tmp_path_factory.mktemp("cluster"))
+    profile = work / "profiles/slurm/config.yaml"
+    text = profile.read_text()
+    for name, value in CLUSTER.items():
+        text, n = re.subn(rf'^  - {name} = .*$', f"  - {name} = {value}", text, flags=re.M)
+        assert n == 1, name
+    profile.write_text(text)
+    (work / "nodes.yaml").write_text("training: {nodes: 2}\n")
+    targets = ["results/runs/paper/final.pt", "results/samples/paper/final/ddim-50/v3/chunks/1-of-64.json",
+               "results/samples/paper/final/nearest/v3/chunks/1-of-64.json",
+               "results/samples/paper/final/ddim-50/v3/metrics.parquet"]
+    return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "nodes.yaml")
+
+
+def local_rules(work: Path, *configfiles: str) -> set[str]:
+    """The Snakefile's `localrules` for a config (a dry run does not mark them)."""
+    code = ("import sys; from pathlib import Path; from snakemake.api import SnakemakeApi;"
+            "from snakemake.settings.types import ResourceSettings, ConfigSettings, OutputSettings\n"
+            "with SnakemakeApi(OutputSettings()) as api:\n"
+            "    wf = api.workflow(resource_settings=ResourceSettings(cores=2), snakefile=Path('Snakefile'),"
+            " config_settings=ConfigSettings(configfiles=[Path(p) for p in sys.argv[1:]]), workdir=Path('.'))\n"
+            "    print('LOCAL', *sorted(wf._workflow._localrules))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *configfiles], cwd=work, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(re.search(r"^LOCAL(.*)$", proc.stdout, re.M).group(1).split())
+
+
+def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
+    jobs, _, text = paper
+    stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:", 1)[1], re.M)}
+    # Per experiment 8 view counts x 64 chunks: 2 model samplers on GPUs, the copy baseline on CPUs
+    # (the paper's 4 experiments: 4096 + 2048 chunks, 6271 jobs in all).
+    n = len(yaml.safe_load((REPO / "config/paper.yaml").read_text())["active_experiments"])
+    assert (stats["sample"], stats["sample_nearest"], stats["metrics"]) == (n * 2 * 8 * 64, n * 8 * 64, n * 3 * 8)
+    # Internet, the login node's little work: never a cluster job.
+    work = _copy(tmp_path)
+    assert local_rules(work, "config/paper.yaml") == {"download_dataset", "verify_dataset", "tables", "figures"}
+    assert local_rules(work) == {"verify_dataset", "tables", "figures"}  # synthetic data: no download rule
+
+
+def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
+    jobs, _, _ = paper
+    train = jobs["train"]
+    call = flags(sbatch(train))
+    assert {"--nodes=1", "--gres=gpu:4", "--cpus-per-task=32", "--mem 64000", "-t 2880", "--requeue",
+            "--signal=URG@600", "--open-mode=append"} <= call, call
+    assert not any(f.startswith("--gpus") for f in call), call  # gres is per node: never split
+    # Memory and runtime are the same on every attempt: the job requeues itself instead.
+    assert train.resources["mem_mb"] == 64000 and train.resources["runtime"] == 2880
+    # The job step Snakemake runs in keeps one node and the CPUs (the GPUs come with the job).
+    assert step(train, batch_env_gpus=False) == "srun -n1 --cpus-per-task=32  --nodes=1"
+    assert train.resources["max_train_minutes"] == 240 * 60  # config/paper.yaml training.max_hours
+    assert "workflow/scripts/train.sh" in train.shell and "--nodes 1" in train.shell
+    assert "--max-minutes 14400" in train.shell
+
+
+def test_sampling_gets_a_gpu_and_the_copy_baseline_a_small_cpu_job(paper):
+    jobs, _, _ = paper
+    sample, nearest = flags(sbatch(jobs["sample"])), flags(sbatch(jobs["sample_nearest"]))
+    assert {"--gpus=1", "--cpus-per-gpu=4", "--mem 16000", "-t 240"} <= sample, sample
+    assert {"--ntasks=1", "--cpus-per-task=1", "--mem 2000", "-t 30"} <= nearest, nearest
+    assert not any(f.startswith(("--gpus", "--gres")) for f in nearest), nearest
+    metrics = flags(sbatch(jobs["metrics"]))
+    assert {"--cpus-per-task=4", "--mem 8000", "-t 60"} <= metrics and "--gpus=1" not in metrics
+
+
+def test_partition_account_and_gpu_model_come_from_the_one_place(cluster):
+    jobs, _, _ = cluster
+    train, sample = flags(sbatch(jobs["train"])), flags(sbatch(jobs["sample"]))
+    nearest, metrics = flags(sbatch(jobs["sample_nearest"])), flags(sbatch(jobs["metrics"]))
+    assert {"-p gpu", "-A proj42", "--gres=gpu:v100:4", "--nodes=2"} <= train, train
+    assert {"-p gpu", "-A proj42", "--gpus=v100:1"} <= sample, sample
+    assert {"-p cpu", "-A proj42"} <= nearest and not any(f.startswith("--gpus") for f in nearest), nearest
+    assert {"-p cpu", "-A proj42"} <= metrics, metrics
+    # Two nodes: the rule hands train.sh the node count (srun + torchrun c10d).
+    assert "--nodes 2" in jobs["train"].shell
+
+
+def test_nodes_must_divide_the_shards(tmp_path):
+    work = _copy(tmp_path)
+    (work / "nodes.yaml").write_text("training: {nodes: 3}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile",
+                           "config/paper.yaml", "nodes.yaml"], cwd=work, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(lines) == 1 and "training.nodes 3 x training.nproc 4" in lines[0], proc.stderr[-2000:]
+
+
+def test_ci_profile_keeps_the_real_profiles_settings(tmp_path):
+    """profiles/slurm-ci differs only in sizes: the same arrays, requeue and early signal."""
+    work = _copy(tmp_path)
+    jobs, _, _ = dry_run(work, "--profile", "profiles/slurm-ci")
+    train = flags(sbatch(jobs["train"]))
+    assert {"--nodes=1", "--requeue", "--signal=URG@60", "-t 20", "--ntasks=1", "--cpus-per-task=2"} <= train, train
+    assert {"--gpus=1", "--cpus-per-gpu=1"} <= flags(sbatch(jobs["sample"]))
+    assert not any(f.startswith("--gpus") for f in flags(sbatch(jobs["sample_nearest"])))
+    for profile in ("slurm", "slurm-ci"):
+        text = (REPO / "profiles" / profile / "config.yaml").read_text()
+        assert re.search(r"^slurm-array-jobs: sample,sample_nearest$", text, re.M), profile
+        assert re.search(r"^slurm-requeue: true$", text, re.M), profile
