@@ -17,8 +17,9 @@ Equation numbers refer to DDPM (Ho et al. 2020), SR3 (Saharia et al. 2021) and D
   Heun's two stages): one sampler object per generation, `step` called once per entry of
   `timesteps`, in order. `timesteps` lists the U-Net evaluations, so its length is the cost
   (Heun repeats the interior timesteps: its 2nd-order stage evaluates at the next grid point).
-* `SAMPLER_KINDS`, `make_sampler_for` and `unet_calls`: the one owner of the sampler names and
-  of their cost in U-Net calls per target and view.
+* `make_sampler_for(kind, buffers, ...)`: a fresh sampler of any kind. The names
+  (`SAMPLER_KINDS`), default steps and cost in U-Net calls per target and view (`unet_calls`)
+  are owned by the torch-free `viewfusion.samplers` and re-exported here.
 
 Timesteps (`spaced_timesteps`): DDIM keeps its "linspace" spacing (T-1 down to 0); every
 few-step solver uses "trailing" spacing (T-1 down to T/steps - 1, `SOLVER_SPACING`). The last
