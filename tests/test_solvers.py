@@ -92,6 +92,10 @@ def fake_eps(y, t):
 
 
 def test_sampler_names_and_costs_have_one_owner(buffers):
+    from viewfusion import diffusion, samplers
+
+    # The torch-free owner (CLI, workflow, tables) and what the samplers use are the same objects.
+    assert diffusion.SAMPLER_KINDS is samplers.SAMPLER_KINDS and diffusion.unet_calls is samplers.unet_calls
     assert SAMPLER_KINDS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
     assert set(DEFAULT_STEPS) == set(SAMPLER_KINDS) - {"ddpm"}
     for kind in SAMPLER_KINDS:
