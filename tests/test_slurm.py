@@ -468,3 +468,61 @@ def test_two_ranks_through_srun_and_c10d(tmp_path):
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ranks = [e for e in events if e.get("event") == "checkpoint"][-1]["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and len({r["weights_sha256"] for r in ranks}) == 1, ranks
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_real_nodes_c10d_warning_requeue_and_resume(tmp_path):
+    """Two slurmd in network namespaces (.ci/slurm/two-nodes.sh: own IP and hostname each) form a
+    second cluster: train.sh's srun starts a torchrun per node, which meet at the first node's
+    address; the time-limit warning reaches both nodes' trainers through srun, the job requeues
+    itself and resumes on two nodes to the end."""
+    _cluster_state()
+    if subprocess.run(["ip", "netns", "add", "vf-probe"], capture_output=True).returncode != 0:
+        pytest.skip("no network namespaces here (ip netns add failed)")
+    subprocess.run(["ip", "netns", "del", "vf-probe"], capture_output=True)
+    sys.path.insert(0, str(REPO / "tests"))
+    from train_utils import SMALL, TINY, load, make_shards
+
+    pair = tmp_path / "pair"
+    script = REPO / ".ci/slurm/two-nodes.sh"
+    up = subprocess.run(["bash", str(script), "start", str(pair)], capture_output=True, text=True, timeout=120)
+    env = {**_env(), "SLURM_CONF": str(pair / "slurm.conf")}
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        shards = make_shards(tmp_path / "shards")
+        run, out = tmp_path / "run", tmp_path / "slurm.out"
+        args = ["--config", str(TINY), "--shards", str(shards), "--out", str(run), "--device", "cpu"]
+        for s in [*SMALL, "train.max_steps=300", "train.checkpoint_every=1000"]:
+            args += ["--set", s]
+        wrap = shlex.join(["bash", str(TRAIN_SH), "--run-dir", str(run), "--nodes", "2", "--nproc", "1",
+                           "--threads", "1", "--max-minutes", "0", "--", *args])
+        job = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                              "--mem=1200", "-t", "10", "--requeue", "--open-mode=append", "-o", str(out),
+                              "-D", str(REPO), f"--wrap={wrap}"], env=env, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        deadline = time.monotonic() + 600
+        while "step 10/" not in (out.read_text() if out.exists() else ""):
+            assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
+            time.sleep(1)
+        # What Slurm's --signal=URG@... does near the limit, now: URG to every process of the job.
+        subprocess.run(["scancel", "--full", "--signal=URG", job], env=env, check=True)
+        while True:
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=env, capture_output=True,
+                                   text=True).stdout.strip()
+            if not state:
+                break
+            if state.endswith("BeginTime"):  # a requeued job waits ~2 min: start it now
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(1)
+        text = out.read_text()
+        assert re.search(r"srun 2 torchrun agent\(s\) on 2 node\(s\) x 1 process\(es\), c10d rendezvous at "
+                         r"10\.77\.0\.11:\d+ \(node vfn1\)", text), text[-3000:]
+        assert "stopped by SIGUSR1" in text and "requeueing job" in text and "resumed from" in text, text[-3000:]
+        ledger = [line.split("\t") for line in (run / "checkpoints/allocations.tsv").read_text().splitlines()]
+        assert [(row[1], row[5]) for row in ledger] == [("0", "stopped"), ("1", "finished")], ledger
+        final = load(run / "final.pt")
+        assert final["world_size"] == 2 and final["step"] == 300
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(pair)], capture_output=True, timeout=60)

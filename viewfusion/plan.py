@@ -370,7 +370,7 @@ def render(plan: Plan) -> str:
             lines.append(f"  {rule:<15} {sum(x.jobs for x in rows):>6} jobs  {_fmt(sum(x.unet_evals for x in rows)):>10}"
                          f" U-Net evaluations  {plan.total(rule):>9.1f} GPU h" + ("  (CPU)" if rule in (
                              "sample_nearest", "metrics") else ""))
-    lines.append(f"  {'total':<15} {sum(x.jobs for x in plan.rows):>6} jobs  {'':>10}"
+    lines.append(f"  {'these rules':<15} {sum(x.jobs for x in plan.rows):>6} jobs  {'':>10}"
                  f"                    {plan.total():>9.1f} GPU h")
     fits = plan.chunks >= plan.chunks_needed
     lines.append("")
