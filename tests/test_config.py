@@ -166,3 +166,19 @@ def test_non_finite_values_are_refused_from_every_source():
     with pytest.raises(ViewFusionError, match=r"model.clamp must be null or \[low, high\]"):
         C.from_dict({"model": {"clamp": [1.0, -1.0]}})
     assert load("tiny", "model.clamp=[0, 1]").model.clamp == (0.0, 1.0)
+
+
+def test_written_sha256_is_what_the_files_set_not_the_defaults(tmp_path):
+    """The workflow's retrain trigger: a change in the base chain or the overrides changes it;
+    keys left at their defaults are not part of it (a new code default does not retrain)."""
+    from viewfusion.config import written_layers, written_sha256
+
+    base = tmp_path / "base.yaml"
+    base.write_text("name: b\ntrain:\n  lr: 0.001\n")
+    variant = tmp_path / "v.yaml"
+    variant.write_text("base: base.yaml\nname: v\n")
+    first = written_sha256(variant)
+    assert written_layers(variant) == {"name": "v", "train": {"lr": 0.001}}  # no defaults in it
+    assert written_sha256(variant, ["train.max_steps=5"]) != first
+    base.write_text("name: b\ntrain:\n  lr: 0.002\n")
+    assert written_sha256(variant) != first

@@ -151,16 +151,17 @@ def _dry_run_rules(text: str) -> set[str]:
 # ---------------------------------------------------------------- rerun triggers (issue 16)
 
 EVALUATION = {"sample", "metrics", "tables", "figures"}
+NEAREST = "sample_nearest"  # the copy baseline's own (CPU) rule
 # setting changed on the finished QUICK run -> the rules `snakemake -n` reruns (beyond `all`).
 RERUNS = {
     "evaluation.batch_size": ("evaluation: {batch_size: 3}\n", set()),
     "training.nproc": ("training: {nproc: 2}\n", set()),
     "sampler steps": ("evaluation: {samplers: [{name: ddim, steps: 20}, {name: nearest}]}\n", EVALUATION),
-    "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", *EVALUATION}),
+    "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", NEAREST, *EVALUATION}),
     "view count dropped": ("evaluation: {view_counts: [1, 2]}\n", {"tables", "figures"}),
     "experiment override": (("experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
                              "['train.max_steps=40', 'train.snapshot_steps=[]', 'train.checkpoint_every=20', "
-                             "'train.lr=0.002']}}\n"), {"train", "sample_figures", *EVALUATION}),
+                             "'train.lr=0.002']}}\n"), {"train", "sample_figures", NEAREST, *EVALUATION}),
 }
 
 
@@ -186,7 +187,7 @@ def test_a_base_config_change_retrains_its_variants_and_a_resave_does_not(pipeli
         assert _rerun_rules(pipeline) == set()
         base.write_text(original.replace("adam_eps: 1.0e-8", "adam_eps: 2.0e-8"))
         assert original != base.read_text()
-        assert _rerun_rules(pipeline) == {"train", "sample_figures", *EVALUATION}
+        assert _rerun_rules(pipeline) == {"train", "sample_figures", NEAREST, *EVALUATION}
     finally:
         base.write_text(original)
 
@@ -265,3 +266,46 @@ def test_pixelnerf_protocol_scores_softras_objects_without_retraining(pipeline, 
     views = pd.read_csv(work / "results/tables/views.csv")
     assert "published: pixelNeRF (Yu et al. 2021)" in set(views["source"])
     assert set(views.loc[views["source"] == "measured", "protocol"]) == {"pixelnerf"}
+
+
+@pytest.mark.slow
+def test_published_weights_are_scored_without_training(pipeline, tmp_path):
+    """config/eval/official_weights.yaml's route: a paper-architecture file in the official layout
+    (random weights, numpy metric scalars, DDP prefix) is imported, sampled and tabled; no train."""
+    import numpy as np
+    import torch
+
+    from viewfusion.config import build_model, from_dict
+
+    work = tmp_path / "work"
+    shutil.copytree(pipeline, work, symlinks=True)
+    torch.manual_seed(0)
+    model = build_model(from_dict({"name": "paper"}))
+    weights = work / "weights" / "best_model_all.pt"
+    weights.parent.mkdir()
+    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "optimizer": {"state": {}, "param_groups": []}, "it": 710000, "t": 5.6e5, "run_id": "abc",
+                "psnr": np.float64(23.5), "ssim": np.float32(0.88)}, weights)
+    official = yaml.safe_load((REPO / "config/eval/official_weights.yaml").read_text())
+    assert official["experiments"]["official"]["weights"] == "weights/best_model_all.pt"
+    small = overlay(work, "small.yaml", "evaluation: {view_counts: [1], max_objects: 2, samplers: "
+                    "[{name: ddim, steps: 2}, {name: nearest}]}\nfigures: {enabled: false}\n")
+    args = ("--configfile", "config/eval/official_weights.yaml", small)
+    assert {"import_weights", "train"} & _rerun_rules(work, *args) == {"import_weights"}
+    snakemake(work, *args)
+    views = pd.read_csv(work / "results/tables/views.csv")
+    measured = views[views["source"] == "measured"]
+    assert set(measured["experiment"]) == {"official"} and (measured["checkpoint_step"].dropna() == 710000).all()
+    missing = overlay(work, "missing.yaml", "experiments: {official: {weights: nowhere.pt, shard_set: all}}\n")
+    proc = snakemake(work, "-n", "--configfile", "config/eval/official_weights.yaml", missing, check=False)
+    assert proc.returncode == 2 and "nowhere.pt does not exist" in proc.stderr
+
+
+def test_table_roles_come_from_the_config(tmp_path):
+    """Which experiments a comparison table pairs is configured (roles), not found by default names."""
+    work = _copy_workflow(tmp_path)
+    roles = overlay(work, "roles.yaml", "roles: {main: tiny, weighting: [tiny, mean_tiny], withheld: []}\n")
+    proc = snakemake(work, "-n", "-p", "--configfile", roles)
+    command = next(line for line in proc.stdout.splitlines() if "viewfusion tables" in line)
+    assert "--main-experiment tiny --weighting tiny mean_tiny --angle paper relative --withheld  --withheld-category car" \
+        in command, command

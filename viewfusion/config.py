@@ -374,13 +374,28 @@ def from_dict(d: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
         raise ViewFusionError(f"{source}: {err}") from None
 
 
-def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
+def written_layers(path: str | Path, overrides: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """The keys the files of the `base:` chain and the overrides set, merged and checked, before
+    any default: what a user wrote."""
     merged = _read_chain(Path(path))
-    overrides = list(overrides)
     for text in overrides:
         merged = _merge(merged, parse_override(text))
+    return merged
+
+
+def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
+    overrides = list(overrides)
     source = str(path) + "".join(f" --set {o}" for o in overrides)
-    return from_dict(merged, source=source)
+    return from_dict(written_layers(path, overrides), source=source)
+
+
+def written_sha256(path: str | Path, overrides: typing.Iterable[str] = ()) -> str:
+    """Fingerprint of what the config files and overrides set (`written_layers`), the workflow's
+    retrain trigger: a new code version that adds a key with its default does not retrain
+    finished runs (their checkpoints record the full resolved config either way)."""
+    from viewfusion.fsutil import sha256_json
+
+    return sha256_json(written_layers(path, overrides))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

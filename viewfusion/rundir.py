@@ -12,8 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from viewfusion import distributed
 from viewfusion.config import ExperimentConfig, config_sha256, to_dict
+
+def snapshot_name(step: int) -> str:
+    """The file name of the snapshot at `step` in RUN_DIR/checkpoints/ (train writes it, the
+    workflow's sampling reads it)."""
+    return f"step_{int(step):08d}.pt"
+
 
 # Keys a resume may change: they alter neither the weights' training nor the batches (the data
 # stream restarts at multiples of train.checkpoint_every, so that one is not among them).
@@ -44,9 +49,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
             for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
 
 
-def supersede(out: Path, old: ExperimentConfig, d: distributed.Dist, changes: list[str]) -> None:
+def supersede(out: Path, old: ExperimentConfig, d, changes: list[str]) -> None:
     """Move the old run's files to RUN_DIR/superseded/<old config sha256[:12]>[-k]/ (rank 0; all
     ranks wait), so nothing of it is resumed or relabelled, and nothing is deleted."""
+    from viewfusion import distributed  # torch: only here, so the Snakefile can import this module
+
     if d.is_main:
         base = out / "superseded" / config_sha256(old)[:12]
         dest, k = base, 1

@@ -232,7 +232,7 @@ def _validate(state: State, cfg, d: distributed.Dist, out: Path, validator, log)
 def _due_checkpoints(step: int, tc: TrainConfig, out: Path, *, stopping: bool) -> list[Path]:
     paths = []
     if step in tc.snapshot_steps:
-        paths.append(out / "checkpoints" / f"step_{step:08d}.pt")
+        paths.append(out / "checkpoints" / rundir.snapshot_name(step))
     if step >= tc.max_steps:
         paths.append(out / "final.pt")
     if stopping or step % tc.checkpoint_every == 0 or step >= tc.max_steps:

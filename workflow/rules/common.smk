@@ -1,6 +1,7 @@
 # Python helpers of the workflow: config validation and get_* input functions. Rules hold none.
 # Every cross-setting check runs here, when the DAG is built, before any job can delete outputs.
 import os
+import re
 import sys
 
 import yaml
@@ -8,7 +9,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
 from viewfusion import samplers
-from viewfusion.config import config_sha256, load_config
+from viewfusion.config import load_config, written_sha256
+from viewfusion.rundir import snapshot_name
 from viewfusion.data.nmr import resolve_category
 from viewfusion.data.shard import check_settings
 from viewfusion.errors import ViewFusionError
@@ -80,16 +82,47 @@ def check_config():
         if spec["shard_set"] not in config["shard_sets"]:
             config_error(f"experiments.{exp}.shard_set {spec['shard_set']!r} is not in shard_sets "
                          f"({', '.join(config['shard_sets'])})")
+        check_protocol(exp)
+        if check_imported(exp):
+            continue
         cfg = resolved_training_config(exp)
         withheld = sorted(resolve_category(c) for c in config["shard_sets"][spec["shard_set"]]["withhold"])
         if sorted(resolve_category(c) for c in cfg.data.withheld) != withheld:
             config_error(f"experiments.{exp}: its config withholds {sorted(cfg.data.withheld)} (data.withheld), "
                          f"shard set {spec['shard_set']!r} withholds {withheld}; make them agree")
-        check_protocol(exp)
-        missing = [c for c in EVAL["checkpoints"] if c != "final" and c not in cfg.train.snapshot_steps]
+        if "best" in EVAL["checkpoints"] and cfg.train.validate_every is None:
+            config_error(f"evaluation.checkpoints names best, but experiment {exp} does not validate "
+                         "(train.validate_every is null), so it writes no checkpoints/best.pt")
+        missing = [c for c in EVAL["checkpoints"] if c not in ("final", "best") and c not in cfg.train.snapshot_steps]
         if missing:
             config_error(f"evaluation.checkpoints {missing} are not in experiment {exp}'s train.snapshot_steps "
                          f"{list(cfg.train.snapshot_steps)}: those snapshots are never written")
+
+
+def check_imported(exp):
+    """True for an experiment of published weights (`weights:`): no training, only `final`."""
+    spec = config["experiments"][exp]
+    if "weights" not in spec:
+        if "config" not in spec:
+            config_error(f"experiments.{exp}: give `config` (a training config) or `weights` (a published checkpoint)")
+        return False
+    if spec.get("set"):
+        config_error(f"experiments.{exp}: `set` overrides training; published weights are not trained")
+    if not os.path.isfile(spec["weights"]):
+        config_error(f"experiments.{exp}.weights: {spec['weights']} does not exist; put the official "
+                     "best_model_all.pt there (bronemos/view-fusion's release) or change the path")
+    if EVAL["checkpoints"] != ["final"]:
+        config_error(f"experiments.{exp} evaluates published weights: evaluation.checkpoints must be [final]")
+    return True
+
+
+def imported_experiments():
+    return [e for e, spec in config["experiments"].items() if "weights" in spec]
+
+
+def exp_pattern(names):
+    """A wildcard constraint matching exactly `names` (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def check_protocol(exp):
@@ -116,7 +149,7 @@ except ViewFusionError as err:
 wildcard_constraints:
     exp="[A-Za-z0-9_]+",
     shard_set="[A-Za-z0-9_]+",
-    ckpt="final|step[0-9]+",
+    ckpt="final|best|step[0-9]+",
     sampler=samplers.TAG_PATTERN,
     views="[0-9]+",
     chunk="[0-9]+",
@@ -135,7 +168,7 @@ def parse_sampler(tag):
 
 
 def ckpt_tag(ckpt):
-    return "final" if ckpt == "final" else f"step{int(ckpt)}"
+    return ckpt if ckpt in ("final", "best") else f"step{int(ckpt)}"
 
 
 def get_experiment(wildcards):
@@ -157,10 +190,25 @@ def get_train_overrides(wildcards):
     return " ".join(f"--set {s}" for s in sets)
 
 
+def get_role_flags(wildcards=None):
+    """The experiments the comparison tables pair up (config `roles`), as `viewfusion tables` flags:
+    a renamed experiment is named here, never found by its default name."""
+    r = config["roles"]
+    return (f"--main-experiment {r['main']} --weighting {' '.join(r['weighting'])} --angle {' '.join(r['angle'])}"
+            f" --withheld {' '.join(r['withheld'])} --withheld-category {r['withheld_category']}")
+
+
+def get_import_flags(wildcards):
+    spec = get_experiment(wildcards)
+    return f"--config {spec['config']}" if spec.get("config") else ""
+
+
 def get_train_config_sha256(wildcards):
-    """Fingerprint of the resolved training config: a param, so editing an experiment's YAML,
-    any file of its `base:` chain or its overrides retrains it, and nothing else does."""
-    return config_sha256(resolved_training_config(wildcards.exp))
+    """Fingerprint of what the experiment's YAML, its `base:` chain and its overrides set: a
+    param, so editing any of them retrains it, and nothing else does (a code version adding a
+    config key with its default neither)."""
+    spec = config["experiments"][wildcards.exp]
+    return written_sha256(spec["config"], spec.get("set", []))
 
 
 def get_checkpoint_file(wildcards):
@@ -173,7 +221,9 @@ def get_checkpoint_file(wildcards):
     run = f"results/runs/{wildcards.exp}"
     if wildcards.ckpt == "final":
         return f"{run}/final.pt"
-    return f"{run}/checkpoints/step_{int(wildcards.ckpt.removeprefix('step')):08d}.pt"
+    if wildcards.ckpt == "best":  # by in-training validation (train.validate_every)
+        return f"{run}/checkpoints/best.pt"
+    return f"{run}/checkpoints/{snapshot_name(wildcards.ckpt.removeprefix('step'))}"
 
 
 def get_eval_shards(wildcards):

@@ -19,10 +19,11 @@ rule tables:
             if EVAL["speed_view_count"]
             else ""
         ),
+        roles=get_role_flags,
     log:
         f"{LOGS}/tables.log",
     shell:
-        "viewfusion tables --metrics {input.metrics} {params.speed} --out {output.tables}"
+        "viewfusion tables --metrics {input.metrics} {params.speed} {params.roles} --out {output.tables}"
         " > {log} 2>&1"
 
 

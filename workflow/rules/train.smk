@@ -30,6 +30,8 @@ rule train:
         shards=get_experiment_shards,
     output:
         final="results/runs/{exp}/final.pt",
+    wildcard_constraints:
+        exp=exp_pattern(set(config["experiments"]) - set(imported_experiments())),
     params:
         run_dir="results/runs/{exp}",
         config=lambda wc: get_experiment(wc)["config"],
@@ -55,3 +57,22 @@ rule train:
         " --max-minutes {resources.max_train_minutes}"
         " -- --config {params.config} --shards {input.shards} --out {params.run_dir}"
         " {params.overrides} --on-config-change restart >> {log} 2>&1"
+
+
+# Published weights (experiments with `weights:`, e.g. config/eval/official_weights.yaml): the
+# official best_model_all.pt converted unchanged, then sampled and scored like a trained run.
+rule import_weights:
+    input:
+        weights=lambda wc: get_experiment(wc)["weights"],
+    output:
+        final="results/runs/{exp}/final.pt",
+    wildcard_constraints:
+        exp=exp_pattern(imported_experiments()),
+    params:
+        config=get_import_flags,
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/train/{{exp}}_import.log",
+    shell:
+        "viewfusion import-official {input.weights} {output.final} {params.config} > {log} 2>&1"
