@@ -27,6 +27,8 @@ include: "workflow/rules/report.smk"
 # and the figures are minutes of light work, not worth a place in the queue.
 localrules:
     verify_dataset,
+    # Converting published weights is a copy with checks: seconds, no GPU.
+    import_weights,
     tables,
     figures,
 
