@@ -6,8 +6,9 @@ evaluations and the GPU hours, and whether each sampling chunk fits its job's ti
     viewfusion plan --configfile config/paper.yaml --rates gpu_check.json   # measured on that GPU
     viewfusion plan --configfile config/paper.yaml --sample-evals-per-second 2400 --json plan.json
 
-The config is read as Snakemake reads it: config/config.yaml (--base) with each --configfile
-merged over it (mappings merge, lists replace), schema defaults filled in.
+Run it from the workflow's folder, as snakemake: the config is read as Snakemake reads it,
+config/config.yaml (--base) with each --configfile merged over it (mappings merge, lists
+replace), schema defaults filled in; experiment configs and results/ are relative to it.
 
 Arithmetic (per experiment, checkpoint, sampler and view count v, a "setting"):
 * targets T: the evaluation manifest's items when results/manifests/... exists; else the test
@@ -388,9 +389,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Snakefile's configfile (default config/config.yaml); 'none' for no base")
     parser.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"),
                         help="schema whose defaults fill missing keys")
-    parser.add_argument("--profile", type=Path, default=Path("profiles/slurm"),
-                        help="Snakemake profile whose sample/train runtimes bound a job (default profiles/slurm); "
-                             "'none' for the module's defaults")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="Snakemake profile whose sample/train runtimes bound a job (default profiles/slurm "
+                             "when it exists); 'none' for the module's defaults")
     parser.add_argument("--gpu", default="v100", help=f"GPU class for default rates: {', '.join(PEAK_TFLOPS)} "
                                                       "(default v100, the paper's)")
     parser.add_argument("--rates", type=Path, help="JSON with measured rates: benchmarks/gpu_check.sh's output "
@@ -431,6 +432,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_workflow_config(args.configfile, base, args.schema)
     if args.objects is not None and args.objects < 1:
         raise ViewFusionError(f"--objects {args.objects}: need at least 1")
+    if args.profile is None:
+        args.profile = Path("profiles/slurm") if Path("profiles/slurm").exists() else Path("none")
     profile = profile_minutes(None if str(args.profile) == "none" else args.profile)
     plan = make_plan(config, rates=resolve_rates(args), profile=profile, margin=args.margin, root=Path(os.getcwd()),
                      objects=args.objects, sources=[str(p) for p in ([base] if base else []) + args.configfile])
