@@ -162,3 +162,16 @@ def test_quality_against_unet_calls_is_drawn_for_several_samplers(tmp_path):
     path = figures.quality_vs_cost(loaded, tmp_path)
     assert path is not None and path.stat().st_size > 1000
     assert figures.quality_vs_cost(loaded[loaded["sampler"] == "ddim"], tmp_path / "one") is None
+
+
+def test_figures_of_an_earlier_run_are_removed_not_left_to_mislead(tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    old = out / "extrapolation_grid_tiny_step5_ddim-50.png"  # drawn by a run with other samples
+    write_png(old, np.random.default_rng(0))
+    mine = out / "my_notes.png"  # not a name this command draws: left alone
+    write_png(mine, np.random.default_rng(1))
+    sample_dir = make_sample_dir(tmp_path / "samples" / "v2", views=2)
+    assert cli.main(["figures", "--metrics", str(sample_dir / "metrics.parquet"), "--out", str(out)]) == 0
+    assert not old.exists() and mine.exists() and (out / "metrics_vs_views.png").exists()
+    assert "removed extrapolation_grid_tiny_step5_ddim-50.png" in capsys.readouterr().out

@@ -258,3 +258,19 @@ def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest,
     assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards", str(synth_shards),
                  "--out", str(tmp_path / "e"), "--sampler", "euler", "--eta", "0.5"]) == 2
     assert "eta" in capsys.readouterr().err
+
+
+def test_markers_of_other_settings_are_dropped_when_a_folder_is_resampled(ckpt, manifest, synth_shards, tmp_path):
+    """Two chunks of one setting, then the folder resampled as one chunk of another: the old
+    2-chunk markers would mark items complete under the old label; they go, metrics reads the new."""
+    from viewfusion.metrics import compute_metrics
+
+    out = tmp_path / "s"
+    for i in (1, 2):
+        sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk=f"{i}/2", spec=SPEC,
+                     device="cpu")
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk="1/1",
+                 spec=SamplerSpec("ddim", 3), device="cpu")
+    assert sorted(p.name for p in (out / "chunks").glob("*-of-*.json") if "progress" not in p.name) == ["1-of-1.json"]
+    frame = compute_metrics(generated=out, manifest=manifest, lpips_net=None)
+    assert set(frame["steps"]) == {3}

@@ -31,6 +31,7 @@ import argparse
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import matplotlib
@@ -432,12 +433,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark the published pixelNeRF one-view numbers (default: on)")
 
 
+FIGURE_PREFIXES = ("metrics_vs_views", "quality_vs_unet_calls", "view_weights_", "weight_maps_", "autoregressive_",
+                   "extrapolation_grid_")
+
+
+def _earlier_figures(out: Path, *, before: int) -> list[Path]:
+    """This command's figure files in `out` older than `before` (ns): not redrawn by this run."""
+    return [p for p in out.iterdir() if p.suffix in {".png", ".gif"} and p.name.startswith(FIGURE_PREFIXES)
+            and p.stat().st_mtime_ns < before]
+
+
 def run(args: argparse.Namespace) -> int:
     grid_dirs = args.grid_samples if args.grid_samples is not None else default_grid_dirs(args.metrics)
     if not (args.metrics or args.figure_samples or grid_dirs):
         raise ViewFusionError("nothing to draw: give --metrics, --figure-samples and/or --grid-samples")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.time_ns()
     notes = []
     if args.metrics:
         frame = load_metrics(args.metrics)
@@ -447,6 +459,9 @@ def run(args: argparse.Namespace) -> int:
     for figure_dir in args.figure_samples:
         notes += figure_sample_figures(figure_dir, out, args)
     notes += grid_figures(grid_dirs, out, args)
+    for stale in _earlier_figures(out, before=started):  # from a run with other inputs: would mislead
+        stale.unlink()
+        notes.append(f"removed {stale.name}, drawn by an earlier run and not by this one")
     for note in notes:
         print(f"note: {note}")
     print(f"figures in {out}: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix in {'.png', '.gif'}))}")

@@ -51,6 +51,7 @@ from viewfusion.fsutil import (
     sha256_file,
     sha256_json,
 )
+from viewfusion.markers import CHUNK_MARKER
 from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS, SAMPLER_KINDS
 
 MODEL_SAMPLERS = SAMPLER_KINDS
@@ -288,6 +289,7 @@ def sample_chunk(
         data_sha256=data_sha256(shards, man["split"]))
     fp = provenance.fingerprint(settings)
     marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
+    _drop_other_markers(out_dir / "chunks", fp)
     for sub in ("images", "gt", "weights", "chunks"):
         remove_stale_temps(out_dir / sub)  # half-written files of a killed run
     states = {it["item"]: item_state(out_dir, it, fp, weights=save_weights) for it in items}
@@ -316,6 +318,24 @@ def sample_chunk(
                   extra={"checkpoint": str(checkpoint), "experiment": experiment, "device": str(dev),
                          "manifest_sha256": sha256_file(manifest)})
     return marker
+
+
+def _drop_other_markers(chunks: Path, fp: str) -> None:
+    """Markers (and progress) of other settings in this folder describe images this run
+    replaces: left, they would mark a chunk complete under the old label (e.g. after a change of
+    evaluation.chunks). Chunks of the same settings, running beside this one, are kept."""
+    if not chunks.is_dir():
+        return
+    for path in chunks.glob("*.json"):
+        if not CHUNK_MARKER.match(path.name):
+            continue
+        try:
+            other = json.loads(path.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            other = None
+        if other != fp:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name.replace(".json", ".progress.json")).unlink(missing_ok=True)
 
 
 def _objects(shards: str, split: str, todo: list[dict], manifest: str) -> dict:
