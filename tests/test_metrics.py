@@ -344,3 +344,26 @@ def test_protocol_picks_the_ssim_convention_and_labels_the_rows(tmp_path):
     assert (frames["official"]["ssim"] != frames["pixelnerf"]["ssim"]).any()
     with pytest.raises(ViewFusionError, match="--protocol 'dvr'"):
         metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None, protocol="dvr")
+
+
+def test_both_conventions_on_real_renders_of_the_synthetic_data(synth_shards):
+    """White-background renders, not noise: each SSIM equals its reference on neighbouring and
+    distant views of real objects, and the two protocols differ there by more than on noise."""
+    import pytorch_msssim
+
+    from viewfusion.data.loader import load_objects
+
+    objects = load_objects(synth_shards, "test")
+    pairs = [(obj.images[0], obj.images[v]) for obj in list(objects.values())[:3] for v in (1, 12)]
+    a = torch.stack([p for p, _ in pairs])
+    b = torch.stack([q for _, q in pairs])
+    a8, b8 = ((x * 255).round() / 255 for x in (a, b))  # as the PNGs are scored
+    official = pytorch_msssim.ssim(a8.float(), b8.float(), data_range=1, size_average=False)
+    assert metrics.ssim(a8, b8).numpy() == pytest.approx(official.double().numpy(), abs=1e-7)
+    as_hwc = lambda x: x.double().permute(1, 2, 0).numpy()
+    for i, (p, q) in enumerate(zip(a8, b8)):
+        assert float(metrics.ssim_pixelnerf(p[None], q[None])[0]) == pytest.approx(
+            reference_ssim_pixelnerf(as_hwc(q), as_hwc(p)), abs=1e-9), i
+        assert float(metrics.psnr(p[None], q[None])[0]) == pytest.approx(reference_psnr(as_hwc(p), as_hwc(q)), abs=1e-9)
+    gap = (metrics.ssim_pixelnerf(a8, b8) - metrics.ssim(a8, b8)).abs().mean()
+    assert gap > 1e-3, gap

@@ -79,8 +79,10 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -
     `ssim(..., size_average=False)` itself (11-tap Gaussian, sigma 1.5, valid region)."""
     if min(pred.shape[-2:]) < SSIM_WINDOW:
         raise ViewFusionError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
-    return pytorch_msssim.ssim(pred.double(), target.double(), data_range=data_range, size_average=False,
-                               win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=(SSIM_K1, SSIM_K2))
+    # float32 as the official script feeds it: on white-background renders float64 differs by
+    # up to 6e-6 (the float32 window's sum is 1 - 1e-7, which flat regions expose).
+    return pytorch_msssim.ssim(pred.float(), target.float(), data_range=data_range, size_average=False,
+                               win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=(SSIM_K1, SSIM_K2)).double()
 
 
 def ssim_pixelnerf(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
