@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from viewfusion.data.loader import load_objects
-from viewfusion.data.nmr import NUM_VIEWS, VIEW_STEP
+from viewfusion.data.nmr import NUM_VIEWS
 from viewfusion.data.shard import read_shard_manifest
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
@@ -31,6 +31,7 @@ from viewfusion.sample import (
     generate_batch,
     load_sampling_model,
     sample_chunk,
+    target_angles,
 )
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
@@ -71,13 +72,13 @@ def autoregressive(model, images: torch.Tensor, *, spec: SamplerSpec, start_view
     steps = []
     for k, target in enumerate(range(start_view + stride, start_view + NUM_VIEWS, stride)):
         target %= NUM_VIEWS
+        item = {"target_view": target, "cond_views": [start_view]}  # the first view is the reference
         batch = {"y_cond": torch.stack(cond)[None].to(device),
                  "view_count": torch.tensor([len(cond)], device=device),
-                 "angle": torch.tensor([target * VIEW_STEP], device=device, dtype=torch.float32),
+                 "angle": target_angles([item], relative=model.relative).to(device),
                  "seeds": torch.tensor([seed + k])}
         if model.relative:
             batch["y_ref"] = images[start_view][None].to(device)
-            batch["angle"] = torch.tensor([((target - start_view) % NUM_VIEWS) * VIEW_STEP], device=device)
         image, _, _ = generate_batch(model, batch, spec, save_weights=False, weights_every=1)
         atomic_write_bytes(out / f"step_{k:02d}.png", encode_png(image[0]))
         atomic_write_bytes(out / f"gt_{k:02d}.png", encode_png(images[target]))

@@ -23,7 +23,9 @@ from PIL import Image, PngImagePlugin
 
 from viewfusion.fsutil import sha256_json
 
-FORMAT = 1
+# Bumped whenever the sampling code changes an image's bytes for the same settings, so that
+# images of the old code are regenerated, not reused (2: angles exactly as in training).
+FORMAT = 2
 PNG_KEY = "viewfusion:made-by"
 ITEM_FIELDS = ("item", "key", "target_view", "cond_views", "seed")
 NETWORK_FIELDS = ("weights", "weights_sha256", "config_sha256")  # absent for the copy baseline
