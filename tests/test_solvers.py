@@ -15,19 +15,8 @@ import pytest
 import torch
 from train_utils import SAMPLE_SMALL, TINY
 
-from viewfusion.diffusion import (
-    DEFAULT_STEPS,
-    SAMPLER_KINDS,
-    DDIMSampler,
-    DPMSolverPP,
-    EulerSolver,
-    HeunSolver,
-    Schedule,
-    UniPC,
-    make_sampler_for,
-    spaced_timesteps,
-    unet_calls,
-)
+from viewfusion.diffusion import DEFAULT_STEPS, SAMPLER_KINDS, DDIMSampler, Schedule, spaced_timesteps, unet_calls
+from viewfusion.solvers import DPMSolverPP, EulerSolver, HeunSolver, UniPC, make_sampler_for
 from viewfusion.model.viewfusion import count_unet_evals
 
 pytestmark = pytest.mark.usefixtures("one_thread")

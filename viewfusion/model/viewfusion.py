@@ -37,11 +37,11 @@ from viewfusion.diffusion import (
     add_noise,
     check_clamp,
     eps_from_v,
-    make_sampler_for,
     sample_continuous_gamma,
     v_target,
 )
 from viewfusion.errors import ViewFusionError
+from viewfusion.solvers import make_sampler_for
 from viewfusion.model.unet import UNet
 
 __all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals",
