@@ -402,7 +402,10 @@ def test_training_survives_time_limits_by_requeue(tmp_path):
     (wf / "requeue.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
     cmd = [*_snakemake(), "results/runs/tiny/final.pt", "--profile", "profiles/slurm-ci",
            "--configfile", "requeue.yaml"]
-    env = {**_env(), "VIEWFUSION_CI_TRAIN_MINUTES": "2", "VIEWFUSION_CI_WARNING_SECONDS": "60"}
+    # 40 steps of >= 2 s outlast the minute before the warning on any machine (18 s in all without
+    # the pause on an idle CI machine: no requeue ever happened there).
+    env = {**_env(), "VIEWFUSION_CI_TRAIN_MINUTES": "2", "VIEWFUSION_CI_WARNING_SECONDS": "60",
+           "VIEWFUSION_TEST_STEP_SECONDS": "2"}
     stop = threading.Event()
     releaser = threading.Thread(target=_release_requeued, args=(stop,), daemon=True)
     releaser.start()
@@ -510,7 +513,8 @@ def test_two_real_nodes_c10d_warning_requeue_and_resume(tmp_path):
         while True:
             state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=env, capture_output=True,
                                    text=True).stdout.strip()
-            if not state:
+            # squeue may briefly show nothing while a job is being requeued: done only with final.pt
+            if not state and (run / "final.pt").exists():
                 break
             if state.endswith("BeginTime"):  # a requeued job waits ~2 min: start it now
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
@@ -519,7 +523,9 @@ def test_two_real_nodes_c10d_warning_requeue_and_resume(tmp_path):
         text = out.read_text()
         assert re.search(r"srun 2 torchrun agent\(s\) on 2 node\(s\) x 1 process\(es\), c10d rendezvous at "
                          r"10\.77\.0\.11:\d+ \(node vfn1\)", text), text[-3000:]
-        assert "stopped by SIGUSR1" in text and "requeueing job" in text and "resumed from" in text, text[-3000:]
+        # train.sh's lines; the trainers' own stop/resume lines are in the ledger and checkpoints below
+        # (a torchrun worker's stdout can be cut off when its agent tears the group down).
+        assert "requeueing job" in text, text[-3000:]
         ledger = [line.split("\t") for line in (run / "checkpoints/allocations.tsv").read_text().splitlines()]
         assert [(row[1], row[5]) for row in ledger] == [("0", "stopped"), ("1", "finished")], ledger
         final = load(run / "final.pt")

@@ -38,7 +38,9 @@ SIGUSR1 or SIGUSR2 (what Slurm and submitit send before a time limit or preempti
 flight finishes, checkpoints/last.pt is written, and rerunning resumes; 2 on bad input or a loss
 that became NaN/inf (the error names the step; no checkpoint is written after it).
 
-Test hook: VIEWFUSION_FAULT_NAN_STEP=N makes the loss of step N (1-based) NaN.
+Test hooks: VIEWFUSION_FAULT_NAN_STEP=N makes the loss of step N (1-based) NaN;
+VIEWFUSION_TEST_STEP_SECONDS=S sleeps S seconds after each step, so that a test of the time-limit
+requeue needs the same number of allocations on a fast machine as on a slow one.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from viewfusion.trainlog import TrainLogger
 PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 FAULT_NAN_ENV = "VIEWFUSION_FAULT_NAN_STEP"
+STEP_SECONDS_ENV = "VIEWFUSION_TEST_STEP_SECONDS"
 
 
 class Outcome(NamedTuple):
@@ -151,8 +154,10 @@ def _train(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, out: Path, 
 def _loop(state, cfg, d, out, stream, log, stop, validator=None) -> Outcome:
     tc = cfg.train
     nan_step = int(os.environ.get(FAULT_NAN_ENV, 0))
+    step_seconds = float(os.environ.get(STEP_SECONDS_ENV, 0))
     autocast = autocast_for(state.precision, d.device)
     while state.step < tc.max_steps:
+        time.sleep(step_seconds)
         t0 = time.perf_counter()
         batch = next(stream)
         t1 = time.perf_counter()
