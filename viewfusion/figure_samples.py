@@ -24,7 +24,6 @@ from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
 from viewfusion.sample import (
-    MODEL_SAMPLERS,
     SamplerSpec,
     check_options,
     encode_png,
@@ -33,6 +32,7 @@ from viewfusion.sample import (
     sample_chunk,
     target_angles,
 )
+from viewfusion.samplers import SAMPLER_KINDS
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
 FIGURE_TARGET_STRIDE = 2  # targets every 30 degrees: the weights shift smoothly enough to follow
@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object", default=None, help="object key synset_objectid (default: drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stride", type=int, default=3, help="views between autoregressive targets")
-    parser.add_argument("--sampler", choices=MODEL_SAMPLERS, default="ddim")
+    parser.add_argument("--sampler", choices=SAMPLER_KINDS, default="ddim")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--device", default="auto")

@@ -52,10 +52,8 @@ from viewfusion.fsutil import (
     sha256_json,
 )
 from viewfusion.markers import CHUNK_MARKER
-from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS, SAMPLER_KINDS
+from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS
 
-MODEL_SAMPLERS = SAMPLER_KINDS
-SAMPLERS = ALL_SAMPLERS  # with `nearest`, the copy baseline (no network)
 
 
 @dataclass(frozen=True)
@@ -68,8 +66,8 @@ class SamplerSpec:
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,
                   row_batch: int | None = None) -> None:
     """Flag values no sampler accepts, as one clear error before anything is loaded."""
-    if spec.name not in SAMPLERS:
-        raise ViewFusionError(f"--sampler {spec.name!r}: use one of {', '.join(SAMPLERS)}")
+    if spec.name not in ALL_SAMPLERS:
+        raise ViewFusionError(f"--sampler {spec.name!r}: use one of {', '.join(ALL_SAMPLERS)}")
     if spec.steps is not None and spec.steps < 1:
         raise ViewFusionError(f"--steps {spec.steps}: need at least 1 sampling step")
     if not (math.isfinite(spec.eta) and 0.0 <= spec.eta <= 1.0):
@@ -386,7 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="shard directory holding the manifest's split")
     parser.add_argument("--out", required=True, help="sample directory (images/, gt/, chunks/)")
     parser.add_argument("--chunk", default="1/1", help="i/N: the i-th of N contiguous blocks (1-based)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    parser.add_argument("--sampler", choices=ALL_SAMPLERS, default="ddim")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"sampling steps (ddpm: the training schedule; defaults {DEFAULT_STEPS})")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; DDIM only)")
