@@ -125,6 +125,32 @@ def test_workers_yield_exact_step_count(synth_shards):
     assert len(first) == len(second) == 6 and first != second
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipped_batches_leave_the_rest_of_the_stream_unchanged(synth_shards, workers):
+    """A resume inside a loader segment skips its first batches: the rest must be the same
+    batches, with the same views and pixels, as the unskipped stream's (issue 21)."""
+    full = list(_loader(synth_shards, num_workers=workers, steps_per_epoch=7, seed=3))
+    tail = list(_loader(synth_shards, num_workers=workers, steps_per_epoch=4, seed=3, skip_batches=3))
+    assert [b["key"] for b in tail] == [b["key"] for b in full[3:]]
+    for got, want in zip(tail, full[3:]):
+        assert torch.equal(got["cond_views"], want["cond_views"]) and torch.equal(got["y_0"], want["y_0"])
+
+
+def test_epoch_shard_order_reads_every_shard_once_per_pass(synth_shards):
+    keys = read_shard_manifest(synth_shards)["splits"]["train"]["objects"]  # 18, 9 per shard
+    for seed in range(4):
+        seen = [k for batch in _loader(synth_shards, shard_order="epoch", shuffle_buffer=1, batch_size=6,
+                                       steps_per_epoch=6, seed=seed) for k in batch["key"]]
+        assert sorted(seen[:18]) == sorted(seen[18:]) == sorted(keys)  # each pass: all objects once
+
+
+def test_bad_stream_settings_are_one_clear_error(synth_shards):
+    with pytest.raises(ViewFusionError, match="shard_order 'sorted' is not one of resample, epoch"):
+        _loader(synth_shards, shard_order="sorted")
+    with pytest.raises(ViewFusionError, match="shuffle_buffer must be >= 1"):
+        _loader(synth_shards, shuffle_buffer=0)
+
+
 def test_world_size_must_divide_shards(synth_shards):
     with pytest.raises(ViewFusionError, match="cannot be split evenly over 3 ranks"):
         _loader(synth_shards, world_size=3)

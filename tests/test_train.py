@@ -39,6 +39,9 @@ def test_lr_schedule_is_the_official_one():
     for it in (2499, 2500, 100_000, 710_000, 4_002_500):
         assert tc.lr * train.lr_factor(it, tc) == pytest.approx(official(max(it, 2500)), rel=1e-12)
     assert train.lr_factor(4_002_500, tc) == pytest.approx(0.16)
+    official_start = from_dict({"train": {"warmup_offset": 0}}).train  # step 0 at lr 0, as theirs
+    for it in (0, 1, 1249, 2499, 2500, 100_000):
+        assert tc.lr * train.lr_factor(it, official_start) == pytest.approx(official(it), rel=1e-12)
 
 
 def test_per_rank_batch_must_divide():
@@ -82,6 +85,20 @@ def test_sigkill_then_restart_is_bit_identical(shards, tmp_path, workers):
     straight = run_train(shards, tmp_path / "straight", f"train.max_steps={total}", workers_set)
     assert straight.returncode == 0, straight.stderr
     assert_same_weights(load(killed / "final.pt"), load(tmp_path / "straight" / "final.pt"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_inside_a_data_segment_is_bit_identical(shards, tmp_path, workers):
+    """A checkpoint at step 3 of a 5-step loader segment: the resumed run replays the segment's
+    first 3 batches undecoded, then crosses into the next segment (issue 21)."""
+    sets = [f"data.num_workers={workers}", "data.stream_segment=5", "train.checkpoint_every=2"]
+    resumed = tmp_path / "resumed"
+    assert run_train(shards, resumed, "train.max_steps=3", *sets).returncode == 0
+    res = run_train(shards, resumed, "train.max_steps=8", *sets)
+    assert res.returncode == 0 and "at step 3" in res.stdout, res.stderr
+    straight = run_train(shards, tmp_path / "straight", "train.max_steps=8", *sets)
+    assert straight.returncode == 0, straight.stderr
+    assert_same_weights(load(resumed / "final.pt"), load(tmp_path / "straight" / "final.pt"))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_75(shards, tmp_path):
@@ -172,8 +189,10 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
     assert resume_changes(old, ok, step=15) == []
     assert resume_changes(old, load_config(TINY, ["train.snapshot_steps=[5, 10]"]), step=15) == [
         "train.snapshot_steps adds [5], already passed at step 15"]
-    assert resume_changes(old, load_config(TINY, ["train.checkpoint_every=7"]), step=15) == [
-        "train.checkpoint_every: 250 -> 7"]
+    # The checkpoint cadence no longer moves the loader's restarts; the segment length does.
+    assert resume_changes(old, load_config(TINY, ["train.checkpoint_every=7"]), step=15) == []
+    assert resume_changes(old, load_config(TINY, ["data.stream_segment=7"]), step=15) == [
+        "data.stream_segment: 250 -> 7"]
     assert resume_changes(old, load_config(TINY, ["diffusion.prediction=eps"]), step=15) == [
         "diffusion.prediction: 'v' -> 'eps'"]
 

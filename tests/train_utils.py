@@ -18,7 +18,7 @@ TINY = ROOT / "config" / "experiments" / "tiny.yaml"
 SMALL = ["model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
          "model.norm_groups=8", "model.res_blocks=1", "diffusion.n_timestep=100",
          "data.max_views=3", "data.num_workers=0", "train.global_batch_size=4",
-         "train.checkpoint_every=3", "train.log_every=1", "train.snapshot_steps=[]",
+         "train.checkpoint_every=3", "data.stream_segment=3", "train.log_every=1", "train.snapshot_steps=[]",
          "train.warmup_steps=5"]
 # A random-weight 64 px model for the sampling tests: determinism does not depend on training.
 SAMPLE_SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.norm_groups=8",

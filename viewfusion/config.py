@@ -43,6 +43,8 @@ PREDICTIONS = ("eps", "v")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # train.validate_metric -> whether higher is better (viewfusion.validate keeps best.pt by it).
 VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
+# data.shard_order: viewfusion.data.loader.SHARD_ORDERS, repeated so a config never imports torch.
+SHARD_ORDERS = ("resample", "epoch")
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,18 @@ class DataConfig:
     self_view_prob: float = 0.0
     num_workers: int = 2
     withheld: tuple[str, ...] = ()
+    # The training stream (viewfusion.data.loader.train_loader, docs/NOTES.md issue 21).
+    shuffle_buffer: int = 256
+    shard_order: str = "resample"
+    stream_segment: int = 5000
 
     def __post_init__(self):
         _require_finite(self, "data")
         _require(self.max_views >= 1, "data.max_views must be at least 1")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer must be at least 1 (1: no shuffling)")
+        _require(self.shard_order in SHARD_ORDERS,
+                 f"data.shard_order {self.shard_order!r} is not one of {', '.join(SHARD_ORDERS)}")
+        _require(self.stream_segment >= 1, "data.stream_segment must be at least 1 step")
         _require(0.0 <= self.shuffle_prob <= 1.0, "data.shuffle_prob must be in [0, 1]")
         _require(0.0 <= self.self_view_prob <= 1.0, "data.self_view_prob must be in [0, 1]")
         _require(self.num_workers >= 0, "data.num_workers must be >= 0")
@@ -130,6 +140,7 @@ class TrainConfig:
     max_steps: int = 710_000
     lr: float = 1e-4
     warmup_steps: int = 2500
+    warmup_offset: int = 1
     lr_decay: float = 0.16
     lr_decay_steps: int = 4_000_000
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -165,6 +176,8 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.lr > 0 and self.warmup_steps >= 0 and self.lr_decay_steps > 0,
                  "train.lr and train.lr_decay_steps must be > 0, train.warmup_steps >= 0")
+        _require(self.warmup_offset in (0, 1),
+                 "train.warmup_offset must be 0 (the official: step 0 at lr 0) or 1 (step 0 at lr/warmup)")
         _require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
                  "train.ema_decay must be null or in (0, 1)")
         _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be > 0")

@@ -21,10 +21,10 @@ def snapshot_name(step: int) -> str:
 
 
 # Keys a resume may change: they alter neither the weights' training nor the batches (the data
-# stream restarts at multiples of train.checkpoint_every, so that one is not among them).
+# stream restarts at multiples of data.stream_segment, whatever the checkpoint cadence).
 # Validation runs inside saved and restored RNG states (viewfusion.validate), so switching it on
 # or changing its settings mid-run leaves the training as it was; best.pt then starts afresh.
-RESUMABLE = ("description", "train.max_steps", "train.log_every", "train.snapshot_steps", "train.tensorboard",
+RESUMABLE = ("description", "train.max_steps", "train.checkpoint_every", "train.log_every", "train.snapshot_steps", "train.tensorboard",
              "train.wandb", "train.validate_every", "train.validate_draws", "train.validate_targets",
              "train.validate_views", "train.validate_steps", "train.validate_metric", "train.validate_seed")
 

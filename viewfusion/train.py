@@ -17,9 +17,9 @@ RUN_DIR (--out) receives, from rank 0 only:
 
 Rerunning the same command resumes from checkpoints/last.pt (model, optimizer, scheduler, EMA,
 step, RNG of every rank). The data loader restarts with a seed derived from (train.seed, step)
-at every multiple of train.checkpoint_every, so a run resumed from a periodic checkpoint sees
-exactly the batches of an uninterrupted run and ends with bit-identical weights (CPU). A resume
-from a signal checkpoint taken between two such steps starts a fresh, still seeded, data segment.
+at every multiple of data.stream_segment; a run resumed from any checkpoint restarts the current
+segment and skips its batches up to the checkpoint's step (drawn, not decoded), so it sees
+exactly the batches of an uninterrupted run and ends with bit-identical weights (CPU).
 
 Validation (train.validate_every, viewfusion.validate): every validate_every steps the EMA (or
 raw) weights are measured on the val split: held-out loss on fixed draws and PSNR/SSIM of DDIM
@@ -255,10 +255,11 @@ def _last_saved(out: Path) -> str:
 
 def lr_factor(step: int, tc: TrainConfig) -> float:
     """Multiplier of train.lr for the optimizer step with 0-based index `step`: linear warm-up
-    (step+1)/warmup (the official code starts at 0, a wasted first step), then a smooth
-    exponential decay by train.lr_decay per train.lr_decay_steps, as the official LrScheduler."""
+    (step + train.warmup_offset)/warmup (offset 0 is the official code's, whose first step runs
+    at lr 0), then a smooth exponential decay by train.lr_decay per train.lr_decay_steps, as the
+    official LrScheduler."""
     if step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
+        return (step + tc.warmup_offset) / tc.warmup_steps
     return tc.lr_decay ** ((step - tc.warmup_steps) / tc.lr_decay_steps)
 
 
@@ -447,23 +448,26 @@ def _check_shards(shards: Path, cfg: ExperimentConfig) -> None:
 def _data_stream(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, batch_size: int,
                  start: int) -> Iterator[dict]:
     """Batches for steps start, start+1, ... on this rank's device. The loader restarts at every
-    multiple of train.checkpoint_every with a seed of (train.seed, that step), so the batches of
-    a step depend only on the step, not on where the run was resumed (see the module doc)."""
+    multiple of data.stream_segment with a seed of (train.seed, that step); a resume inside a
+    segment replays the segment's draws up to `start` without decoding them, so the batches of a
+    step depend only on the step, not on where the run was resumed (see the module doc)."""
     from viewfusion.data.loader import train_loader
 
-    every, step = cfg.train.checkpoint_every, start
+    dc, every = cfg.data, cfg.data.stream_segment
+    step, first = start, start // every * every
     while True:
-        loader = train_loader(shards, batch_size=batch_size, max_views=cfg.data.max_views,
-                              shuffle_prob=cfg.data.shuffle_prob, self_view_prob=cfg.data.self_view_prob,
-                              relative=cfg.model.relative,
-                              num_workers=cfg.data.num_workers, seed=_seed(cfg.train.seed, "data", step),
-                              rank=d.rank, world_size=d.world_size, steps_per_epoch=every)
-        batches = iter(loader)  # one epoch of `every` batches covers the longest segment
-        end = (step // every + 1) * every
-        for _ in range(step, end):
+        loader = train_loader(shards, batch_size=batch_size, max_views=dc.max_views,
+                              shuffle_prob=dc.shuffle_prob, self_view_prob=dc.self_view_prob,
+                              relative=cfg.model.relative, num_workers=dc.num_workers,
+                              seed=_seed(cfg.train.seed, "data", first), rank=d.rank,
+                              world_size=d.world_size, steps_per_epoch=first + every - step,
+                              shuffle_buffer=dc.shuffle_buffer, shard_order=dc.shard_order,
+                              skip_batches=step - first)
+        batches = iter(loader)  # one epoch covers the rest of the segment
+        for _ in range(step, first + every):
             yield _to_device(next(batches), d.device)
         del batches, loader  # shut the workers down before the next segment's start
-        step = end
+        step = first = first + every
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -9,8 +9,9 @@
         record.images             # (24, 3, H, W) float32 in [0, 1]
 
 Training: the split's shard list goes through an explicit `split_by_node` (rank r of W takes
-shards r, r+W, ...; W must divide the shard count) and `split_by_worker`, then each worker draws
-shards with replacement forever, shuffles samples in a buffer and builds whole batches;
+shards r, r+W, ...; W must divide the shard count) and `split_by_worker`, then each worker reads
+shards forever (drawn with replacement, or a seeded permutation per pass: `shard_order`),
+shuffles samples in a buffer of `shuffle_buffer` and builds whole batches;
 `with_epoch(steps_per_epoch)` cuts every rank's stream to the same number of steps. All
 randomness comes from `numpy.random.default_rng([seed, rank, worker, epoch, stage])`.
 
@@ -36,6 +37,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -229,20 +231,41 @@ class _Resample(_Seeded):
             yield dict(shards[int(rng.integers(len(shards)))])
 
 
+class _EpochShards(_Seeded):
+    """Infinite stream of this worker's shards, each pass a seeded permutation of all of them:
+    every shard is read once per pass, so no shard's objects go missing for several passes
+    as they can when shards are drawn with replacement from a handful of them."""
+
+    stage = 1
+
+    def __call__(self, shards):
+        shards, rng = list(shards), self._rng()
+        while True:
+            for index in rng.permutation(len(shards)):
+                yield dict(shards[int(index)])
+
+
+SHARD_ORDERS = {"resample": _Resample, "epoch": _EpochShards}
+
+
 class _Batches(_Seeded):
     """Shuffle buffer, view selection and batch decoding into preallocated uint8 arrays."""
 
     stage = 2
 
     def __init__(self, *, seed, rank, batch_size, max_views, shuffle_prob, self_view_prob, relative,
-                 image_size, buffer):
+                 image_size, buffer, skip=0):
         super().__init__(seed=seed, rank=rank)
         self.batch_size, self.max_views, self.shuffle_prob = batch_size, max_views, shuffle_prob
         self.self_view_prob = self_view_prob
         self.relative, self.image_size, self.buffer = relative, image_size, buffer
+        self.skip = skip  # batches of this worker to draw but not decode (a mid-segment resume)
 
     def __call__(self, samples):
         rng, pool, batch = self._rng(), [], []
+        # The loader takes batches from its workers in turn, starting at worker 0: each skips
+        # whole rounds here, and `_Drop` drops the rest of the skip in the main process.
+        skip = self.skip // _worker()[1] if self.epoch == 0 else 0
         for sample in samples:
             _check_sample(sample)
             pool.append(sample)
@@ -252,18 +275,25 @@ class _Batches(_Seeded):
             pool[index], pool[-1] = pool[-1], pool[index]
             batch.append(pool.pop())
             if len(batch) == self.batch_size:
-                yield self.collate(batch, rng)
+                views = [self.draw_views(rng) for _ in batch]  # the same draws, decoded or not
+                if skip:
+                    skip -= 1
+                else:
+                    yield self.collate(batch, views)
                 batch = []
 
-    def collate(self, batch: list[dict], rng: np.random.Generator) -> dict:
-        size, n, views = self.image_size, len(batch), self.max_views
+    def draw_views(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        return select_views(rng, max_views=self.max_views, shuffle_prob=self.shuffle_prob,
+                            self_view_prob=self.self_view_prob)
+
+    def collate(self, batch: list[dict], views: list[tuple[int, np.ndarray]]) -> dict:
+        size, n = self.image_size, len(batch)
         target = np.empty((n, size, size, 3), np.uint8)
-        cond = np.zeros((n, views, size, size, 3), np.uint8)  # unused slots stay zero
-        cond_views = np.full((n, views), -1, np.int64)
+        cond = np.zeros((n, self.max_views, size, size, 3), np.uint8)  # unused slots stay zero
+        cond_views = np.full((n, self.max_views), -1, np.int64)
         angle, target_view = np.empty(n, np.float32), np.empty(n, np.int64)
         for i, sample in enumerate(batch):
-            target_view[i], chosen = select_views(rng, max_views=views, shuffle_prob=self.shuffle_prob,
-                                                   self_view_prob=self.self_view_prob)
+            target_view[i], chosen = views[i]
             cond_views[i, : len(chosen)] = chosen
             decode_into(target[i], sample[_PNGS[target_view[i]]], where=_where(sample, target_view[i]))
             for j, view in enumerate(chosen):
@@ -294,17 +324,25 @@ def _check_sample(sample: dict) -> None:
 def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle_prob: float = 0.1,
                  self_view_prob: float = 0.0, relative: bool = False, num_workers: int = 2, seed: int = 0, rank: int = 0,
                  world_size: int = 1, steps_per_epoch: int = 1000, split: str = "train",
-                 shuffle_buffer: int = 256):
-    """An endless, resampled stream of training batches, cut into epochs of `steps_per_epoch`.
+                 shuffle_buffer: int = 256, shard_order: str = "resample", skip_batches: int = 0):
+    """An endless stream of training batches, cut into epochs of `steps_per_epoch`.
 
     Batches are dicts: `y_0` (B,3,H,W), `y_cond` (B,max_views,3,H,W) with zeros past each
     sample's `view_count` (B,), `angle` (B,) radians, `y_ref` (B,3,H,W) when `relative`, and
     `target_view` (B,), `cond_views` (B,max_views) (-1 = unused), `key` (list of str).
+    `shard_order` is "resample" (shards drawn with replacement) or "epoch" (a seeded permutation
+    per pass); `skip_batches` drops the stream's first batches, drawn but never decoded, so the
+    rest equals the unskipped stream's from that batch on (a resume inside a loader segment).
     """
     import webdataset as wds
 
     if not 0 <= rank < world_size:
         raise ViewFusionError(f"rank {rank} is not in 0..{world_size - 1}")
+    if shard_order not in SHARD_ORDERS:
+        raise ViewFusionError(f"shard_order {shard_order!r} is not one of {', '.join(SHARD_ORDERS)}")
+    if shuffle_buffer < 1 or skip_batches < 0:
+        raise ViewFusionError(f"shuffle_buffer must be >= 1 and skip_batches >= 0, got {shuffle_buffer} "
+                              f"and {skip_batches}")
     manifest = read_shard_manifest(shard_dir)
     # The manifest's size and sha256 travel with each url: workers verify a shard on opening it.
     shards = [{"url": str(Path(shard_dir) / entry["name"]), "bytes": entry["bytes"], "sha256": entry["sha256"]}
@@ -316,18 +354,35 @@ def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle
         partial(iter, shards),  # a bare list would be spliced into the stages
         partial(split_by_node, rank=rank, world_size=world_size),
         split_by_worker,
-        _Resample(seed=seed, rank=rank),
+        SHARD_ORDERS[shard_order](seed=seed, rank=rank),
         tar_samples,
         _Batches(seed=seed, rank=rank, batch_size=batch_size, max_views=max_views,
                  shuffle_prob=shuffle_prob, self_view_prob=self_view_prob, relative=relative,
-                 image_size=manifest["image_size"],
-                 buffer=shuffle_buffer),
+                 image_size=manifest["image_size"], buffer=shuffle_buffer, skip=skip_batches),
     )
     # Persistent workers keep their stages (and so their epoch counters) between epochs;
     # fresh workers would replay the first epoch's draws every epoch.
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                            persistent_workers=num_workers > 0)
-    return loader.with_epoch(steps_per_epoch)
+    drop = skip_batches % max(num_workers, 1)
+    if not drop:
+        return loader.with_epoch(steps_per_epoch)
+    return _Drop(loader.with_epoch(steps_per_epoch + drop), drop, steps_per_epoch)
+
+
+class _Drop:
+    """`loader` with its first `drop` batches dropped in the first epoch, `steps` per epoch: the
+    part of a skip that is not a whole round of the workers (decoded, then thrown away)."""
+
+    def __init__(self, loader, drop: int, steps: int):
+        self.loader, self.drop, self.steps = loader, drop, steps
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        for _ in range(self.drop):
+            next(batches)
+        self.drop = 0
+        return islice(batches, self.steps)
 
 
 # ---------------------------------------------------------------------------------- evaluation
