@@ -6,6 +6,7 @@ inputs"): every figure is a non-empty PNG or a multi-frame GIF, and absent input
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sample_utils import DATA, write_chunk, write_ground_truth
 
 from viewfusion import cli, figures, provenance
 from viewfusion.errors import ViewFusionError
@@ -22,10 +24,20 @@ KEY = "02958343_abc"
 FP = "f" * 64  # the fingerprint of hand-made sample directories
 
 
-def write_png(path: Path, rng: np.random.Generator, size: int = 16, made_by: str | None = None) -> None:
+def random_image(rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def write_png(path: Path, rng: np.random.Generator, size: int = 16) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = None if made_by is None else provenance.png_info(made_by)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, pnginfo=info)
+    Image.fromarray(random_image(rng, size)).save(path)
+
+
+def write_marker(root: Path, items: list[dict], manifest: Path, *, eta: float = 0.0) -> None:
+    (root / "chunks" / "1-of-1.json").write_text(json.dumps({
+        "chunk": 1, "of": 1, "items": [it["item"] for it in items], "sampler": "ddim", "steps": 50, "eta": eta,
+        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5, "fingerprint": FP,
+        "data_sha256": DATA, "manifest": str(manifest)}))
 
 
 def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
@@ -35,15 +47,21 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
     items = [{"item": f"{KEY}-t{t:02d}-v6-0", "key": KEY, "synset": "02958343", "object_id": "abc",
               "target_view": t, "cond_views": COND, "view_count": 6, "seed": t} for t in [*targets, *COND]]
     items = list({it["item"]: it for it in items}.values())
-    (weights_dir / "weights").mkdir(parents=True)
-    (weights_dir / "manifest.json").write_text(json.dumps({"split": "test", "seed": 0, "view_count": 6, "items": items}))
+    weights_dir.mkdir(parents=True)
+    manifest = weights_dir / "manifest.json"
+    manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 6, "items": items}))
+    npz = {}
     for it in items:
-        write_png(weights_dir / "images" / f"{it['item']}.png", rng)
-        write_png(weights_dir / "gt" / f"{it['item']}.png", rng)
         logits = rng.normal(size=(3, 6, 16, 16))
         maps = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        np.savez(weights_dir / "weights" / f"{it['item']}.npz", steps=np.array([0, 25, 49]),
-                 mean=maps.mean(axis=(-1, -2)), final=maps[-1].astype(np.float16), cond_views=np.array(COND))
+        buffer = io.BytesIO()
+        np.savez(buffer, steps=np.array([0, 25, 49]), mean=maps.mean(axis=(-1, -2)),
+                 final=maps[-1].astype(np.float16), cond_views=np.array(COND),
+                 made_by=np.asarray(provenance.made_by(FP, it)))
+        npz[it["item"]] = buffer.getvalue()
+    write_chunk(weights_dir, "1-of-1", items, {it["item"]: random_image(rng) for it in items}, FP, weights=npz)
+    write_ground_truth(manifest, items, {it["item"]: random_image(rng) for it in items})
+    write_marker(weights_dir, items, manifest)
     seq_dir = root / "autoregressive"
     steps = []
     for k, target in enumerate(range(3, 24, 3)):
@@ -59,23 +77,25 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
 
 def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b", "04379243_c"),
                     eta: float = 0.0) -> Path:
-    """A finished sample directory plus its metrics file, as the workflow lays them out."""
+    """A finished sample directory (pack, marker, the manifest's ground truth) plus its metrics
+    file, as the workflow lays them out."""
     rng = np.random.default_rng(views)
-    rows = []
+    rows, items = [], []
     for key in keys:
         name = f"{key}-t05-v{views}-0"
-        write_png(root / "images" / f"{name}.png", rng, made_by=f"{FP} {name}")
-        write_png(root / "gt" / f"{name}.png", rng, made_by=f"{FP} {name}")
+        items.append({"item": name, "key": key, "target_view": 5, "cond_views": list(range(views)), "seed": 0})
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
                      "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
                      "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5, "protocol": "official",
                      "weights_sha256": "a" * 64,
                      "psnr": 20 + views + rng.random(),
                      "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})
-    (root / "chunks").mkdir(parents=True)
-    (root / "chunks" / "1-of-1.json").write_text(json.dumps({
-        "chunk": 1, "of": 1, "items": [r["item"] for r in rows], "sampler": "ddim", "steps": 50, "eta": eta,
-        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5, "fingerprint": FP}))
+    manifest = root.parent / f"manifest-{root.name}.json"
+    root.mkdir(parents=True)
+    manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": views, "items": items}))
+    write_chunk(root, "1-of-1", items, {it["item"]: random_image(rng) for it in items}, FP)
+    write_ground_truth(manifest, items, {it["item"]: random_image(rng) for it in items})
+    write_marker(root, items, manifest, eta=eta)
     pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
     return root
 

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from sample_utils import DATA, write_chunk, write_ground_truth
 from scipy.signal import correlate2d
 
-from viewfusion import cli, metrics, provenance
+from viewfusion import cli, metrics
 from viewfusion.errors import ViewFusionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,11 +171,6 @@ def test_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
 FP = "f" * 64  # the fingerprint of the hand-made sample directory's settings
 
 
-def write_png(path: Path, array: np.ndarray, made_by: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, pnginfo=None if made_by is None else provenance.png_info(made_by))
-
-
 def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[str, tuple]]:
     """A manifest and a sample directory in FORMATS.md's layout, in two chunks."""
     rng = np.random.default_rng(2)
@@ -188,18 +183,17 @@ def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[s
                       "target_view": k + 1, "cond_views": [0, 12], "view_count": 2, "seed": k})
         gt = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         gen = gt if k == 0 else np.clip(gt.astype(int) + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
-        write_png(root / "s" / "images" / f"{name}.png", gen, provenance.made_by(FP, items[-1]))
-        write_png(root / "s" / "gt" / f"{name}.png", gt, provenance.made_by(FP, items[-1]))
         arrays[name] = (gen, gt)
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 2, "source": "random", "items": items}))
+    write_ground_truth(manifest, items, {name: gt for name, (_, gt) in arrays.items()})
     for i, part in ((1, items[:3]), (2, items[3:])):
+        write_chunk(root / "s", f"{i}-of-2", part, {name: gen for name, (gen, _) in arrays.items()}, FP)
         marker = {"chunk": i, "of": 2, "items": [it["item"] for it in part], "sampler": "ddim", "steps": 50,
                   "eta": 0.0, "checkpoint": "final.pt", "checkpoint_step": 1000, "experiment": "tiny",
                   "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu",
                   "fingerprint": FP, "weights_sha256": "a" * 64, "config_sha256": "c" * 64,
-                  "manifest_sha256": "m" * 64}
-        (root / "s" / "chunks").mkdir(parents=True, exist_ok=True)
+                  "manifest_sha256": "m" * 64, "data_sha256": DATA, "manifest": str(manifest)}
         (root / "s" / "chunks" / f"{i}-of-2.json").write_text(json.dumps(marker))
         # the sampler's own bookkeeping beside the markers, which metrics must ignore
         (root / "s" / "chunks" / f"{i}-of-2.progress.json").write_text(json.dumps({"done": [], "seconds": 0}))
@@ -260,7 +254,8 @@ def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
     args = ["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out",
             str(tmp_path / "m.csv"), "--no-lpips"]
     fourth = list(arrays)[3]
-    (sample_dir / "images" / f"{fourth}.png").unlink()
+    items = json.loads(manifest.read_text())["items"]
+    write_chunk(sample_dir, "2-of-2", items[4:], {name: gen for name, (gen, _) in arrays.items()}, FP)  # lost one
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert fourth in err and "2-of-2" in err and "rerun" in err

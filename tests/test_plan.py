@@ -66,6 +66,15 @@ def test_paper_arithmetic_by_hand():
     assert plan.total("sample_nearest") == 0 and plan.total("metrics") == 0
     assert plan.chunks == 64 and plan.chunks_needed == 20 and not plan.warnings
 
+    # Files (issue 17): per setting 64 chunks x (marker, pack, progress) + a metrics file; per
+    # manifest (shard set x view count) the manifest and its ground-truth pack. Before packs:
+    # two PNGs per target (image and ground truth), a marker and a progress file per chunk.
+    settings = n_exp * 3 * 8
+    sets = {config["evaluation"].get("shard_set") or config["experiments"][e]["shard_set"]
+            for e in config["active_experiments"]}
+    assert plan.files["packed"] == settings * (64 * 3 + 1) + len(sets) * 8 * 2
+    assert plan.files["one_png_per_image"] == n_exp * 3 * 2 * 8751 * 8 + settings * (2 * 64 + 1) + len(sets) * 8
+
 
 def test_default_v100_rates_and_the_chunk_count_they_need():
     rates = P.default_rates("v100")

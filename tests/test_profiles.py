@@ -157,12 +157,14 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=REPO)
     for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
         assert planned.jobs(rule) == stats[rule], rule
+    # Ground truth once per manifest (shard set x view count), not per sample directory.
+    assert stats["ground_truth"] == len(planned.manifests) == stats["eval_manifest"]
     # Internet, the login node's little work: never a cluster job.
     work = _copy(tmp_path)
     paper_local, synth_local = local_rules(work, "config/paper.yaml"), local_rules(work)
     assert {"download_dataset", "verify_dataset", "tables", "figures"} <= paper_local
     assert {"verify_dataset", "tables", "figures"} <= synth_local and "download_dataset" not in synth_local
-    compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest"}
+    compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest", "ground_truth"}
     assert not (paper_local | synth_local) & compute
 
 

@@ -3,6 +3,7 @@ without redoing or losing items, and the completion marker appears only when a c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ from train_utils import save_random_model
 
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
+from viewfusion.groundtruth import write_ground_truth
 from viewfusion.sample import SamplerSpec, chunk_items, sample_chunk
+from viewfusion.samplestore import Pack, write_pack
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SamplerSpec("ddim", 4)
@@ -38,11 +41,21 @@ def manifest(synth_shards, tmp_path_factory) -> Path:
         items += make_manifest(synth_shards, split="test", view_count=views, seed=0, targets_per_object=1)["items"]
     path = tmp_path_factory.mktemp("manifest") / "mixed.json"
     atomic_write_json(path, {"split": "test", "seed": 0, "view_count": None, "source": "random", "items": items})
+    write_ground_truth(path, synth_shards)  # beside it, where metrics looks by default
     return path
 
 
 def _pngs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "images").glob("*.png"))}
+    """Every generated image of a sample directory's chunk packs, by member name."""
+    found = {}
+    for path in sorted((out / "chunks").glob("*.tar")):
+        with Pack(path) as pack:
+            found |= {name: pack.read(name) for name in pack.members if name.endswith(".png")}
+    return found
+
+
+def _nothing_written(out: Path) -> bool:
+    return not list(out.glob("chunks/*.tar")) and not list(out.glob("pending/*/*"))
 
 
 def test_chunk_items_partition_the_manifest():
@@ -75,18 +88,23 @@ def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_sh
            "--shards", str(synth_shards), "--out", str(out), "--chunk", "1/1", "--sampler", "ddim",
            "--steps", "40", "--batch-size", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 300
-    while len(list((out / "images").glob("*.png"))) < 2 and time.time() < deadline:
+    deadline, pending = time.time() + 300, out / "pending" / "1-of-1"
+    while len(list(pending.glob("*.png"))) < 3 and time.time() < deadline:
         time.sleep(0.2)
     proc.kill()
     proc.wait()
-    first = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
-    assert 2 <= len(first) < 10, "the kill should land half-way"
+    first = {p.name: p.read_bytes() for p in pending.glob("*.png")}
+    assert 3 <= len(first) < 10, "the kill should land half-way"
     assert not (out / "chunks/1-of-1.json").exists(), "a killed chunk must not look complete"
+    assert not list(out.glob("chunks/*.tar")), "a killed chunk has no pack"
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
+    after = _pngs(out)
     assert len(after) == 10 and (out / "chunks/1-of-1.json").exists()
-    assert all(after[name] == mtime for name, mtime in first.items()), "finished items were redone"
+    assert all(after[name] == png for name, png in first.items())
+    # The progress counts the targets generated under this fingerprint across both runs: a
+    # redone item would count twice (the kill may land between an image and its count: <= 10).
+    assert json.loads((out / "chunks/1-of-1.progress.json").read_text())["targets"] <= 10, "finished items were redone"
+    assert not pending.exists(), "the pending items are packed and removed"
     assert not list(out.rglob(".*.tmp-*")), "half-written files of the killed run stay behind"
 
 
@@ -114,9 +132,9 @@ def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_sh
     out = tmp_path / "nearest"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out,
                  spec=SamplerSpec("nearest", None), device="cpu")
-    images = objects[key].images
+    images, pngs = objects[key].images, _pngs(out)
     for it, view in zip(items, (1, 9, 12)):
-        png = torch.from_numpy(np.array(Image.open(out / "images" / f"{it['item']}.png"))).permute(2, 0, 1)
+        png = torch.from_numpy(np.array(Image.open(io.BytesIO(pngs[f"{it['item']}.png"])))).permute(2, 0, 1)
         assert torch.equal(png, (images[view] * 255).round().to(torch.uint8))
     marker = json.loads((out / "chunks/1-of-1.json").read_text())
     assert marker["sampler"] == "nearest" and marker["steps"] == 0 and marker["checkpoint_step"] == 7
@@ -161,16 +179,20 @@ def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_s
     a, b = tmp_path / "a", tmp_path / "b"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=a, spec=SPEC, device="cpu")
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=b, spec=SamplerSpec("ddim", 3), device="cpu")
-    frame = compute_metrics(generated=a, manifest=manifest, lpips_net=None)
+    truth = write_ground_truth(manifest, synth_shards, tmp_path / "gt.tar")
+    frame = compute_metrics(generated=a, manifest=manifest, ground_truth=truth, lpips_net=None)
     marker = json.loads((a / "chunks/1-of-1.json").read_text())
     assert set(frame["weights_sha256"]) == {marker["weights_sha256"]} and set(frame["fingerprint"]) == {marker["fingerprint"]}
-    name = min((a / "images").glob("*.png")).name
-    (a / "images" / name).write_bytes((b / "images" / name).read_bytes())  # an old image under the new label
+    good, old = _pngs(a), _pngs(b)
+    name = min(good)
+    write_pack(a / "chunks/1-of-1.tar", {**good, name: old[name]}.items())  # an old image under the new label
     with pytest.raises(ViewFusionError, match="made by other settings"):
-        compute_metrics(generated=a, manifest=manifest, lpips_net=None)
-    Image.open(b / "images" / name).save(a / "images" / name)  # same pixels, no fingerprint
+        compute_metrics(generated=a, manifest=manifest, ground_truth=truth, lpips_net=None)
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(old[name])).save(buffer, format="PNG")  # same pixels, no fingerprint
+    write_pack(a / "chunks/1-of-1.tar", {**good, name: buffer.getvalue()}.items())
     with pytest.raises(ViewFusionError, match="carries no fingerprint"):
-        compute_metrics(generated=a, manifest=manifest, lpips_net=None)
+        compute_metrics(generated=a, manifest=manifest, ground_truth=truth, lpips_net=None)
 
 
 def _write_items(path: Path, items: list[dict]) -> Path:
@@ -197,7 +219,7 @@ def test_nan_weights_and_nan_eta_are_refused_not_written_black(manifest, synth_s
     base = ["sample", "--manifest", str(manifest), "--shards", str(synth_shards), "--device", "cpu", "--steps", "2"]
     assert main([*base, "--checkpoint", str(nan), "--out", str(tmp_path / "n")]) == 2
     assert "NaN" in capsys.readouterr().err
-    assert not (tmp_path / "n" / "chunks" / "1-of-1.json").exists() and not (tmp_path / "n" / "images").exists()
+    assert not (tmp_path / "n" / "chunks" / "1-of-1.json").exists() and _nothing_written(tmp_path / "n")
 
 
 @pytest.mark.parametrize("flags", [["--steps", "0"], ["--steps", "-5"], ["--steps", "5000"], ["--batch-size", "0"],
@@ -211,7 +233,7 @@ def test_bad_sampler_flags_are_one_line_errors(flags, ckpt, manifest, synth_shar
                  "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flags[0] in err, err
-    assert not (out / "images").exists()
+    assert _nothing_written(out)
 
 
 def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_a_clear_error(manifest, synth_shards, tmp_path, capsys):
@@ -289,3 +311,38 @@ def test_sampling_angles_are_the_training_loaders_bit_for_bit():
     assert absolute.dtype == relative.dtype == torch.float32
     assert absolute.tolist() == [np.float32(view_angle(t)) for t in range(24)]
     assert relative.tolist() == [np.float32(relative_angle(it["target_view"], it["cond_views"][0])) for it in items]
+
+
+# ---------------------------------------------------------------- packed storage (issue 17)
+
+def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifest, synth_shards, tmp_path):
+    out = tmp_path / "s"
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk="1/1", spec=SPEC, device="cpu")
+    from viewfusion.samplestore import FILES_PER_CHUNK
+
+    assert len(list((out / "chunks").iterdir())) == FILES_PER_CHUNK and not (out / "pending" / "1-of-1").exists()
+    whole = _pngs(out)
+    for i in (1, 2):
+        sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk=f"{i}/2", spec=SPEC,
+                     device="cpu")
+        # nothing generated (no progress recorded): the images of the 1-of-1 pack carry this fingerprint
+        assert not (out / f"chunks/{i}-of-2.progress.json").exists()
+    with Pack(out / "chunks/1-of-2.tar") as a, Pack(out / "chunks/2-of-2.tar") as b:
+        assert {**{n: a.read(n) for n in a.members}, **{n: b.read(n) for n in b.members}} == whole
+
+
+def test_ground_truth_is_the_shards_view_tagged_with_its_data(manifest, synth_shards, tmp_path):
+    from viewfusion import provenance
+    from viewfusion.data.loader import load_objects
+    from viewfusion.data.shard import data_sha256
+    from viewfusion.samplestore import GroundTruth
+
+    items = json.loads(manifest.read_text())["items"]
+    truth = GroundTruth(write_ground_truth(manifest, synth_shards, tmp_path / "gt.tar"),
+                        data_sha256(synth_shards, "test"))
+    objects = load_objects(synth_shards, "test")
+    for it in items[:3]:
+        data = truth.read(it)  # verified against the data's fingerprint and the manifest entry
+        pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(data)))).permute(2, 0, 1)
+        assert torch.equal(pixels, (objects[it["key"]].image(it["target_view"]) * 255).round().to(torch.uint8))
+        assert provenance.png_made_by(io.BytesIO(data)).endswith(provenance.item_tag(it))

@@ -157,7 +157,8 @@ RERUNS = {
     "evaluation.batch_size": ("evaluation: {batch_size: 3}\n", set()),
     "training.nproc": ("training: {nproc: 2}\n", set()),
     "sampler steps": ("evaluation: {samplers: [{name: ddim, steps: 20}, {name: nearest}]}\n", EVALUATION),
-    "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", NEAREST, *EVALUATION}),
+    "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", "ground_truth", NEAREST,
+                                                                      *EVALUATION}),
     "view count dropped": ("evaluation: {view_counts: [1, 2]}\n", {"tables", "figures"}),
     "experiment override": (("experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
                              "['train.max_steps=40', 'train.snapshot_steps=[]', 'train.checkpoint_every=20', "
@@ -221,6 +222,17 @@ def test_bad_settings_stop_the_dag_before_any_job_deletes_outputs(pipeline, text
     assert shards.exists() and shards.stat().st_mtime_ns == before
 
 
+def _pngs(sample_dir: Path) -> dict[str, bytes]:
+    """The generated images of a sample directory's chunk packs, by name."""
+    from viewfusion.samplestore import Pack
+
+    found = {}
+    for path in sorted((sample_dir / "chunks").glob("*.tar")):
+        with Pack(path) as pack:
+            found |= {name: pack.read(name) for name in pack.members if name.endswith(".png")}
+    return found
+
+
 @pytest.mark.slow
 def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, tmp_path):
     """Raising train.max_steps resumes training, and every image and metric is then that of the
@@ -229,11 +241,11 @@ def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, t
     work = tmp_path / "work"
     shutil.copytree(pipeline, work, symlinks=True)
     sample_dir = work / "results/samples/tiny/final/ddim-10/v2"
-    old = {p.name: p.read_bytes() for p in (sample_dir / "images").glob("*.png")}
+    old = _pngs(sample_dir)
     more = overlay(work, "more.yaml", "experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
                    "['train.max_steps=44', 'train.snapshot_steps=[]', 'train.checkpoint_every=20']}}\n")
     snakemake(work, "--configfile", more)
-    new = {p.name: p.read_bytes() for p in (sample_dir / "images").glob("*.png")}
+    new = _pngs(sample_dir)
     assert new.keys() == old.keys() and all(new[k] != old[k] for k in old)
     fresh = tmp_path / "fresh"
     for i in (1, 2):
@@ -241,7 +253,7 @@ def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, t
                         "results/manifests/all/test-v2.json", "--shards", "results/shards/all", "--out", str(fresh),
                         "--chunk", f"{i}/2", "--sampler", "ddim", "--steps", "10", "--batch-size", "5"],
                        cwd=work, env=_env(), check=True, capture_output=True)
-    assert {p.name: p.read_bytes() for p in (fresh / "images").glob("*.png")} == new
+    assert _pngs(fresh) == new
     metrics = pd.read_parquet(sample_dir / "metrics.parquet")
     assert set(metrics["checkpoint_step"]) == {44}
     subprocess.run(["viewfusion", "metrics", "--generated", str(fresh), "--manifest",

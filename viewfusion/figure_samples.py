@@ -5,7 +5,7 @@
         --split test --sampler ddim --steps 50 --out results/figure_samples/tiny
 
 Writes `weights/` (a sample directory of `viewfusion sample`, with view weights, fingerprinted
-like every sample), `autoregressive/` (PNGs + sequence.json) and `done.json` last, which records
+like every sample, and its manifest's ground truth `manifest.gt.tar`), `autoregressive/` (PNGs + sequence.json) and `done.json` last, which records
 the checkpoint's weights and config fingerprints and the sampler. Layout: docs/FORMATS.md.
 """
 
@@ -23,6 +23,7 @@ from viewfusion.data.shard import read_shard_manifest
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
+from viewfusion.groundtruth import write_ground_truth
 from viewfusion.sample import (
     SamplerSpec,
     check_options,
@@ -103,6 +104,7 @@ def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: 
     sample_chunk(checkpoint=checkpoint, manifest=str(manifest_file), shards=shards, out=str(out_dir / "weights"),
                  spec=spec, batch_size=len(manifest["items"]), device=device, save_weights=True,
                  weights_every=max(1, (spec.steps or 1000) // 50), experiment=experiment, weights=weights)
+    write_ground_truth(manifest_file, shards)  # the weight figure shows the true targets and inputs
     dev = resolve_device(device)
     model, info = load_sampling_model(checkpoint, device=dev, weights=weights)
     images = load_objects(shards, split, keys={key})[key].images

@@ -11,7 +11,7 @@
   (recorded in the metrics; `--max-train-views` where not) are shaded as extrapolation; the
   published pixelNeRF one-view numbers as a labelled marker (`--no-reference` drops it).
 - `view_weights_{exp}.png`, `weight_maps_{exp}.png`, `weight_maps_{exp}.gif` (paper Fig. 2, from
-  `DIR/weights/` of each `--figure-samples DIR`): how the weight of each of the six input views
+  the sample directory `DIR/weights/` of each `--figure-samples DIR`): how the weight of each of the six input views
   shifts as the target azimuth turns: the mean weight per view against the target angle, and the
   per-pixel weight maps of the last step next to the generated and true target.
 - `autoregressive_{exp}.png`, `autoregressive_{exp}.gif` (paper Fig. 3, from
@@ -42,12 +42,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from viewfusion import provenance  # noqa: E402
 from viewfusion.data.manifest import read_manifest  # noqa: E402
 from viewfusion.data.nmr import NUM_VIEWS  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes, plain_name  # noqa: E402
-from viewfusion.markers import CHUNK_MARKER, sampler_name  # noqa: E402
+from viewfusion.markers import sampler_name  # noqa: E402
+from viewfusion.samplestore import (  # noqa: E402
+    WEIGHTS,
+    FinishedSamples,
+    GroundTruth,
+    ground_truth_path,
+)
 from viewfusion.tables import (  # noqa: E402
     BASELINE,
     CONFIG,
@@ -61,7 +66,6 @@ from viewfusion.tables import (  # noqa: E402
 )
 
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
-ITEM_NAME = re.compile(r"^(?P<key>.+)-t(?P<target>\d+)-v(?P<views>\d+)-(?P<k>\d+)$")  # FORMATS: manifests
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 
 
@@ -96,6 +100,36 @@ def read_image(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except OSError as err:
         raise ViewFusionError(f"{path}: not a readable image ({err})") from None
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as err:
+        raise ViewFusionError(f"{where}: not a readable image ({err})") from None
+
+
+def open_sample_dir(sample_dir: Path, manifest=None) -> dict:
+    """A finished sample directory for plotting: its verified samples, the manifest entries of its
+    items and the manifest's ground truth (manifest: as the chunk markers record it, unless given)."""
+    samples = FinishedSamples(sample_dir)
+    marker = next(iter(samples.chunks.values()))
+    manifest = manifest or marker.get("manifest")
+    if not manifest or not Path(manifest).is_file():
+        raise ViewFusionError(f"{sample_dir}: its chunk markers name no manifest file that exists here "
+                              f"({manifest!r}); rerun `viewfusion sample` for it")
+    entries = {it["item"]: it for it in read_manifest(manifest)["items"] if it["item"] in samples.owner}
+    truth = GroundTruth(ground_truth_path(manifest), marker.get("data_sha256"))
+    return {"dir": sample_dir, "samples": samples, "entries": entries, "truth": truth, "marker": marker}
+
+
+def sample_image(opened: dict, item: str) -> np.ndarray:
+    return decode_image(opened["samples"].read(opened["entries"][item]), f"{opened['dir']}: {item}")
+
+
+def truth_image(opened: dict, item: str) -> np.ndarray:
+    return decode_image(opened["truth"].read(opened["entries"][item]), f"{opened['truth'].path}: {item}")
 
 
 def show(ax: plt.Axes, image: np.ndarray, title: str = "", **kwargs) -> None:
@@ -181,23 +215,20 @@ def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
 # ---------------------------------------------------------------- Figure 2: view weights
 
 def read_weight_samples(weights_dir: Path, *, stat: str = "final") -> tuple[list[int], pd.DataFrame]:
-    """(cond views, one row per target: target_view, item, weights (N,), maps (N, H, W))."""
-    items = read_manifest(weights_dir / "manifest.json")["items"]
+    """(cond views, one row per target: target_view, item, weights (N,), maps (N, H, W), image, gt)."""
+    opened = open_sample_dir(weights_dir, weights_dir / "manifest.json")
+    items = list(opened["entries"].values())
     keys = {(it["key"], tuple(it["cond_views"])) for it in items}
     if len(keys) != 1:
         raise ViewFusionError(f"{weights_dir}/manifest.json: items must share one object and one set of "
                               f"conditioning views for the weight figure, found {len(keys)}")
     rows = []
     for it in sorted(items, key=lambda it: it["target_view"]):
-        path = weights_dir / "weights" / f"{it['item']}.npz"
-        if not path.exists():
-            continue
-        with np.load(path) as npz:
+        with np.load(io.BytesIO(opened["samples"].read(it, WEIGHTS))) as npz:
             mean, final = npz["mean"].astype(np.float64), npz["final"].astype(np.float32)
         rows.append({"target_view": int(it["target_view"]), "item": it["item"], "maps": final,
-                     "weights": mean[-1] if stat == "final" else mean.mean(axis=0)})
-    if not rows:
-        raise ViewFusionError(f"{weights_dir}/weights/ holds no weight files for the manifest's items")
+                     "weights": mean[-1] if stat == "final" else mean.mean(axis=0),
+                     "image": sample_image(opened, it["item"]), "gt": truth_image(opened, it["item"])})
     return list(next(iter(keys))[1]), pd.DataFrame(rows)
 
 
@@ -218,24 +249,22 @@ def view_weight_curves(cond: list[int], samples: pd.DataFrame, path: Path, *, st
     return save_figure(fig, path)
 
 
-def input_images(weights_dir: Path, cond: list[int]) -> dict[int, np.ndarray]:
-    """Ground-truth pictures of the input views: the gt PNG of the target at the same view."""
-    items = read_manifest(weights_dir / "manifest.json")["items"]
-    by_view = {it["target_view"]: weights_dir / "gt" / f"{it['item']}.png" for it in items}
-    return {v: read_image(by_view[v]) for v in cond if v in by_view and by_view[v].exists()}
+def input_images(samples: pd.DataFrame, cond: list[int]) -> dict[int, np.ndarray]:
+    """Pictures of the input views: the ground truth of the target at the same view, if sampled."""
+    by_view = dict(zip(samples["target_view"], samples["gt"]))
+    return {v: by_view[v] for v in cond if v in by_view}
 
 
-def weight_map_panel(axes, weights_dir: Path, row: pd.Series, cond: list[int], *, vmax: float) -> None:
-    show(axes[0], read_image(weights_dir / "images" / f"{row['item']}.png"), f"generated, view {row['target_view']}")
-    show(axes[1], read_image(weights_dir / "gt" / f"{row['item']}.png"), "ground truth")
+def weight_map_panel(axes, row: pd.Series, cond: list[int], *, vmax: float) -> None:
+    show(axes[0], row["image"], f"generated, view {row['target_view']}")
+    show(axes[1], row["gt"], "ground truth")
     for n, view in enumerate(cond):
         show(axes[2 + n], row["maps"][n], f"view {view}: {row['weights'][n]:.2f}", cmap="magma", vmin=0, vmax=vmax)
 
 
-def weight_maps(weights_dir: Path, cond: list[int], samples: pd.DataFrame, out: Path, *, name: str,
-                every: int) -> tuple[Path, Path]:
+def weight_maps(cond: list[int], samples: pd.DataFrame, out: Path, *, name: str, every: int) -> tuple[Path, Path]:
     """A grid (inputs on top, one row per shown target) and a GIF over every target."""
-    inputs = input_images(weights_dir, cond)
+    inputs = input_images(samples, cond)
     shown = samples[samples["target_view"] % every == 0]
     # One colour scale for every map (0 to the largest weight), so maps compare across targets.
     vmax = float(max(m.max() for m in samples["maps"]))
@@ -246,14 +275,14 @@ def weight_maps(weights_dir: Path, cond: list[int], samples: pd.DataFrame, out: 
     for ax in axes[0][:2]:
         ax.axis("off")
     for r, (_, row) in enumerate(shown.iterrows(), start=1):
-        weight_map_panel(axes[r], weights_dir, row, cond, vmax=vmax)
+        weight_map_panel(axes[r], row, cond, vmax=vmax)
     fig.colorbar(axes[-1][-1].images[0], ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="per-pixel weight")
     fig.suptitle("View weights of the last step (Fig. 2)", fontsize=10)
     png = save_figure(fig, out / f"weight_maps_{name}.png")
     frames = []
     for _, row in samples.iterrows():
         fig, axes = plt.subplots(1, 2 + len(cond), figsize=(1.5 * (2 + len(cond)), 1.9))
-        weight_map_panel(axes, weights_dir, row, cond, vmax=vmax)
+        weight_map_panel(axes, row, cond, vmax=vmax)
         fig.suptitle(f"target azimuth {row['target_view'] * DEGREES_PER_VIEW:.0f}°", fontsize=9)
         frames.append(render(fig))
     return png, save_gif(frames, out / f"weight_maps_{name}.gif")
@@ -269,7 +298,7 @@ def autoregressive_columns(figure_dir: Path) -> list[dict]:
     start = sequence.get("start_view")
     weights_dir = figure_dir / "weights"
     if start is not None and (weights_dir / "manifest.json").exists():
-        picture = input_images(weights_dir, [start]).get(start)
+        picture = input_images(read_weight_samples(weights_dir)[1], [start]).get(start)
         if picture is not None:
             columns.append({"title": f"input: view {start}", "generated": picture, "gt": picture})
     for step in sequence["steps"]:
@@ -308,31 +337,19 @@ def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Pat
 # ---------------------------------------------------------------- extrapolation grid
 
 def sample_dir_info(sample_dir: Path) -> dict:
-    """Settings (from the chunk markers) and items by object key (from the markers' item names)
-    of a sample dir; only images carrying their chunk's fingerprint are shown."""
-    markers = [read_json(p) for p in sorted((sample_dir / "chunks").glob("*.json")) if CHUNK_MARKER.match(p.name)]
-    if not markers:
-        raise ViewFusionError(f"{sample_dir}/chunks/ has no chunk markers: not a finished sample directory")
+    """Settings (from the chunk markers) and items by object key (from the manifest entries) of a
+    finished sample directory; every image shown is checked against its chunk's fingerprint."""
+    opened = open_sample_dir(sample_dir)
     items: dict[str, list[tuple[int, str]]] = {}
-    views = set()
-    for marker in markers:
-        for name in marker.get("items", []):
-            match = ITEM_NAME.match(name)
-            if match and all(_made_under(sample_dir / sub / f"{name}.png", marker) for sub in ("images", "gt")):
-                items.setdefault(match["key"], []).append((int(match["target"]), name))
-                views.add(int(match["views"]))
+    for it in opened["entries"].values():
+        items.setdefault(it["key"], []).append((int(it["target_view"]), it["item"]))
+    views = {len(it["cond_views"]) for it in opened["entries"].values()}
     if len(views) != 1:
         raise ViewFusionError(f"{sample_dir}: expected items of one view count, found {sorted(views) or 'none'}")
-    marker = markers[0]
+    marker = opened["marker"]
     setting = (marker.get("experiment") or "", marker.get("checkpoint_step"), sampler_name(marker), marker.get("steps"))
-    return {"dir": sample_dir, "views": views.pop(), "setting": setting, "items": items,
+    return {**opened, "views": views.pop(), "setting": setting, "items": items,
             "max_train_views": marker.get("max_train_views")}
-
-
-def _made_under(path: Path, marker: dict) -> bool:
-    """True when `path` exists and was made with the marker's fingerprint (viewfusion.provenance)."""
-    tag = provenance.png_made_by(path) if path.exists() else None
-    return tag is not None and tag.split(" ")[0] == marker.get("fingerprint")
 
 
 def grid_cells(infos: list[dict], *, objects: int) -> tuple[list[str], dict]:
@@ -356,10 +373,10 @@ def extrapolation_grid(infos: list[dict], out: Path, *, objects: int, max_train_
     fig, axes = plt.subplots(len(infos) + 1, len(keys), figsize=(1.3 * len(keys), 1.35 * (len(infos) + 1)), squeeze=False)
     for c, key in enumerate(keys):
         target, item = cells[0, key]
-        show(axes[0][c], read_image(infos[0]["dir"] / "gt" / f"{item}.png"), f"{key[:14]}\nview {target}")
+        show(axes[0][c], truth_image(infos[0], item), f"{key[:14]}\nview {target}")
         for r, info in enumerate(infos, start=1):
             row_target, row_item = cells[r - 1, key]
-            show(axes[r][c], read_image(info["dir"] / "images" / f"{row_item}.png"),
+            show(axes[r][c], sample_image(info, row_item),
                  "" if row_target == target else f"view {row_target}")
     axes[0][0].set_ylabel("ground truth", fontsize=8)
     for r, info in enumerate(infos, start=1):
@@ -381,7 +398,7 @@ def figure_sample_figures(figure_dir: Path, out: Path, args: argparse.Namespace)
         cond, samples = read_weight_samples(weights_dir, stat=args.weight_stat)
         view_weight_curves(cond, samples, out / f"view_weights_{name}.png", stat=args.weight_stat,
                            title=f"{name}: view weights as the target turns (Fig. 2)")
-        weight_maps(weights_dir, cond, samples, out, name=name, every=args.weight_every)
+        weight_maps(cond, samples, out, name=name, every=args.weight_every)
     else:
         notes.append(f"{weights_dir}/manifest.json missing: no weight figure for {name}")
     if (figure_dir / "autoregressive" / "sequence.json").exists():
@@ -412,7 +429,7 @@ def grid_figures(sample_dirs: list[Path], out: Path, args: argparse.Namespace) -
 def default_grid_dirs(metrics_files: list[str]) -> list[Path]:
     """Sample directories holding the metrics files (as the workflow writes them), if any."""
     dirs = [Path(f).parent for f in metrics_files]
-    return [d for d in dict.fromkeys(dirs) if (d / "chunks").is_dir() and (d / "images").is_dir()]
+    return [d for d in dict.fromkeys(dirs) if (d / "chunks").is_dir()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -290,7 +290,8 @@ def heldout(*, checkpoint: str, shards: str, split: str = "val", draws: int = 25
     """The held-out loss of one checkpoint as the JSON-ready dict `viewfusion heldout` writes."""
     from viewfusion.data.shard import read_shard_manifest
     from viewfusion.distributed import resolve_device
-    from viewfusion.sample import data_sha256, load_sampling_model
+    from viewfusion.data.shard import data_sha256
+    from viewfusion.sample import load_sampling_model
 
     if row_batch is not None and row_batch < 1:
         raise ViewFusionError(f"--row-batch {row_batch}: must be at least 1")

@@ -7,8 +7,9 @@
     viewfusion metrics ... --lpips-net alex           # AlexNet LPIPS instead of the paper's VGG
     viewfusion metrics ... --device cuda --batch-size 256
 
-Reads `DIR/images/{item}.png`, `DIR/gt/{item}.png` and `DIR/chunks/*.json` (docs/FORMATS.md,
-Samples); every manifest item must be present in a completed chunk. Writes one row per item
+Reads the chunk markers and packs of DIR and the manifest's ground-truth pack through
+`viewfusion.samplestore` (docs/FORMATS.md, Samples): every manifest item must be in a completed
+chunk, and every image must carry its chunk's fingerprint (the ground truth: its data's). Writes one row per item
 (parquet, or CSV when `--out` ends in .csv), atomically. Conventions, as the official
 evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats in [0, 1]:
 
@@ -31,7 +32,7 @@ evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats i
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import math
 import time
 import warnings
@@ -43,12 +44,12 @@ import pytorch_msssim
 import torch
 from PIL import Image
 
-from viewfusion import provenance
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import SYNSETS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
-from viewfusion.markers import CHUNK_MARKER, sampler_name
+from viewfusion.markers import sampler_name
+from viewfusion.samplestore import FinishedSamples, GroundTruth, ground_truth_path
 
 PSNR_CAP_DB = 100.0
 SSIM_WINDOW = 11
@@ -61,8 +62,6 @@ COLUMNS = ["item", "key", "synset", "category", "object_id", "target_view", "vie
            "checkpoint_step", "max_train_views", "sampler", "steps", "seconds_per_target", "unet_evals_per_target",
            "psnr", "ssim",
            "lpips", *PROVENANCE, "lpips_net"]
-CHUNK_SETTINGS = ("fingerprint", "sampler", "steps", "eta", "checkpoint_step", "weights_sha256", "config_sha256",
-                  "experiment")
 
 
 # ---------------------------------------------------------------- the metrics themselves
@@ -132,78 +131,38 @@ def lpips_distance(model: torch.nn.Module, pred: torch.Tensor, target: torch.Ten
 
 # ---------------------------------------------------------------- reading a sample directory
 
-def read_chunks(generated: Path) -> dict[str, dict]:
-    """Each chunk marker, keyed by its file stem ("2-of-4"); refuses mixed sampler settings."""
-    chunks = {}
-    for path in sorted(p for p in (generated / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name)):
-        try:
-            chunks[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ViewFusionError(f"chunk marker {path}: unreadable ({err})") from None
-        if not isinstance(chunks[path.stem], dict) or "fingerprint" not in chunks[path.stem]:
-            raise ViewFusionError(f"chunk marker {path} records no fingerprint (written by an older viewfusion "
-                                  "or by hand); rerun `viewfusion sample` for it")
-    if not chunks:
-        raise ViewFusionError(
-            f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
-    for name in CHUNK_SETTINGS:
-        values = {json.dumps(c.get(name)) for c in chunks.values()}
-        if len(values) > 1:
-            raise ViewFusionError(f"{generated}: chunks disagree on {name} ({', '.join(sorted(values))}); "
-                                  "one sample directory holds one experiment, checkpoint and sampler")
-    return chunks
-
-
 def _missing_chunks(chunks: dict[str, dict]) -> str:
     found = sorted(chunks, key=lambda s: tuple(int(v) for v in s.split("-of-")))
     missing = sorted({f"{i}-of-{c['of']}" for c in chunks.values() for i in range(1, c["of"] + 1)} - set(chunks))
     return f"completed chunks: {', '.join(found)}; not completed: {', '.join(missing) or 'none'}"
 
 
-def locate_items(generated: Path, items: list[dict], chunks: dict[str, dict], *, manifest: str) -> dict[str, str]:
-    """item -> chunk name, after checking every manifest item is in a chunk with both PNGs."""
-    owner = {name: chunk_name for chunk_name, c in chunks.items() for name in c.get("items", [])}
-    wanted = {it["item"] for it in items}
-    stray = sorted(set(owner) - wanted)
+def check_items(samples: FinishedSamples, items: list[dict], *, manifest: str) -> None:
+    """Every manifest item in a completed chunk, and no chunk item outside the manifest."""
+    stray = sorted(set(samples.owner) - {it["item"] for it in items})
     if stray:
-        raise ViewFusionError(f"chunk {owner[stray[0]]} lists item {stray[0]} that is not in {manifest}: wrong --manifest?")
+        raise ViewFusionError(f"chunk {samples.owner[stray[0]]} lists item {stray[0]} that is not in {manifest}: "
+                              "wrong --manifest?")
     for it in items:
-        name = it["item"]
-        if name not in owner:
-            raise ViewFusionError(f"item {name} of {manifest} is in no completed chunk of {generated} "
-                                  f"({_missing_chunks(chunks)}); run `viewfusion sample` for the missing chunk")
-        for sub in ("images", "gt"):
-            _check_made_by(generated / sub / f"{name}.png", it, chunks[owner[name]], owner[name])
-    return owner
+        if it["item"] not in samples.owner:
+            raise ViewFusionError(f"item {it['item']} of {manifest} is in no completed chunk of {samples.root} "
+                                  f"({_missing_chunks(samples.chunks)}); run `viewfusion sample` for the missing chunk")
 
 
-def _check_made_by(path: Path, it: dict, chunk: dict, chunk_name: str) -> None:
-    """The file must exist and carry the `made_by` of its chunk's fingerprint and its manifest
-    entry: an image made by another checkpoint, sampler or manifest is never scored under this
-    chunk's label."""
-    if not path.is_file():
-        raise ViewFusionError(f"item {it['item']} of chunk {chunk_name}: {path} is missing although the chunk is "
-                              f"marked complete; rerun `viewfusion sample` for chunk {chunk_name}")
-    found = provenance.png_made_by(path)
-    if found != provenance.made_by(chunk["fingerprint"], it):
-        what = "carries no fingerprint" if found is None else "was made by other settings or manifest entry"
-        raise ViewFusionError(f"{path} {what} than chunk {chunk_name} records; rerun `viewfusion sample` "
-                              f"for chunk {chunk_name}: it regenerates such items")
-
-
-def load_png(path: Path) -> np.ndarray:
+def decode_png(data: bytes, where: str) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except OSError as err:
-        raise ViewFusionError(f"{path}: not a readable PNG ({err})") from None
+        raise ViewFusionError(f"{where}: not a readable PNG ({err})") from None
 
 
-def load_pair_batch(generated: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, H, W) float64 in [0, 1] for generated and ground truth, shapes checked."""
+def load_pair_batch(samples: FinishedSamples, truth: GroundTruth, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) float64 in [0, 1] for generated and ground truth, each verified, shapes checked."""
     preds, gts = [], []
-    for name in names:
-        pred, gt = load_png(generated / "images" / f"{name}.png"), load_png(generated / "gt" / f"{name}.png")
+    for it in batch:
+        name = it["item"]
+        pred, gt = decode_png(samples.read(it), f"{samples.root}: {name}"), decode_png(truth.read(it), f"{truth.path}: {name}")
         if pred.shape != gt.shape or (preds and pred.shape != preds[0].shape):
             raise ViewFusionError(f"item {name}: image size {pred.shape} vs ground truth {gt.shape} "
                                   f"(batch size {preds[0].shape if preds else '-'}); sizes must agree")
@@ -233,28 +192,32 @@ def item_row(it: dict, chunk: dict) -> dict:
     }
 
 
-def compute_metrics(*, generated: str | Path, manifest: str | Path, lpips_net: str | None = "vgg",
-                    lpips_random_for_tests: bool = False, device: str = "cpu", batch_size: int = 64,
-                    protocol: str = "official") -> pd.DataFrame:
-    """One row per manifest item (columns `COLUMNS`); `lpips_net=None` skips LPIPS (NaN);
-    `protocol` picks the SSIM convention (SSIM_OF) and labels the rows."""
+def compute_metrics(*, generated: str | Path, manifest: str | Path, ground_truth: str | Path | None = None,
+                    lpips_net: str | None = "vgg", lpips_random_for_tests: bool = False, device: str = "cpu",
+                    batch_size: int = 64, protocol: str = "official") -> pd.DataFrame:
+    """One row per manifest item (columns `COLUMNS`); `ground_truth` defaults to the manifest's
+    pack (samplestore.ground_truth_path); `lpips_net=None` skips LPIPS (NaN); `protocol` picks
+    the SSIM convention (SSIM_OF) and labels the rows."""
     if protocol not in SSIM_OF:
         raise ViewFusionError(f"--protocol {protocol!r}: use one of {', '.join(SSIM_OF)}")
-    generated = Path(generated)
     items = read_manifest(manifest)["items"]
-    chunks = read_chunks(generated)
-    owner = locate_items(generated, items, chunks, manifest=str(manifest))
+    samples = FinishedSamples(generated)
+    check_items(samples, items, manifest=str(manifest))
+    chunks, owner = samples.chunks, samples.owner
+    truth = GroundTruth(ground_truth or ground_truth_path(manifest), next(iter(chunks.values())).get("data_sha256"))
     model = load_lpips(net=lpips_net, device=device, random_for_tests=lpips_random_for_tests) if lpips_net else None
     rows = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        pred, gt = (t.to(device) for t in load_pair_batch(generated, [it["item"] for it in batch]))
+        pred, gt = (t.to(device) for t in load_pair_batch(samples, truth, batch))
         scores = {"psnr": psnr(pred, gt), "ssim": SSIM_OF[protocol](pred, gt)}
         scores["lpips"] = lpips_distance(model, pred, gt) if model else torch.full((len(batch),), math.nan)
         scores = {k: v.double().cpu().numpy() for k, v in scores.items()}
         for row, it in enumerate(batch):
             rows.append(item_row(it, chunks[owner[it["item"]]]) | {"protocol": protocol}
                         | {k: float(v[row]) for k, v in scores.items()})
+    samples.close()
+    truth.close()
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
     # A random backbone is labelled as such, so no table can mistake its numbers for LPIPS.
     frame["lpips_net"] = (f"{lpips_net}-random" if lpips_random_for_tests else lpips_net) if lpips_net else None
@@ -275,8 +238,10 @@ def write_table(frame: pd.DataFrame, out: str | Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generated", required=True, help="sample directory (images/, gt/, chunks/)")
+    parser.add_argument("--generated", required=True, help="sample directory (chunks/: markers and packs)")
     parser.add_argument("--manifest", required=True, help="the evaluation manifest the samples were drawn from")
+    parser.add_argument("--ground-truth", default=None,
+                        help="the manifest's ground-truth pack (default: the manifest's name with .gt.tar)")
     parser.add_argument("--out", required=True, help="per-image metrics file, .parquet or .csv")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (column left NaN)")
     parser.add_argument("--lpips-net", choices=sorted(LPIPS_BACKBONE_FILES), default="vgg",
@@ -295,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ViewFusionError(f"--device {args.device}: no CUDA device here; use --device cpu")
     started = time.perf_counter()
-    frame = compute_metrics(generated=args.generated, manifest=args.manifest,
+    frame = compute_metrics(generated=args.generated, manifest=args.manifest, ground_truth=args.ground_truth,
                             lpips_net=None if args.no_lpips else args.lpips_net,
                             lpips_random_for_tests=args.lpips_random_for_tests,
                             device=args.device, batch_size=args.batch_size, protocol=args.protocol)

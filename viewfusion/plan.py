@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from viewfusion import samplers
+from viewfusion import samplers, samplestore
 from viewfusion.config import ExperimentConfig, load_config, select_precision
 from viewfusion.errors import ViewFusionError
 
@@ -262,6 +262,8 @@ class Plan:
     chunks: int = 1
     chunks_needed: int = 1
     warnings: list[str] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)
+    manifests: set = field(default_factory=set)
 
     def total(self, rule: str | None = None) -> float:
         return sum(r.gpu_hours for r in self.rows if rule is None or r.rule == rule)
@@ -308,6 +310,7 @@ def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], m
                     n, source = targets(config, exp, views, root, objects)
                     plan.targets[f"{exp} v{views}"] = {"targets": n, "source": source}
                     setting = f"{exp}/{ckpt}/{tag}/v{views}"
+                    _count_files(plan, n, manifest=(ev.get("shard_set") or spec["shard_set"], views))
                     if calls == 0:
                         plan.rows.append(Row("sample_nearest", setting, plan.chunks, 0, 0.0, note="CPU"))
                         continue
@@ -335,6 +338,20 @@ def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], m
                                          note="CPU"))
     plan.chunks_needed = needed
     return plan
+
+
+def _count_files(plan: Plan, targets: int, *, manifest: tuple) -> None:
+    """Files one sampling setting leaves (samplestore's packed layout: per chunk its marker,
+    pack and progress; the metrics file), against one PNG per image and its ground truth
+    copied into every sample directory (the layout before packs); a manifest and its
+    ground-truth pack once per (shard set, view count)."""
+    files = plan.files
+    files["packed"] = files.get("packed", 0) + plan.chunks * samplestore.FILES_PER_CHUNK + 1
+    files["one_png_per_image"] = files.get("one_png_per_image", 0) + 2 * targets + 2 * plan.chunks + 1
+    if manifest not in plan.manifests:
+        plan.manifests.add(manifest)
+        files["packed"] += 2
+        files["one_png_per_image"] += 1
 
 
 def _fmt(x: float) -> str:
@@ -378,6 +395,10 @@ def render(plan: Plan) -> str:
     lines.append(f"sampling chunks: evaluation.chunks {plan.chunks}; every chunk fits {plan.margin:g} x "
                  f"{plan.profile['sample']} min with evaluation.chunks >= {plan.chunks_needed}"
                  + ("" if fits else "  <- RAISE IT"))
+    if plan.files:
+        lines.append(f"files of sampling and metrics: {plan.files['packed']:,} (packed chunks, ground truth once per "
+                     f"manifest); {plan.files['one_png_per_image']:,} with one PNG per image and ground truth per "
+                     "sample directory")
     lines += [f"WARNING: {w}" for w in plan.warnings]
     return "\n".join(lines)
 
@@ -439,5 +460,5 @@ def run(args: argparse.Namespace) -> int:
                      objects=args.objects, sources=[str(p) for p in ([base] if base else []) + args.configfile])
     print(render(plan))
     if args.json is not None:
-        args.json.write_text(json.dumps(asdict(plan), indent=1))
+        args.json.write_text(json.dumps({**asdict(plan), "manifests": sorted(map(list, plan.manifests))}, indent=1))
     return 0

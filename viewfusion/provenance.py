@@ -8,7 +8,8 @@ A sample directory is reused only where its fingerprint matches (docs/FORMATS.md
     fingerprint  sha256 of the settings' canonical JSON
     item tag     sha256 of the manifest entry (item, key, target_view, cond_views, seed)
     made_by      "<fingerprint> <item tag>", stored as the PNG text chunk `viewfusion:made-by`
-                 of images/X.png and gt/X.png (and key `made_by` of weights/X.npz)
+                 of each image X.png (and key `made_by` of X.npz view weights) in a chunk's pack;
+                 ground truth carries the fingerprint of `ground_truth_settings` (its data)
 
 `viewfusion sample` counts an item as done only when its files carry the `made_by` of the
 current settings, and `viewfusion metrics` refuses any image whose `made_by` differs from its
@@ -18,6 +19,7 @@ chunk marker's: an old image can never be reported under a new label.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin
 
@@ -42,6 +44,11 @@ def sample_settings(*, sampler: str, steps: int, eta: float, row_batch: int | No
     return settings
 
 
+def ground_truth_settings(data_sha256: str) -> dict:
+    """Ground truth depends on the data (and, through the item tag, the manifest entry) only."""
+    return {"format": FORMAT, "kind": "ground-truth", "data_sha256": data_sha256}
+
+
 def fingerprint(settings: dict) -> str:
     return sha256_json(settings)
 
@@ -61,8 +68,8 @@ def png_info(tag: str) -> PngImagePlugin.PngInfo:
     return info
 
 
-def png_made_by(path: Path) -> str | None:
-    """The `made_by` text of a PNG (None if missing, unreadable or written without one)."""
+def png_made_by(path: Path | BinaryIO) -> str | None:
+    """The `made_by` text of a PNG file or stream (None if missing, unreadable or written without one)."""
     try:
         with Image.open(path) as image:
             return image.text.get(PNG_KEY)  # tEXt chunks sit before the pixel data: cheap to read

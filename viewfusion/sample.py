@@ -9,7 +9,9 @@ carries its own seed in the manifest and draws all of its noise from its own gen
 chunking and any batch size give byte-identical PNGs. Each PNG is written atomically, finished
 items are skipped on restart, and `chunks/{i}-of-{N}.json` is written last: its presence means
 the chunk is complete. Targets with different view counts share a batch (views padded, masked).
-Output layout: docs/FORMATS.md, section Samples.
+Output layout (viewfusion.samplestore; docs/FORMATS.md, section Samples): a chunk's images are
+one tar, `chunks/{i}-of-{N}.tar`; ground truth is written once per manifest by `viewfusion
+ground-truth`, not here.
 
 `--sampler nearest` is the trivial baseline the tables compare against: no network, each target
 is the conditioning view nearest to it in azimuth, copied (it knows the poses; the model does not).
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viewfusion import provenance
+from viewfusion import provenance, samplestore
 from viewfusion.checkpoint import (
     config_of,
     load,
@@ -40,20 +42,13 @@ from viewfusion.checkpoint import (
 from viewfusion.data.loader import load_objects, relative_angle
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import view_angle, view_distance
-from viewfusion.data.shard import split_shards
+from viewfusion.data.shard import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import (
-    atomic_write_bytes,
-    atomic_write_json,
-    disk_errors,
-    remove_stale_temps,
-    sha256_file,
-    sha256_json,
-)
+from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
 from viewfusion.markers import CHUNK_MARKER
 from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS
-
+from viewfusion.samplestore import ChunkStore
 
 
 @dataclass(frozen=True)
@@ -151,27 +146,19 @@ def encode_png(image: torch.Tensor, made_by: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def item_state(out: Path, it: dict, fp: str, *, weights: bool) -> str:
+def item_state(store: ChunkStore, it: dict, fp: str, *, weights: bool) -> str:
     """"done" when every file of the item carries the current `made_by`, "stale" when some file
     exists but was made otherwise (another checkpoint, sampler or manifest entry), else "todo"."""
-    name, tag = it["item"], provenance.made_by(fp, it)
-    pngs = [out / "images" / f"{name}.png", out / "gt" / f"{name}.png"]
-    found = [provenance.png_made_by(p) for p in pngs if p.exists()]
-    if weights:
-        npz = out / "weights" / f"{name}.npz"
-        if npz.exists():
-            found.append(_npz_made_by(npz))
-    if len(found) == len(pngs) + weights and all(f == tag for f in found):
+    tag = provenance.made_by(fp, it)
+    names = item_members(it, weights=weights)
+    if all(store.find(name, tag) is not None for name in names):
         return "done"
-    return "stale" if found else "todo"
+    return "stale" if any(store.exists(name) for name in names) else "todo"
 
 
-def _npz_made_by(path: Path) -> str | None:
-    try:
-        with np.load(path) as data:
-            return str(data["made_by"]) if "made_by" in data else None
-    except (OSError, ValueError):
-        return None
+def item_members(it: dict, *, weights: bool) -> list[str]:
+    """The pack members of one item: its image, and its view weights when recorded."""
+    return [it["item"] + samplestore.IMAGE] + ([it["item"] + samplestore.WEIGHTS] if weights else [])
 
 
 def build_batch(items: list[dict], objects: dict, *, relative: bool, device: torch.device) -> dict:
@@ -202,8 +189,7 @@ def target_angles(items: list[dict], *, relative: bool) -> torch.Tensor:
     return torch.tensor(np.asarray(angles, dtype=np.float32))
 
 
-def _save_item(out: Path, it: dict, made_by: str, image: torch.Tensor, gt: torch.Tensor, weights=None,
-               steps=None) -> None:
+def _save_item(store: ChunkStore, it: dict, made_by: str, image: torch.Tensor, weights=None, steps=None) -> None:
     if weights is not None:
         n = len(it["cond_views"])
         w = weights[:, :n].float()  # (S, N, H, W) of this target, padding dropped
@@ -216,9 +202,8 @@ def _save_item(out: Path, it: dict, made_by: str, image: torch.Tensor, gt: torch
             cond_views=np.asarray(it["cond_views"]),
             made_by=np.asarray(made_by),
         )
-        atomic_write_bytes(out / "weights" / f"{it['item']}.npz", buffer.getvalue())
-    atomic_write_bytes(out / "gt" / f"{it['item']}.png", encode_png(gt, made_by))
-    atomic_write_bytes(out / "images" / f"{it['item']}.png", encode_png(image, made_by))
+        store.put(it["item"] + samplestore.WEIGHTS, buffer.getvalue())
+    store.put(it["item"] + samplestore.IMAGE, encode_png(image, made_by))
 
 
 def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool, weights_every: int):
@@ -242,8 +227,8 @@ def nearest_view_images(items: list[dict], objects: dict) -> torch.Tensor:
     return torch.stack([objects[it["key"]].images[v] for it, v in zip(items, picks)])
 
 
-def _progress_path(out: Path, i: int, n: int) -> Path:
-    return out / "chunks" / f"{i}-of-{n}.progress.json"
+def _progress_path(out: Path, stem: str) -> Path:
+    return out / "chunks" / f"{stem}.progress.json"
 
 
 def _load_progress(path: Path, fp: str) -> dict:
@@ -255,11 +240,6 @@ def _load_progress(path: Path, fp: str) -> dict:
     return {"fingerprint": fp, "seconds": 0.0, "targets": 0, "unet_evals": 0}
 
 
-def data_sha256(shards: str, split: str) -> str:
-    """Identity of the split's data: the sha256 of its shards' recorded sha256 values."""
-    return sha256_json([entry["sha256"] for entry in split_shards(shards, split)])
-
-
 def sample_chunk(
     *, checkpoint: str, manifest: str, shards: str, out: str, chunk: str = "1/1",
     spec: SamplerSpec = SamplerSpec("ddim", 50), batch_size: int = 16, device: str = "auto",
@@ -269,35 +249,28 @@ def sample_chunk(
     """Generate chunk `i/N` of `manifest` into `out`; return the chunk's completion marker.
 
     Items whose files carry this run's fingerprint (viewfusion.provenance) are kept; items made
-    by other settings are regenerated, never relabelled."""
+    by other settings are regenerated, never relabelled. New items go to the chunk's pending
+    folder; the chunk's pack (viewfusion.samplestore) is written from them, then the marker."""
     i, n = parse_chunk(chunk)
     check_options(spec, batch_size=batch_size, weights_every=weights_every, row_batch=row_batch)
     if spec.name == "nearest" and save_weights:
         raise ViewFusionError("--sampler nearest copies a view and has no view weights; drop --save-weights")
-    out_dir = Path(out)
-    marker = out_dir / "chunks" / f"{i}-of-{n}.json"
+    out_dir, stem = Path(out), samplestore.chunk_stem(i, n)
+    marker = samplestore.marker_path(out_dir, stem)
     man = read_manifest(manifest)
     items = chunk_items(man["items"], i, n)
     dev = resolve_device(device)
-    if spec.name == "nearest":
-        model, info, steps, calls = None, checkpoint_info(checkpoint), 0, 0
-    else:
-        model, info = load_sampling_model(checkpoint, device=dev, weights=weights, row_batch=row_batch)
-        steps, calls = _settled_steps(model, spec, checkpoint)
-    settings = provenance.sample_settings(
-        sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, row_batch=info["row_batch"],
-        weights=info["weights"], weights_sha256=info["weights_sha256"], config_sha256=info["config_sha256"],
-        data_sha256=data_sha256(shards, man["split"]))
+    model, info, settings, calls = _settle(checkpoint, spec, dev, weights=weights, row_batch=row_batch,
+                                           data=data_sha256(shards, man["split"]))
     fp = provenance.fingerprint(settings)
     marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
     _drop_other_markers(out_dir / "chunks", fp)
-    for sub in ("images", "gt", "weights", "chunks"):
-        remove_stale_temps(out_dir / sub)  # half-written files of a killed run
-    states = {it["item"]: item_state(out_dir, it, fp, weights=save_weights) for it in items}
+    store = ChunkStore(out_dir, stem)
+    states = {it["item"]: item_state(store, it, fp, weights=save_weights) for it in items}
     stale = sum(state == "stale" for state in states.values())
     if stale:
         print(f"{out_dir}: regenerating {stale} items made by other settings (checkpoint, sampler or manifest)")
-    progress_file = _progress_path(out_dir, i, n)
+    progress_file = _progress_path(out_dir, stem)
     progress = _load_progress(progress_file, fp)
     todo = [it for it in items if states[it["item"]] != "done"]
     if todo:
@@ -311,14 +284,31 @@ def sample_chunk(
             progress["targets"] += len(part)
             progress["unet_evals"] += sum(len(it["cond_views"]) for it in part) * calls
             for row, it in enumerate(part):
-                gt = objects[it["key"]].images[it["target_view"]]
-                _save_item(out_dir, it, provenance.made_by(fp, it), images[row], gt,
+                _save_item(store, it, provenance.made_by(fp, it), images[row],
                            None if view_weights is None else view_weights[:, row], weight_steps)
             atomic_write_json(progress_file, progress)
+    store.finish([(name, provenance.made_by(fp, it)) for it in items
+                  for name in item_members(it, weights=save_weights)])
     _write_marker(marker, items=items, i=i, n=n, progress=progress, info=info, settings=settings, fp=fp,
                   extra={"checkpoint": str(checkpoint), "experiment": experiment, "device": str(dev),
-                         "manifest_sha256": sha256_file(manifest)})
+                         "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)})
     return marker
+
+
+def _settle(checkpoint: str, spec: SamplerSpec, dev: torch.device, *, weights: str, row_batch: int | None,
+            data: str):
+    """(model or None for the copy baseline, checkpoint info, fingerprint settings, U-Net calls
+    per target and view)."""
+    if spec.name == "nearest":
+        model, info, steps, calls = None, checkpoint_info(checkpoint), 0, 0
+    else:
+        model, info = load_sampling_model(checkpoint, device=dev, weights=weights, row_batch=row_batch)
+        steps, calls = _settled_steps(model, spec, checkpoint)
+    settings = provenance.sample_settings(
+        sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, row_batch=info["row_batch"],
+        weights=info["weights"], weights_sha256=info["weights_sha256"], config_sha256=info["config_sha256"],
+        data_sha256=data)
+    return model, info, settings, calls
 
 
 def _drop_other_markers(chunks: Path, fp: str) -> None:
@@ -382,7 +372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="our checkpoint or the official best_model_all.pt")
     parser.add_argument("--manifest", required=True, help="evaluation manifest (viewfusion data manifest)")
     parser.add_argument("--shards", required=True, help="shard directory holding the manifest's split")
-    parser.add_argument("--out", required=True, help="sample directory (images/, gt/, chunks/)")
+    parser.add_argument("--out", required=True, help="sample directory (chunks/: packs and markers)")
     parser.add_argument("--chunk", default="1/1", help="i/N: the i-th of N contiguous blocks (1-based)")
     parser.add_argument("--sampler", choices=ALL_SAMPLERS, default="ddim")
     parser.add_argument("--steps", type=int, default=None,

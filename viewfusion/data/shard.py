@@ -42,7 +42,14 @@ from typing import Self
 
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json, disk_errors, pid_alive, plain_name, sha256_file
+from viewfusion.fsutil import (
+    atomic_write_json,
+    disk_errors,
+    pid_alive,
+    plain_name,
+    sha256_file,
+    sha256_json,
+)
 
 FORMAT = "viewfusion-nmr-shards"
 FORMAT_VERSION = 1
@@ -368,6 +375,12 @@ def split_shards(shard_dir, split: str, *, manifest: dict | None = None) -> list
 # A training loop reopens every shard each epoch; hashing it again each time would double
 # the I/O, while a rewritten file (new size or mtime) or another manifest is hashed anew.
 _VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def data_sha256(shard_dir, split: str) -> str:
+    """Identity of a split's data (the samples' fingerprints record it): the sha256 of its
+    shards' recorded sha256 values."""
+    return sha256_json([entry["sha256"] for entry in split_shards(shard_dir, split)])
 
 
 def check_size(path: Path, entry: dict) -> os.stat_result:

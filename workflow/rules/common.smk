@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
 from viewfusion import samplers
+from viewfusion.samplestore import ground_truth_path
 from viewfusion.config import load_config, written_sha256
 from viewfusion.rundir import snapshot_name
 from viewfusion.data.nmr import resolve_category
@@ -233,6 +234,11 @@ def get_eval_shards(wildcards):
 def get_manifest(wildcards):
     protocol = "-pixelnerf" if EVAL["protocol"] == "pixelnerf" else ""
     return f"results/manifests/{eval_shard_set(wildcards.exp)}/{EVAL['split']}{protocol}-v{wildcards.views}.json"
+
+
+def get_ground_truth(wildcards):
+    """The manifest's ground-truth pack: one per manifest, shared by every sample directory."""
+    return str(ground_truth_path(get_manifest(wildcards)))
 
 
 def get_viewlist(wildcards):

@@ -88,6 +88,29 @@ rule eval_manifest:
         " --targets-per-object {params.targets} --out {output.manifest} > {log} 2>&1"
 
 
+# Ground truth once per manifest (not per sample directory): one pack that every experiment,
+# checkpoint and sampler scored on the manifest reads.
+rule ground_truth:
+    input:
+        manifest="results/manifests/{shard_set}/{name}.json",
+        shards="results/shards/{shard_set}",
+    output:
+        ground_truth="results/manifests/{shard_set}/{name}.gt.tar",
+    wildcard_constraints:
+        name=r"[^/]+",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/data/ground_truth_{{shard_set}}_{{name}}.log",
+    shell:
+        "viewfusion ground-truth --manifest {input.manifest} --shards {input.shards}"
+        " --out {output.ground_truth} > {log} 2>&1"
+
+
 # pixelNeRF's protocol: one listed source view per object, every other view a target.
 rule eval_manifest_pixelnerf:
     input:

@@ -76,6 +76,7 @@ rule metrics:
     input:
         chunks=get_sample_chunks,
         manifest=get_manifest,
+        ground_truth=get_ground_truth,
     output:
         metrics="results/samples/{exp}/{ckpt}/{sampler}/v{views}/metrics.parquet",
     params:
@@ -93,7 +94,7 @@ rule metrics:
         f"{LOGS}/metrics/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}.log",
     shell:
         "OMP_NUM_THREADS={threads} viewfusion metrics --generated {params.generated}"
-        " --manifest {input.manifest} --out {output.metrics} {params.lpips} --protocol {params.protocol} > {log} 2>&1"
+        " --manifest {input.manifest} --ground-truth {input.ground_truth} --out {output.metrics} {params.lpips} --protocol {params.protocol} > {log} 2>&1"
 
 
 rule sample_figures:

@@ -1,0 +1,42 @@
+"""Hand-made sample directories in the packed layout (viewfusion.samplestore), for tests of the
+stages that read them (metrics, figures, export) without running a sampler."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from viewfusion import provenance, samplestore
+
+DATA = "d" * 64  # the data fingerprint of hand-made ground truth
+
+
+def png_bytes(array: np.ndarray, made_by: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", pnginfo=None if made_by is None else provenance.png_info(made_by))
+    return buffer.getvalue()
+
+
+def write_chunk(root: Path, stem: str, items: list[dict], images: dict[str, np.ndarray], fp: str,
+                weights: dict[str, bytes] | None = None) -> Path:
+    """The pack of chunk `stem`: each item's image (and weights npz) tagged with `fp`."""
+    members = []
+    for it in items:
+        members.append((it["item"] + samplestore.IMAGE, png_bytes(images[it["item"]], provenance.made_by(fp, it))))
+        if weights is not None:
+            members.append((it["item"] + samplestore.WEIGHTS, weights[it["item"]]))
+    path = samplestore.pack_path(root, stem)
+    samplestore.write_pack(path, members)
+    return path
+
+
+def write_ground_truth(manifest: Path, items: list[dict], gts: dict[str, np.ndarray], data: str = DATA) -> Path:
+    """The manifest's ground-truth pack, tagged as `viewfusion ground-truth` tags it."""
+    fp = provenance.fingerprint(provenance.ground_truth_settings(data))
+    path = samplestore.ground_truth_path(manifest)
+    samplestore.write_pack(path, [(it["item"] + samplestore.IMAGE, png_bytes(gts[it["item"]], provenance.made_by(fp, it)))
+                                  for it in items])
+    return path
