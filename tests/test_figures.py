@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sample_utils import DATA, write_chunk, write_ground_truth
 
-from viewfusion import cli, figures, provenance
+from viewfusion import cli, figures, provenance, weightfigs
 from viewfusion.errors import ViewFusionError
 
 COND = [0, 4, 8, 12, 16, 20]
@@ -136,7 +136,7 @@ def test_grids_keep_ddim_runs_apart_by_eta(tmp_path):
 
 def test_weight_samples_read_as_documented(tmp_path):
     fig_dir = make_figure_samples(tmp_path / "f")
-    cond, samples = figures.read_weight_samples(fig_dir / "weights", stat="average")
+    cond, samples = weightfigs.read_weight_samples(fig_dir / "weights", stat="average")
     assert cond == COND and list(samples["target_view"]) == sorted(samples["target_view"])
     assert all(abs(w.sum() - 1) < 1e-6 for w in samples["weights"])
 
@@ -155,7 +155,7 @@ def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
     manifest["items"][0]["cond_views"] = [1, 2]
     (fig_dir / "weights" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ViewFusionError, match="share one object"):
-        figures.read_weight_samples(fig_dir / "weights")
+        weightfigs.read_weight_samples(fig_dir / "weights")
 
 
 @pytest.mark.parametrize("field, value", [("file", "../../../outside.png"), ("gt", "/etc/hostname")])

@@ -10,13 +10,9 @@
   experiment, checkpoint and sampler; view counts above the views the experiments trained with
   (recorded in the metrics; `--max-train-views` where not) are shaded as extrapolation; the
   published pixelNeRF one-view numbers as a labelled marker (`--no-reference` drops it).
-- `view_weights_{exp}.png`, `weight_maps_{exp}.png`, `weight_maps_{exp}.gif` (paper Fig. 2, from
-  the sample directory `DIR/weights/` of each `--figure-samples DIR`): how the weight of each of the six input views
-  shifts as the target azimuth turns: the mean weight per view against the target angle, and the
-  per-pixel weight maps of the last step next to the generated and true target.
-- `autoregressive_{exp}.png`, `autoregressive_{exp}.gif` (paper Fig. 3, from
-  `DIR/autoregressive/`): generation from one input view, each generated view joining the
-  conditioning set; generated row above the ground truth.
+- `view_weights_{exp}.png`, `weight_maps_{exp}.png`, `weight_maps_{exp}.gif` (paper Fig. 2) and
+  `autoregressive_{exp}.png`, `autoregressive_{exp}.gif` (paper Fig. 3) from each
+  `--figure-samples DIR` (drawn by viewfusion.weightfigs).
 - `extrapolation_grid_{exp}_step{N}_{sampler}-{steps}.png` (sampler e.g. ddim-eta1): rows = view
   counts, columns = objects, from sample directories (`--grid-samples`, else the sample
   directories that hold the `--metrics` files).
@@ -28,32 +24,17 @@ atomically; an input that is absent skips its figure with a printed note.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import re
 import time
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from viewfusion.data.manifest import read_manifest  # noqa: E402
-from viewfusion.data.nmr import NUM_VIEWS  # noqa: E402
-from viewfusion.errors import ViewFusionError  # noqa: E402
-from viewfusion.fsutil import atomic_path, atomic_write_bytes, plain_name  # noqa: E402
-from viewfusion.markers import sampler_name  # noqa: E402
-from viewfusion.samplestore import (  # noqa: E402
-    WEIGHTS,
-    FinishedSamples,
-    GroundTruth,
-    ground_truth_path,
-)
-from viewfusion.tables import (  # noqa: E402
+from viewfusion.errors import ViewFusionError
+from viewfusion.markers import sampler_name
+from viewfusion.plotting import open_sample_dir, plt, sample_image, save_figure, show, truth_image
+from viewfusion.tablefiles import summarize
+from viewfusion.tables import (
     BASELINE,
     CONFIG,
     PIXELNERF_NUMBERS,
@@ -61,96 +42,11 @@ from viewfusion.tables import (  # noqa: E402
     load_metrics,
     sampler_label,
     speed_selection,
-    summarize,
     trained_views,
 )
+from viewfusion.weightfigs import figure_sample_figures
 
-DEGREES_PER_VIEW = 360 / NUM_VIEWS
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
-
-
-# ---------------------------------------------------------------- helpers
-
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def render(fig: plt.Figure) -> Image.Image:
-    """One GIF frame: the figure rasterised by Agg, as a palette image."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
-def save_gif(frames: list[Image.Image], path: Path, *, ms_per_frame: int = 400) -> Path:
-    with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
-    return path
-
-
-def read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as err:
-        raise ViewFusionError(f"{path}: not a readable image ({err})") from None
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as err:
-        raise ViewFusionError(f"{where}: not a readable image ({err})") from None
-
-
-def open_sample_dir(sample_dir: Path, manifest=None) -> dict:
-    """A finished sample directory for plotting: its verified samples, the manifest entries of its
-    items and the manifest's ground truth (manifest: as the chunk markers record it, unless given)."""
-    samples = FinishedSamples(sample_dir)
-    marker = next(iter(samples.chunks.values()))
-    manifest = manifest or marker.get("manifest")
-    if not manifest or not Path(manifest).is_file():
-        raise ViewFusionError(f"{sample_dir}: its chunk markers name no manifest file that exists here "
-                              f"({manifest!r}); rerun `viewfusion sample` for it")
-    entries = {it["item"]: it for it in read_manifest(manifest)["items"] if it["item"] in samples.owner}
-    truth = GroundTruth(ground_truth_path(manifest), marker.get("data_sha256"))
-    return {"dir": sample_dir, "samples": samples, "entries": entries, "truth": truth, "marker": marker}
-
-
-def sample_image(opened: dict, item: str) -> np.ndarray:
-    return decode_image(opened["samples"].read(opened["entries"][item]), f"{opened['dir']}: {item}")
-
-
-def truth_image(opened: dict, item: str) -> np.ndarray:
-    return decode_image(opened["truth"].read(opened["entries"][item]), f"{opened['truth'].path}: {item}")
-
-
-def show(ax: plt.Axes, image: np.ndarray, title: str = "", **kwargs) -> None:
-    ax.imshow(image, interpolation="nearest", **kwargs)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ViewFusionError(f"{path}: unreadable ({err})") from None
-
-
-def experiment_name(figure_dir: Path) -> str:
-    done = figure_dir / "done.json"
-    name = read_json(done).get("experiment") if done.exists() else None
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name or figure_dir.name)
 
 
 # ---------------------------------------------------------------- metrics against view count
@@ -212,128 +108,6 @@ def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
     return save_figure(fig, out / "quality_vs_unet_calls.png")
 
 
-# ---------------------------------------------------------------- Figure 2: view weights
-
-def read_weight_samples(weights_dir: Path, *, stat: str = "final") -> tuple[list[int], pd.DataFrame]:
-    """(cond views, one row per target: target_view, item, weights (N,), maps (N, H, W), image, gt)."""
-    opened = open_sample_dir(weights_dir, weights_dir / "manifest.json")
-    items = list(opened["entries"].values())
-    keys = {(it["key"], tuple(it["cond_views"])) for it in items}
-    if len(keys) != 1:
-        raise ViewFusionError(f"{weights_dir}/manifest.json: items must share one object and one set of "
-                              f"conditioning views for the weight figure, found {len(keys)}")
-    rows = []
-    for it in sorted(items, key=lambda it: it["target_view"]):
-        with np.load(io.BytesIO(opened["samples"].read(it, WEIGHTS))) as npz:
-            mean, final = npz["mean"].astype(np.float64), npz["final"].astype(np.float32)
-        rows.append({"target_view": int(it["target_view"]), "item": it["item"], "maps": final,
-                     "weights": mean[-1] if stat == "final" else mean.mean(axis=0),
-                     "image": sample_image(opened, it["item"]), "gt": truth_image(opened, it["item"])})
-    return list(next(iter(keys))[1]), pd.DataFrame(rows)
-
-
-def view_weight_curves(cond: list[int], samples: pd.DataFrame, path: Path, *, stat: str, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    azimuth = samples["target_view"] * DEGREES_PER_VIEW
-    weights = np.stack(samples["weights"])
-    for n, view in enumerate(cond):
-        label = f"input view {view} ({view * DEGREES_PER_VIEW:.0f}°)"
-        line, = ax.plot(azimuth, weights[:, n], marker="o", markersize=3, label=label)
-        ax.axvline(view * DEGREES_PER_VIEW, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.axhline(1 / len(cond), color="0.5", linewidth=0.8, label="uniform (mean composition)")
-    ax.set_xlabel("target azimuth (degrees)")
-    ax.set_ylabel(f"mean weight ({'last step' if stat == 'final' else 'averaged over steps'})")
-    ax.set_xlim(-5, 360)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
-
-
-def input_images(samples: pd.DataFrame, cond: list[int]) -> dict[int, np.ndarray]:
-    """Pictures of the input views: the ground truth of the target at the same view, if sampled."""
-    by_view = dict(zip(samples["target_view"], samples["gt"]))
-    return {v: by_view[v] for v in cond if v in by_view}
-
-
-def weight_map_panel(axes, row: pd.Series, cond: list[int], *, vmax: float) -> None:
-    show(axes[0], row["image"], f"generated, view {row['target_view']}")
-    show(axes[1], row["gt"], "ground truth")
-    for n, view in enumerate(cond):
-        show(axes[2 + n], row["maps"][n], f"view {view}: {row['weights'][n]:.2f}", cmap="magma", vmin=0, vmax=vmax)
-
-
-def weight_maps(cond: list[int], samples: pd.DataFrame, out: Path, *, name: str, every: int) -> tuple[Path, Path]:
-    """A grid (inputs on top, one row per shown target) and a GIF over every target."""
-    inputs = input_images(samples, cond)
-    shown = samples[samples["target_view"] % every == 0]
-    # One colour scale for every map (0 to the largest weight), so maps compare across targets.
-    vmax = float(max(m.max() for m in samples["maps"]))
-    fig, axes = plt.subplots(len(shown) + 1, 2 + len(cond), figsize=(1.3 * (2 + len(cond)), 1.45 * (len(shown) + 1)),
-                             squeeze=False)
-    for n, view in enumerate(cond):
-        show(axes[0][2 + n], inputs.get(view, np.zeros((2, 2, 3), np.uint8)), f"input view {view}")
-    for ax in axes[0][:2]:
-        ax.axis("off")
-    for r, (_, row) in enumerate(shown.iterrows(), start=1):
-        weight_map_panel(axes[r], row, cond, vmax=vmax)
-    fig.colorbar(axes[-1][-1].images[0], ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="per-pixel weight")
-    fig.suptitle("View weights of the last step (Fig. 2)", fontsize=10)
-    png = save_figure(fig, out / f"weight_maps_{name}.png")
-    frames = []
-    for _, row in samples.iterrows():
-        fig, axes = plt.subplots(1, 2 + len(cond), figsize=(1.5 * (2 + len(cond)), 1.9))
-        weight_map_panel(axes, row, cond, vmax=vmax)
-        fig.suptitle(f"target azimuth {row['target_view'] * DEGREES_PER_VIEW:.0f}°", fontsize=9)
-        frames.append(render(fig))
-    return png, save_gif(frames, out / f"weight_maps_{name}.gif")
-
-
-# ---------------------------------------------------------------- Figure 3: autoregressive generation
-
-def autoregressive_columns(figure_dir: Path) -> list[dict]:
-    """Columns of the strip: the real input view (when its picture is found), then each step."""
-    seq_dir = figure_dir / "autoregressive"
-    sequence = read_json(seq_dir / "sequence.json")
-    columns = []
-    start = sequence.get("start_view")
-    weights_dir = figure_dir / "weights"
-    if start is not None and (weights_dir / "manifest.json").exists():
-        picture = input_images(read_weight_samples(weights_dir)[1], [start]).get(start)
-        if picture is not None:
-            columns.append({"title": f"input: view {start}", "generated": picture, "gt": picture})
-    for step in sequence["steps"]:
-        columns.append({
-            "title": f"view {step['target_view']} ({len(step['cond'])} in)",
-            "generated": read_image(seq_dir / plain_name(step["file"], f"{seq_dir}/sequence.json file")),
-            "gt": read_image(seq_dir / plain_name(step["gt"], f"{seq_dir}/sequence.json gt")) if step.get("gt") else None,
-        })
-    if not columns:
-        raise ViewFusionError(f"{seq_dir}/sequence.json lists no steps")
-    return columns
-
-
-def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Path, Path]:
-    columns = autoregressive_columns(figure_dir)
-    fig, axes = plt.subplots(2, len(columns), figsize=(1.3 * len(columns), 3.0), squeeze=False)
-    for c, column in enumerate(columns):
-        show(axes[0][c], column["generated"], column["title"])
-        if column["gt"] is not None:
-            show(axes[1][c], column["gt"])
-        else:
-            axes[1][c].axis("off")
-    axes[0][0].set_ylabel("generated", fontsize=8)
-    axes[1][0].set_ylabel("ground truth", fontsize=8)
-    fig.suptitle("Autoregressive generation from one view (Fig. 3): each new view joins the inputs", fontsize=10)
-    png = save_figure(fig, out / f"autoregressive_{name}.png")
-    frames = []
-    for column in columns:
-        fig, axes = plt.subplots(1, 2, figsize=(3.2, 1.9))
-        show(axes[0], column["generated"], column["title"])
-        show(axes[1], column["gt"] if column["gt"] is not None else np.zeros_like(column["generated"]), "ground truth")
-        frames.append(render(fig))
-    return png, save_gif(frames, out / f"autoregressive_{name}.gif", ms_per_frame=600)
-
-
 # ---------------------------------------------------------------- extrapolation grid
 
 def sample_dir_info(sample_dir: Path) -> dict:
@@ -389,24 +163,6 @@ def extrapolation_grid(infos: list[dict], out: Path, *, objects: int, max_train_
 
 
 # ---------------------------------------------------------------- command
-
-def figure_sample_figures(figure_dir: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    """Figures 2 and 3 of one `viewfusion sample-figures` directory; returns notes on what is missing."""
-    name, notes = experiment_name(figure_dir), []
-    weights_dir = figure_dir / "weights"
-    if (weights_dir / "manifest.json").exists():
-        cond, samples = read_weight_samples(weights_dir, stat=args.weight_stat)
-        view_weight_curves(cond, samples, out / f"view_weights_{name}.png", stat=args.weight_stat,
-                           title=f"{name}: view weights as the target turns (Fig. 2)")
-        weight_maps(cond, samples, out, name=name, every=args.weight_every)
-    else:
-        notes.append(f"{weights_dir}/manifest.json missing: no weight figure for {name}")
-    if (figure_dir / "autoregressive" / "sequence.json").exists():
-        autoregressive_strip(figure_dir, out, name=name)
-    else:
-        notes.append(f"{figure_dir}/autoregressive/sequence.json missing: no autoregressive figure for {name}")
-    return notes
-
 
 def grid_figures(sample_dirs: list[Path], out: Path, args: argparse.Namespace) -> list[str]:
     """One extrapolation grid per experiment, checkpoint and sampler with at least two view counts."""

@@ -1,7 +1,7 @@
 """Per-image PSNR, SSIM and LPIPS of a sample directory against its ground truth.
 
     viewfusion metrics --generated results/samples/tiny/final/ddim-50/v3 \
-        --manifest results/manifests/all/test_v3.json \
+        --manifest results/manifests/all/test-v3.json \
         --out results/samples/tiny/final/ddim-50/v3/metrics.parquet
     viewfusion metrics ... --no-lpips                 # PSNR and SSIM only (lpips column NaN)
     viewfusion metrics ... --lpips-net alex           # AlexNet LPIPS instead of the paper's VGG
@@ -11,7 +11,7 @@ Reads the chunk markers and packs of DIR and the manifest's ground-truth pack th
 `viewfusion.samplestore` (docs/FORMATS.md, Samples): every manifest item must be in a completed
 chunk, and every image must carry its chunk's fingerprint (the ground truth: its data's). Writes one row per item
 (parquet, or CSV when `--out` ends in .csv), atomically. Conventions, as the official
-evaluation (shared/reference/PAPER_NOTES.md), on the 8-bit PNGs read as floats in [0, 1]:
+evaluation script of the official repository (bronemos/view-fusion), on the 8-bit PNGs read as floats in [0, 1]:
 
 - PSNR per image, 10 log10(1 / MSE) in float64 (the tables then average per image). Identical
   images (MSE 0) get `PSNR_CAP_DB` = 100 dB instead of inf, so means stay finite. For 8-bit

@@ -76,7 +76,7 @@ PAPER_V100_TRAIN_EVALS_PER_S = 710_000 * 112 * 3.5 / (6.5 * 86_400 * 4)
 UTILISATION = {"fp32": PAPER_V100_TRAIN_EVALS_PER_S * FLOPS_TRAIN / (PEAK_TFLOPS["v100"]["fp32"] * 1e12),
                "tensor": 0.25}
 # Test objects of the real NMR data when nothing better is known: ViewFusion's test.lst lists
-# (/work/shared/reference/NMR_FORMAT.md: 8751) and the SoftRas lists pixelNeRF scores (8762).
+# (the NMR release's per-category test.lst files: 8751) and the SoftRas lists pixelNeRF scores (8762).
 NMR_TEST_OBJECTS = {"viewfusion": 8751, "softras": 8762}
 PIXELNERF_TARGETS_PER_OBJECT = 23  # one source view, every other view a target
 FIGURE_EVALS_PER_STEP = 12 * 6 + sum(range(1, 8))  # figure_samples: 12 targets x 6 views + 7 autoregressive

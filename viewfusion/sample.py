@@ -1,7 +1,7 @@
 """Chunked, resumable, deterministic sampling of an evaluation manifest.
 
     viewfusion sample --checkpoint results/runs/tiny/final.pt --shards results/shards/all \
-        --manifest results/manifests/all/test_v3.json --chunk 2/4 \
+        --manifest results/manifests/all/test-v3.json --chunk 2/4 \
         --sampler ddim --steps 50 --out results/samples/tiny/final/ddim-50/v3
 
 Chunk i of N (1-based) takes the i-th contiguous block of the manifest's items. Every target
