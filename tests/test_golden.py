@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from viewfusion.checkpoint import load_official
 from viewfusion.diffusion import Schedule
 from viewfusion.model.unet import UNet
-from viewfusion.model.viewfusion import ViewFusion, load_official
+from viewfusion.model.viewfusion import ViewFusion
 
 # Vendored copies (tests/reference/README.md) of ../shared/reference beside the checkout.
 REFERENCE = Path(__file__).resolve().parent / "reference"

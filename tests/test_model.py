@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from viewfusion.checkpoint import load_official
+from viewfusion.config import unet_channels
 from viewfusion.diffusion import Schedule, add_noise, sample_continuous_gamma
 from viewfusion.errors import ViewFusionError
 from viewfusion.model.unet import Block, SelfAttention, UNet, _GroupNormSiLU
-from viewfusion.model.viewfusion import ViewFusion, count_unet_evals, load_official
+from viewfusion.model.viewfusion import ViewFusion, count_unet_evals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +25,8 @@ SCHEDULE = Schedule.make()
 
 def tiny_model(*, weighting=True, relative=False, seed=0, **unet) -> ViewFusion:
     torch.manual_seed(seed)
-    denoiser = UNet(in_channel=9 if relative else 6, out_channel=6 if weighting else 3, **{**TINY, **unet})
+    in_channel, out_channel = unet_channels(relative=relative, weighting=weighting)
+    denoiser = UNet(in_channel=in_channel, out_channel=out_channel, **{**TINY, **unet})
     return ViewFusion(denoiser, SCHEDULE, weighting=weighting, relative=relative).eval()
 
 

@@ -27,15 +27,27 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from viewfusion.config import ExperimentConfig, build_model, from_dict, load_config, to_dict
+from viewfusion.config import (
+    ExperimentConfig,
+    build_model,
+    check_clamp,
+    from_dict,
+    load_config,
+    to_dict,
+    variant_flags,
+)
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from viewfusion.model.viewfusion import ViewFusion
 
 FORMAT = "viewfusion-checkpoint"
 FORMAT_VERSION = 1
@@ -186,10 +198,11 @@ def detect_variant(state: dict[str, torch.Tensor]) -> str:
         out_ch = state["denoise_fn.final_conv.block.3.weight"].shape[0]
     except KeyError as err:
         raise ViewFusionError(f"not a ViewFusion U-Net state dict: no {err}") from None
-    table = {(6, 6): "paper", (6, 3): "no_weighting", (9, 6): "relative"}
-    if (in_ch, out_ch) not in table:
-        raise ViewFusionError(f"U-Net with {in_ch} input / {out_ch} output channels matches no variant")
-    return table[(in_ch, out_ch)]
+    for name, spec in VARIANTS.items():
+        model = from_dict(spec, source=f"variant {name}").model
+        if (model.in_channel, model.out_channel) == (in_ch, out_ch):
+            return name
+    raise ViewFusionError(f"U-Net with {in_ch} input / {out_ch} output channels matches no variant")
 
 
 def convert_official(official: dict[str, Any], *, variant: str | None = None,
@@ -238,6 +251,99 @@ def _fitting_adam_state(opt: Any, model: torch.nn.Module) -> dict[str, Any] | No
         if s is not None and s.get("exp_avg", p).shape != p.shape:
             return None
     return opt
+
+
+# ---------------------------------------------------------------- loading as a model, any kind of file
+
+
+def load_official(
+    path_or_state_dict: str | PathLike | Mapping[str, torch.Tensor],
+    unet_kwargs: Mapping | None = None,
+    weighting: bool | None = None,
+    *,
+    clamp: tuple[float, float] | None | Literal["auto"] = "auto",
+) -> ViewFusion:
+    """A ready ViewFusion (eval mode, CPU) from an official checkpoint, ours, or a bare state dict.
+
+    A checkpoint of this project (format "viewfusion-checkpoint", file or dict) carries its own
+    config, and that config builds the model, prediction ("eps"/"v") and clamp included: the
+    result samples exactly as `viewfusion.checkpoint.load_model(path)` (its raw, not EMA,
+    weights). unet_kwargs/weighting/clamp given for it must agree with that config, else a
+    ViewFusionError points at `load_model`.
+
+    Official files and bare state dicts: unet_kwargs default to the paper config; in/out
+    channels not given are read from the state dict (in 9 -> the relative variant).
+    weighting=None: on when the denoiser outputs logits. clamp="auto": the official (-1, 1).
+    The schedule is the one stored in the state dict (all sampling reads those buffers).
+    """
+    source = _describe(path_or_state_dict)
+    obj = (path_or_state_dict if isinstance(path_or_state_dict, Mapping)
+           else read(path_or_state_dict, numpy_scalars=True))
+    if is_ours(obj):
+        return _load_ours(as_ours(obj, source), source, unet_kwargs, weighting, clamp)
+    return _load_state_dict(_state_dict(obj, source), source, unet_kwargs, weighting, clamp)
+
+
+def _load_state_dict(state: Mapping[str, torch.Tensor], source: str, unet_kwargs, weighting, clamp) -> ViewFusion:
+    """An official/bare state dict in the architecture unet_kwargs (+ the paper's) describe."""
+    from viewfusion.diffusion import Schedule
+    from viewfusion.model.unet import UNet
+    from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion
+
+    for name in ("gammas", "denoise_fn.downs.0.weight", "denoise_fn.final_conv.block.3.weight"):
+        if name not in state:
+            raise ViewFusionError(f"{source} is not a ViewFusion state dict: no {name!r}")
+    kwargs = {**PAPER_UNET_KWARGS, **(unet_kwargs or {})}
+    if not unet_kwargs or "in_channel" not in unet_kwargs:
+        kwargs["in_channel"] = state["denoise_fn.downs.0.weight"].shape[1]
+    if not unet_kwargs or "out_channel" not in unet_kwargs:
+        kwargs["out_channel"] = state["denoise_fn.final_conv.block.3.weight"].shape[0]
+    flags = variant_flags(kwargs["in_channel"], kwargs["out_channel"])
+    if flags is None:
+        raise ViewFusionError(f"{source}: a U-Net with {kwargs['in_channel']} input / {kwargs['out_channel']} "
+                              "output channels matches no ViewFusion variant")
+    weighting = flags["weighting"] if weighting is None else weighting
+    clamp = (-1.0, 1.0) if clamp == "auto" else clamp
+    # Placeholder schedule of the right length; load_state then installs the stored one.
+    schedule = Schedule.make("linear", n_timestep=state["gammas"].shape[0])
+    model = ViewFusion(UNet(**kwargs), schedule, weighting=weighting, relative=flags["relative"], clamp=clamp)
+    load_state(model, state, source=f"{source} (unet_kwargs {kwargs})")
+    return model.eval()
+
+
+def _load_ours(ckpt: Mapping, source: str, unet_kwargs, weighting, clamp) -> ViewFusion:
+    """Our checkpoint with its own config; arguments may only repeat what that config says."""
+    cfg = config_of(ckpt, source=source)
+    own = cfg.model.unet_kwargs()
+    given = {f"unet_kwargs[{k!r}]": (_as_list(v), own.get(k, "not set")) for k, v in (unet_kwargs or {}).items()}
+    if weighting is not None:
+        given["weighting"] = (weighting, cfg.model.weighting)
+    if clamp != "auto":
+        given["clamp"] = (check_clamp(clamp), cfg.model.clamp)
+    bad = [f"{name}={mine!r}, its config: {theirs!r}" for name, (mine, theirs) in given.items() if mine != theirs]
+    if bad:
+        raise ViewFusionError(
+            f"{source} is a viewfusion checkpoint with its own config {cfg.name!r}, which the arguments "
+            f"contradict ({'; '.join(bad)}); leave them out, or load it with viewfusion.checkpoint.load_model")
+    model, _ = model_of(ckpt, source=source)
+    return model.eval()
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _describe(source) -> str:
+    return "the given state dict" if isinstance(source, Mapping) else str(source)
+
+
+def _state_dict(obj, source: str) -> Mapping[str, torch.Tensor]:
+    """The state dict in what a file or mapping holds: an official checkpoint (key `model`) or bare."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ViewFusionError(f"{source} is neither a state dict nor a checkpoint with key 'model'")
+    return strip_ddp(obj)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,8 +35,8 @@ import yaml
 
 from viewfusion.errors import ViewFusionError
 
-# viewfusion.diffusion.SCHEDULE_KINDS and PREDICTIONS, repeated so that reading a config never
-# imports torch (tests/test_config.py keeps them equal).
+# The noise schedules and prediction targets viewfusion.diffusion implements; owned here, where
+# reading a config needs them without importing torch, and imported by the diffusion module.
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
 PREDICTIONS = ("eps", "v")
 # train.precision: "auto" picks by device (select_precision); the others are what they say.
@@ -45,6 +45,22 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
 # data.shard_order: viewfusion.data.loader.SHARD_ORDERS, repeated so a config never imports torch.
 SHARD_ORDERS = ("resample", "epoch")
+
+
+def unet_channels(*, relative: bool, weighting: bool) -> tuple[int, int]:
+    """(input, output) channels of the U-Net of a variant, the one place this rule lives. Input:
+    a conditioning view and the noisy target (+ the reference view when `relative`); output: the
+    noise (+ one weight logit per channel when views are `weighting`-composed)."""
+    return 3 * (3 if relative else 2), 3 * (2 if weighting else 1)
+
+
+def variant_flags(in_channel: int, out_channel: int) -> dict[str, bool] | None:
+    """{"relative", "weighting"} of the variant whose U-Net has these channels, or None."""
+    for relative in (False, True):
+        for weighting in (True, False):
+            if unet_channels(relative=relative, weighting=weighting) == (in_channel, out_channel):
+                return {"relative": relative, "weighting": weighting}
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,13 +93,11 @@ class ModelConfig:
 
     @property
     def in_channel(self) -> int:
-        # conditioning view + noisy target (+ the reference view in the relative variant)
-        return 9 if self.relative else 6
+        return unet_channels(relative=self.relative, weighting=self.weighting)[0]
 
     @property
     def out_channel(self) -> int:
-        # noise (+ one weight logit per channel when views are weighted)
-        return 6 if self.weighting else 3
+        return unet_channels(relative=self.relative, weighting=self.weighting)[1]
 
     def unet_kwargs(self) -> dict[str, Any]:
         """The official U-Net keyword arguments."""

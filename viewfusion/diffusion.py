@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 # The clamp rule's one owner is the (torch-free) config module; samplers and ViewFusion use it.
-from viewfusion.config import check_clamp
+from viewfusion.config import SCHEDULES, check_clamp
 
 # Names, default steps and costs have one torch-free owner, viewfusion.samplers (re-exported).
 from viewfusion.samplers import DEFAULT_STEPS, SAMPLER_KINDS, unet_calls
@@ -63,7 +63,6 @@ BUFFER_NAMES = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
-SCHEDULE_KINDS = ("linear", "quad", "cosine", "warmup10", "warmup50")
 
 
 def make_beta_schedule(
@@ -89,7 +88,7 @@ def make_beta_schedule(
         abar = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
         abar = abar / abar[0]
         return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
-    raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
+    raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -161,9 +160,6 @@ def add_noise(y_0: Tensor, noise: Tensor, gamma: Tensor) -> Tensor:
     """DDPM eq. 4 with a continuous level (SR3 eq. 5): sqrt(gamma) y_0 + sqrt(1 - gamma) eps; gamma (B,)."""
     gamma = gamma.reshape(-1, *([1] * (y_0.dim() - 1))).to(y_0.dtype)
     return gamma.sqrt() * y_0 + (1 - gamma).sqrt() * noise
-
-
-PREDICTIONS = ("eps", "v")
 
 
 def v_target(y_0: Tensor, noise: Tensor, gamma: Tensor) -> Tensor:

@@ -22,36 +22,28 @@ channels) and `angle` is the target azimuth minus the reference view's azimuth.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from os import PathLike
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from viewfusion.config import PREDICTIONS, ModelConfig, check_clamp, unet_channels
 from viewfusion.diffusion import (
     BUFFER_NAMES,
-    PREDICTIONS,
     AncestralSampler,
     Schedule,
     add_noise,
-    check_clamp,
     eps_from_v,
     sample_continuous_gamma,
     v_target,
 )
-from viewfusion.errors import ViewFusionError
 from viewfusion.solvers import make_sampler_for
-from viewfusion.model.unet import UNet
 
-__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals",
-           "load_official"]
+__all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals"]
 
-# The paper's denoiser (configs/*-small-v100-4.yaml of the official code).
-PAPER_UNET_KWARGS = dict(
-    image_size=64, in_channel=6, out_channel=6, inner_channel=64, res_blocks=3, attn_res=[16],
-    channel_mults=[1, 2, 3, 5], norm_groups=32, dropout=0.0,
-)
+# The paper's denoiser (configs/*-small-v100-4.yaml of the official code): the model config's defaults.
+PAPER_UNET_KWARGS = ModelConfig().unet_kwargs()
 
 
 class SampleStep(NamedTuple):
@@ -314,102 +306,12 @@ def _check_denoiser(denoiser: nn.Module, *, weighting: bool, relative: bool) -> 
     config = getattr(denoiser, "config", None)
     if not isinstance(config, Mapping):
         return  # a foreign denoiser: its output is checked by shape at the first call
-    want_in = 9 if relative else 6
+    want_in, want_out = unet_channels(relative=relative, weighting=weighting)
     if config["in_channel"] != want_in:
         raise ValueError(f"{'relative' if relative else 'absolute'} ViewFusion needs in_channel={want_in}, "
                          f"the denoiser has {config['in_channel']}")
-    if weighting and config["out_channel"] != 6:
-        raise ValueError(f"weighting needs out_channel=6 (noise + logits), the denoiser has {config['out_channel']}")
-    if config["out_channel"] not in (3, 6):
-        raise ValueError(f"out_channel must be 3 or 6, the denoiser has {config['out_channel']}")
-
-
-def load_official(
-    path_or_state_dict: str | PathLike | Mapping[str, Tensor],
-    unet_kwargs: Mapping | None = None,
-    weighting: bool | None = None,
-    *,
-    clamp: tuple[float, float] | None | Literal["auto"] = "auto",
-) -> ViewFusion:
-    """A ready ViewFusion (eval mode, CPU) from an official checkpoint, ours, or a bare state dict.
-
-    A checkpoint of this project (format "viewfusion-checkpoint", file or dict) carries its own
-    config, and that config builds the model, prediction ("eps"/"v") and clamp included: the
-    result samples exactly as `viewfusion.checkpoint.load_model(path)` (its raw, not EMA,
-    weights). unet_kwargs/weighting/clamp given for it must agree with that config, else a
-    ViewFusionError points at `load_model`.
-
-    Official files and bare state dicts: unet_kwargs default to the paper config; in/out
-    channels not given are read from the state dict (in 9 -> the relative variant).
-    weighting=None: on when the denoiser outputs logits. clamp="auto": the official (-1, 1).
-    The schedule is the one stored in the state dict (all sampling reads those buffers).
-    """
-    # Imported here: checkpoint builds models of this module; at module level it could make a cycle.
-    from viewfusion import checkpoint
-
-    source = _describe(path_or_state_dict)
-    obj = (path_or_state_dict if isinstance(path_or_state_dict, Mapping)
-           else checkpoint.read(path_or_state_dict, numpy_scalars=True))
-    if checkpoint.is_ours(obj):
-        return _load_ours(checkpoint.as_ours(obj, source), source, unet_kwargs, weighting, clamp)
-    return _load_state_dict(_state_dict(obj, source), source, unet_kwargs, weighting, clamp)
-
-
-def _load_state_dict(state: Mapping[str, Tensor], source: str, unet_kwargs, weighting, clamp) -> ViewFusion:
-    """An official/bare state dict in the architecture unet_kwargs (+ the paper's) describe."""
-    from viewfusion import checkpoint
-
-    for name in ("gammas", "denoise_fn.downs.0.weight", "denoise_fn.final_conv.block.3.weight"):
-        if name not in state:
-            raise ViewFusionError(f"{source} is not a ViewFusion state dict: no {name!r}")
-    kwargs = {**PAPER_UNET_KWARGS, **(unet_kwargs or {})}
-    if not unet_kwargs or "in_channel" not in unet_kwargs:
-        kwargs["in_channel"] = state["denoise_fn.downs.0.weight"].shape[1]
-    if not unet_kwargs or "out_channel" not in unet_kwargs:
-        kwargs["out_channel"] = state["denoise_fn.final_conv.block.3.weight"].shape[0]
-    weighting = kwargs["out_channel"] == 6 if weighting is None else weighting
-    clamp = (-1.0, 1.0) if clamp == "auto" else clamp
-    # Placeholder schedule of the right length; load_state then installs the stored one.
-    schedule = Schedule.make("linear", n_timestep=state["gammas"].shape[0])
-    model = ViewFusion(UNet(**kwargs), schedule, weighting=weighting, relative=kwargs["in_channel"] == 9, clamp=clamp)
-    checkpoint.load_state(model, state, source=f"{source} (unet_kwargs {kwargs})")
-    return model.eval()
-
-
-def _load_ours(ckpt: Mapping, source: str, unet_kwargs, weighting, clamp) -> ViewFusion:
-    """Our checkpoint with its own config; arguments may only repeat what that config says."""
-    from viewfusion import checkpoint
-
-    cfg = checkpoint.config_of(ckpt, source=source)
-    own = cfg.model.unet_kwargs()
-    given = {f"unet_kwargs[{k!r}]": (_plain(v), own.get(k, "not set")) for k, v in (unet_kwargs or {}).items()}
-    if weighting is not None:
-        given["weighting"] = (weighting, cfg.model.weighting)
-    if clamp != "auto":
-        given["clamp"] = (check_clamp(clamp), cfg.model.clamp)
-    bad = [f"{name}={mine!r}, its config: {theirs!r}" for name, (mine, theirs) in given.items() if mine != theirs]
-    if bad:
-        raise ViewFusionError(
-            f"{source} is a viewfusion checkpoint with its own config {cfg.name!r}, which the arguments "
-            f"contradict ({'; '.join(bad)}); leave them out, or load it with viewfusion.checkpoint.load_model")
-    model, _ = checkpoint.model_of(ckpt, source=source)
-    return model.eval()
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _describe(source) -> str:
-    return "the given state dict" if isinstance(source, Mapping) else str(source)
-
-
-def _state_dict(obj, source: str) -> Mapping[str, Tensor]:
-    """The state dict in what a file or mapping holds: an official checkpoint (key `model`) or bare."""
-    from viewfusion.checkpoint import strip_ddp
-
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ViewFusionError(f"{source} is neither a state dict nor a checkpoint with key 'model'")
-    return strip_ddp(obj)
+    # Without weighting a weighting denoiser may still run: its logits are ignored.
+    allowed = {want_out} if weighting else {unet_channels(relative=relative, weighting=w)[1] for w in (False, True)}
+    if config["out_channel"] not in allowed:
+        raise ValueError(f"{'weighting' if weighting else 'mean'} composition needs out_channel in {sorted(allowed)} "
+                         f"(noise{' + logits' if weighting else ''}), the denoiser has {config['out_channel']}")
