@@ -5,8 +5,9 @@
         --split test --sampler ddim --steps 50 --out results/figure_samples/tiny
 
 Writes `weights/` (a sample directory of `viewfusion sample`, with view weights, fingerprinted
-like every sample, and its manifest's ground truth `manifest.gt.tar`), `autoregressive/` (PNGs + sequence.json) and `done.json` last, which records
-the checkpoint's weights and config fingerprints and the sampler. Layout: docs/FORMATS.md.
+like every sample, and its manifest's ground truth `manifest.gt.tar`), `autoregressive/` (PNGs +
+sequence.json) and `done.json` last, which records the checkpoint's weights and config
+fingerprints and the sampler. Layout: docs/FORMATS.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from viewfusion.data.loader import load_objects
+from viewfusion.data.manifest import item_name
 from viewfusion.data.nmr import NUM_VIEWS
 from viewfusion.data.shard import read_shard_manifest
 from viewfusion.distributed import resolve_device
@@ -55,8 +57,9 @@ def figure_object(shards: str, split: str, *, seed: int, key: str | None) -> str
 def weights_manifest(key: str, *, split: str, seed: int) -> dict:
     synset, object_id = key.split("_", 1)
     items = [
-        {"item": f"{key}-t{t:02d}-v6-0", "key": key, "synset": synset, "object_id": object_id,
-         "target_view": t, "cond_views": list(FIGURE_COND_VIEWS), "view_count": 6, "seed": seed + t}
+        {"item": item_name(key, t, len(FIGURE_COND_VIEWS), 0), "key": key, "synset": synset, "object_id": object_id,
+         "target_view": t, "cond_views": list(FIGURE_COND_VIEWS), "view_count": len(FIGURE_COND_VIEWS),
+         "seed": seed + t}
         for t in range(0, NUM_VIEWS, FIGURE_TARGET_STRIDE)
     ]
     return {"split": split, "seed": seed, "view_count": 6, "source": "figure", "items": items}

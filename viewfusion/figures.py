@@ -31,8 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 from viewfusion.errors import ViewFusionError
-from viewfusion.markers import sampler_name
 from viewfusion.plotting import open_sample_dir, plt, sample_image, save_figure, show, truth_image
+from viewfusion.samplers import label as sampler_label
+from viewfusion.samplers import sampler_name
 from viewfusion.tablefiles import summarize
 from viewfusion.tables import (
     BASELINE,
@@ -40,7 +41,6 @@ from viewfusion.tables import (
     PIXELNERF_NUMBERS,
     baseline_once,
     load_metrics,
-    sampler_label,
     speed_selection,
     trained_views,
 )

@@ -48,7 +48,7 @@ from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import SYNSETS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
-from viewfusion.markers import sampler_name
+from viewfusion.samplers import sampler_name
 from viewfusion.samplestore import FinishedSamples, GroundTruth, ground_truth_path
 
 PSNR_CAP_DB = 100.0

@@ -46,9 +46,8 @@ from viewfusion.data.shard import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
-from viewfusion.markers import CHUNK_MARKER
 from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS
-from viewfusion.samplestore import ChunkStore
+from viewfusion.samplestore import CHUNK_MARKER, ChunkStore
 
 
 @dataclass(frozen=True)

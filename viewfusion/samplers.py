@@ -6,6 +6,8 @@ markers and the tables ask.
     parse_tag(tag)         -> (name, steps | None, eta)          (inverse of tag)
     TAG_PATTERN            the regular expression of every tag (a Snakemake wildcard constraint)
     unet_calls(name, steps, num_timesteps) -> U-Net calls per target and conditioning view
+    sampler_name(marker)   -> the name a chunk marker's setting has in metrics rows: "ddim-eta1"
+    label(name, steps)     -> how tables and figures print a setting: "ddim-eta1-50", "ddpm-full"
 """
 
 from __future__ import annotations
@@ -50,6 +52,22 @@ def tag(name: str, steps: int | None = None, eta: float = 0.0) -> str:
         return BASELINE
     check_kind(name)
     return f"{name}-{'full' if steps is None else int(steps)}" + (f"-eta{eta:g}" if eta else "")
+
+
+def sampler_name(marker: dict) -> str | None:
+    """The sampler of a chunk marker (or any dict with sampler and eta) as metrics rows name it:
+    "ddim", or "ddim-eta1" when eta > 0, so that DDIM runs differing only in eta stay apart in
+    every table and figure."""
+    name, eta = marker.get("sampler"), marker.get("eta") or 0
+    return f"{name}-eta{eta:g}" if name == "ddim" and eta else name
+
+
+def label(name: str, steps) -> str:
+    """A metrics row's sampler and steps as tables and figures print them: "ddim-50",
+    "ddpm-full" (steps missing: the full schedule); the copy baseline has no steps."""
+    if name == BASELINE:
+        return "nearest view copied (baseline)"
+    return f"{name}-{'full' if steps is None or steps != steps else int(steps)}"  # NaN != NaN
 
 
 def parse_tag(text: str) -> tuple[str, int | None, float]:

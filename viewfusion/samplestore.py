@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 from collections.abc import Iterable
@@ -36,10 +37,10 @@ from viewfusion.fsutil import (
     plain_name,
     remove_stale_temps,
 )
-from viewfusion.markers import CHUNK_MARKER
 
 IMAGE, WEIGHTS = ".png", ".npz"  # member suffixes: a generated image, its view weights
 PACK = ".tar"
+CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds packs and progress records
 FILES_PER_CHUNK = 3  # a finished chunk leaves its marker, its pack and its progress record (viewfusion plan)
 GT_SUFFIX = ".gt.tar"
 # Settings every chunk of one sample directory shares: one experiment, checkpoint and sampler.

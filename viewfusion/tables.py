@@ -107,13 +107,6 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
     return frame
 
 
-def sampler_label(sampler: str, steps) -> str:
-    """ddim-50, ddpm-2000; the copy baseline has no steps."""
-    if sampler == BASELINE:
-        return "nearest view copied (baseline)"
-    return f"{sampler}-{'full' if pd.isna(steps) else steps}"
-
-
 # ---------------------------------------------------------------- selections
 
 def latest_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:

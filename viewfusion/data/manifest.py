@@ -63,9 +63,15 @@ def _noise_seed(seed: int, key: str, target: int) -> int:
     return int(np.random.SeedSequence([seed, key_int(key), target, 1]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def item_name(key: str, target: int, view_count: int, k: int) -> str:
+    """The one format of a manifest item's name (unique, file-name safe): k is the index of the
+    target within its object."""
+    return f"{key}-t{target:02d}-v{view_count}-{k}"
+
+
 def _item(key: str, target: int, cond: list[int], k: int, seed: int) -> dict:
     synset, object_id = nmr.split_key(key)
-    return {"item": f"{key}-t{target:02d}-v{len(cond)}-{k}", "key": key, "synset": synset,
+    return {"item": item_name(key, target, len(cond), k), "key": key, "synset": synset,
             "category": nmr.SYNSETS[synset], "object_id": object_id, "target_view": target,
             "cond_views": cond, "view_count": len(cond), "seed": _noise_seed(seed, key, target)}
 
