@@ -1,7 +1,7 @@
 # viewfusion: NMR ShapeNet -> shards -> training -> sampling -> metrics -> tables, figures, report.
 #
 #   snakemake --profile profiles/local     # synthetic dataset, CPU, minutes (config/config.yaml)
-#   snakemake --profile profiles/slurm --configfile config/paper.yaml   # the paper, on a cluster
+#   snakemake --profile profiles/slurm --configfile config/paper_workflow.yaml   # the paper, on a cluster
 #
 # Rules live in workflow/rules/; all Python helpers in workflow/rules/common.smk.
 from snakemake.utils import min_version

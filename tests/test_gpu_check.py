@@ -54,7 +54,7 @@ def test_smoke_runs_end_to_end_from_the_wheels(wheels, tmp_path):
     assert last["json"] == str(out / "gpu_check.json")
 
     # Its rates feed the cost estimate.
-    plan = subprocess.run([sys.executable, "-m", "viewfusion.cli", "plan", "--configfile", "config/paper.yaml",
+    plan = subprocess.run([sys.executable, "-m", "viewfusion.cli", "plan", "--configfile", "config/paper_workflow.yaml",
                            "--rates", str(out / "gpu_check.json")], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)
     assert plan.returncode == 0, plan.stderr

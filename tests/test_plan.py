@@ -1,4 +1,4 @@
-"""`viewfusion plan` on config/paper.yaml: the arithmetic, checked against numbers worked out by
+"""`viewfusion plan` on config/paper_workflow.yaml: the arithmetic, checked against numbers worked out by
 hand, and the command (torch-free, one line per bad input)."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from viewfusion.errors import ViewFusionError
 
 REPO = Path(__file__).resolve().parents[1]
 N_TEST = 8751  # ViewFusion's NMR test.lst, the default before the dataset is verified
-VIEWS = [1, 2, 3, 4, 5, 6, 8, 12]  # config/paper.yaml evaluation.view_counts: they sum to 41
+VIEWS = [1, 2, 3, 4, 5, 6, 8, 12]  # config/paper_workflow.yaml evaluation.view_counts: they sum to 41
 
 
 def paper_config() -> dict:
-    return P.load_workflow_config([REPO / "config/paper.yaml"], REPO / "config/config.yaml",
+    return P.load_workflow_config([REPO / "config/paper_workflow.yaml"], REPO / "config/config.yaml",
                                   REPO / "workflow/schemas/config.schema.yaml")
 
 
@@ -147,7 +147,7 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_command_prints_per_rule_and_writes_json_without_torch(tmp_path):
     out = tmp_path / "plan.json"
-    proc = _cli("--configfile", "config/paper.yaml", "--sample-evals-per-second", "1000",
+    proc = _cli("--configfile", "config/paper_workflow.yaml", "--sample-evals-per-second", "1000",
                 "--train-evals-per-second", "100", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "per rule:" in proc.stdout and "evaluation.chunks >= 20" in proc.stdout
@@ -171,7 +171,7 @@ def test_rates_from_a_gpu_check_json(tmp_path):
     (["--objects", "0"], "--objects 0: need at least 1"),
 ])
 def test_bad_input_is_one_line(args, message):
-    proc = _cli("--configfile", "config/paper.yaml", *args)
+    proc = _cli("--configfile", "config/paper_workflow.yaml", *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 

@@ -1,5 +1,5 @@
 """What the Slurm profiles submit: the resources of each rule as `snakemake -n` resolves them
-(profiles/slurm with config/paper.yaml: the paper run), turned into sbatch and job-step srun
+(profiles/slurm with config/paper_workflow.yaml: the paper run), turned into sbatch and job-step srun
 arguments by the Slurm executor plugin's own builders (the functions it calls when it submits).
 No cluster needed; tests/test_slurm.py runs the CI profile on a real one.
 """
@@ -108,7 +108,7 @@ def flags(call: str) -> set[str]:
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
     work = _copy(tmp_path_factory.mktemp("profiles"))
-    return dry_run(work, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
+    return dry_run(work, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def cluster(tmp_path_factory):
     targets = ["results/runs/paper/final.pt", "results/samples/paper/final/ddim-50/v3/chunks/1-of-64.json",
                "results/samples/paper/final/nearest/v3/chunks/1-of-64.json",
                "results/samples/paper/final/ddim-50/v3/metrics.parquet"]
-    return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "nodes.yaml")
+    return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml", "nodes.yaml")
 
 
 def local_rules(work: Path, *configfiles: str) -> set[str]:
@@ -147,12 +147,12 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:", 1)[1], re.M)}
     # Per experiment 8 view counts x 64 chunks: 2 model samplers on GPUs, the copy baseline on CPUs
     # (the paper's 4 experiments: 4096 + 2048 chunks, 6271 jobs in all).
-    n = len(yaml.safe_load((REPO / "config/paper.yaml").read_text())["active_experiments"])
+    n = len(yaml.safe_load((REPO / "config/paper_workflow.yaml").read_text())["active_experiments"])
     assert (stats["sample"], stats["sample_nearest"], stats["metrics"]) == (n * 2 * 8 * 64, n * 8 * 64, n * 3 * 8)
     # `viewfusion plan` counts the same jobs.
     from viewfusion import plan as P
 
-    config = P.load_workflow_config([REPO / "config/paper.yaml"], REPO / "config/config.yaml",
+    config = P.load_workflow_config([REPO / "config/paper_workflow.yaml"], REPO / "config/config.yaml",
                                     REPO / "workflow/schemas/config.schema.yaml")
     planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=REPO)
     for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
@@ -161,7 +161,7 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     assert stats["ground_truth"] == len(planned.manifests) == stats["eval_manifest"]
     # Internet, the login node's little work: never a cluster job.
     work = _copy(tmp_path)
-    paper_local, synth_local = local_rules(work, "config/paper.yaml"), local_rules(work)
+    paper_local, synth_local = local_rules(work, "config/paper_workflow.yaml"), local_rules(work)
     assert {"download_dataset", "verify_dataset", "tables", "figures"} <= paper_local
     assert {"verify_dataset", "tables", "figures"} <= synth_local and "download_dataset" not in synth_local
     compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest", "ground_truth"}
@@ -179,7 +179,7 @@ def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
     assert train.resources["mem_mb"] == 64000 and train.resources["runtime"] == 2880
     # The job step Snakemake runs in keeps one node and the CPUs (the GPUs come with the job).
     assert step(train, batch_env_gpus=False) == "srun -n1 --cpus-per-task=32  --nodes=1"
-    assert train.resources["max_train_minutes"] == 240 * 60  # config/paper.yaml training.max_hours
+    assert train.resources["max_train_minutes"] == 240 * 60  # config/paper_workflow.yaml training.max_hours
     assert "workflow/scripts/train.sh" in train.shell and "--nodes 1" in train.shell
     assert "--max-minutes 14400" in train.shell
 
@@ -210,7 +210,7 @@ def test_nodes_must_divide_the_shards(tmp_path):
     work = _copy(tmp_path)
     (work / "nodes.yaml").write_text("training: {nodes: 3}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile",
-                           "config/paper.yaml", "nodes.yaml"], cwd=work, env=_env(), capture_output=True, text=True)
+                           "config/paper_workflow.yaml", "nodes.yaml"], cwd=work, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
     assert len(lines) == 1 and "training.nodes 3 x training.nproc 4" in lines[0], proc.stderr[-2000:]

@@ -1,10 +1,10 @@
 """`viewfusion plan`: what a workflow config costs before it runs: per rule the jobs, the U-Net
 evaluations and the GPU hours, and whether each sampling chunk fits its job's time limit.
 
-    viewfusion plan --configfile config/paper.yaml                  # V100 defaults, profiles/slurm
-    viewfusion plan --configfile config/paper.yaml --gpu a100
-    viewfusion plan --configfile config/paper.yaml --rates gpu_check.json   # measured on that GPU
-    viewfusion plan --configfile config/paper.yaml --sample-evals-per-second 2400 --json plan.json
+    viewfusion plan --configfile config/paper_workflow.yaml                  # V100 defaults, profiles/slurm
+    viewfusion plan --configfile config/paper_workflow.yaml --gpu a100
+    viewfusion plan --configfile config/paper_workflow.yaml --rates gpu_check.json   # measured on that GPU
+    viewfusion plan --configfile config/paper_workflow.yaml --sample-evals-per-second 2400 --json plan.json
 
 Run it from the workflow's folder, as snakemake: the config is read as Snakemake reads it,
 config/config.yaml (--base) with each --configfile merged over it (mappings merge, lists
