@@ -11,11 +11,11 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint lpips-weights clean-results
 
-$(STAMP): pyproject.toml constraints.txt tools/install_torchvision_shim.py
+$(STAMP): pyproject.toml constraints.txt viewfusion/torchvision_shim.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip -c constraints.txt 2>/dev/null || true
 	$(BIN)/pip install -q -c constraints.txt -e '.[lpips,workflow,test]'
-	$(BIN)/python tools/install_torchvision_shim.py $(VENV)
+	$(BIN)/viewfusion torchvision-shim $(VENV)
 	touch $(STAMP)
 
 # LPIPS needs ImageNet VGG16/AlexNet backbones in the torch hub cache; this fetches real ones

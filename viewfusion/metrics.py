@@ -77,7 +77,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -
     """Per-image SSIM of (B, C, H, W) images: the official protocol's, pytorch-msssim's
     `ssim(..., size_average=False)` itself (11-tap Gaussian, sigma 1.5, valid region)."""
     if min(pred.shape[-2:]) < SSIM_WINDOW:
-        raise ViewFusionError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
+        raise ViewFusionError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
+                              f"got {tuple(pred.shape[-2:])}")
     # float32 as the official script feeds it: on white-background renders float64 differs by
     # up to 6e-6 (the float32 window's sum is 1 - 1e-7, which flat regions expose).
     return pytorch_msssim.ssim(pred.float(), target.float(), data_range=data_range, size_average=False,
@@ -110,7 +111,7 @@ def load_lpips(*, net: str = "vgg", device: str = "cpu", random_for_tests: bool 
     except (ImportError, RuntimeError) as err:  # RuntimeError: CUDA torchvision beside CPU torch
         raise ViewFusionError(
             f"LPIPS needs the lpips package and a working torchvision ({err}); on a CPU-only torch run "
-            "`python tools/install_torchvision_shim.py .venv`, or pass --no-lpips") from None
+            "`viewfusion torchvision-shim`, or pass --no-lpips") from None
     if not random_for_tests and not backbone_path(net).exists():
         raise ViewFusionError(
             f"LPIPS-{net} backbone weights not cached: {backbone_path(net)} is missing. Cache them with "
@@ -157,12 +158,14 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
         raise ViewFusionError(f"{where}: not a readable PNG ({err})") from None
 
 
-def load_pair_batch(samples: FinishedSamples, truth: GroundTruth, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pair_batch(samples: FinishedSamples, truth: GroundTruth, batch: list[dict]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 3, H, W) float64 in [0, 1] for generated and ground truth, each verified, shapes checked."""
     preds, gts = [], []
     for it in batch:
         name = it["item"]
-        pred, gt = decode_png(samples.read(it), f"{samples.root}: {name}"), decode_png(truth.read(it), f"{truth.path}: {name}")
+        pred = decode_png(samples.read(it), f"{samples.root}: {name}")
+        gt = decode_png(truth.read(it), f"{truth.path}: {name}")
         if pred.shape != gt.shape or (preds and pred.shape != preds[0].shape):
             raise ViewFusionError(f"item {name}: image size {pred.shape} vs ground truth {gt.shape} "
                                   f"(batch size {preds[0].shape if preds else '-'}); sizes must agree")

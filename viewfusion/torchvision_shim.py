@@ -1,7 +1,8 @@
-"""Make `import torchvision` work beside a CPU-only torch, and only where it actually fails.
+"""`viewfusion torchvision-shim`: make `import torchvision` work beside a CPU-only torch, only where it fails.
 
-    python tools/install_torchvision_shim.py .venv            # install if needed (idempotent)
-    python tools/install_torchvision_shim.py .venv --remove   # take it out again
+    viewfusion torchvision-shim .venv            # install if needed (idempotent)
+    viewfusion torchvision-shim .venv --remove   # take it out again
+    viewfusion torchvision-shim                  # the running interpreter's environment (sys.prefix)
 
 Why: the registry's `torchvision==0.28.0` is a CUDA build. Beside the CPU `torch==2.13.0`,
 `import torchvision` dies in `torchvision._meta_registrations` with `RuntimeError: operator
@@ -18,7 +19,10 @@ into `sys.modules` (no torch import, so start-up cost is nil). Where torchvision
 (a CUDA torch on a GPU machine) it installs nothing and removes a stale shim. The environment
 variable `VIEWFUSION_NO_TORCHVISION_SHIM=1` disables an installed shim (that is how the probe
 runs). Exit status: 0 when `import torchvision` works afterwards or torchvision is not installed,
-1 when it still fails.
+1 when it still fails, 2 when VENV has no bin/python.
+
+This module imports neither torch nor torchvision (it only probes them in a subprocess), so it
+runs before, and whether or not, `import torchvision` works.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from viewfusion.errors import ViewFusionError
 
 SHIM_NAME = "viewfusion_torchvision_shim.pth"
 DISABLE_VAR = "VIEWFUSION_NO_TORCHVISION_SHIM"
@@ -41,10 +47,10 @@ MISSING_OP = "operator torchvision::"
 
 
 def _python(venv: Path) -> Path:
-    exe = venv / "bin" / "python"
-    if not exe.exists():
-        raise SystemExit(f"error: {exe} not found; pass the virtual environment's folder")
-    return exe
+    for name in ("python", "python3"):
+        if (venv / "bin" / name).exists():
+            return venv / "bin" / name
+    raise ViewFusionError(f"{venv / 'bin' / 'python'} not found; pass the virtual environment's folder")
 
 
 def _site_packages(python: Path) -> Path:
@@ -59,6 +65,16 @@ def _probe(python: Path, *, shim_enabled: bool) -> subprocess.CompletedProcess:
     if not shim_enabled:
         env[DISABLE_VAR] = "1"
     return subprocess.run([str(python), "-c", "import torchvision"], env=env, capture_output=True, text=True)
+
+
+def _write(shim: Path) -> bool:
+    """Write the shim atomically unless it is already there as it should be; whether it wrote."""
+    if shim.exists() and shim.read_text() == SHIM_LINE:
+        return False
+    tmp = shim.with_name(f"{SHIM_NAME}.tmp-{os.getpid()}")
+    tmp.write_text(SHIM_LINE)
+    os.replace(tmp, shim)
+    return True
 
 
 def install(venv: Path) -> int:
@@ -76,29 +92,29 @@ def install(venv: Path) -> int:
     if MISSING_OP not in bare.stderr:
         print(f"import torchvision fails for another reason; shim not installed:\n{bare.stderr}", file=sys.stderr)
         return 1
-    tmp = shim.with_name(f"{SHIM_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(SHIM_LINE)
-    os.replace(tmp, shim)
+    written = _write(shim)
     check = _probe(python, shim_enabled=True)
     if check.returncode != 0:
         print(f"shim installed at {shim} but import torchvision still fails:\n{check.stderr}", file=sys.stderr)
         return 1
-    print(f"installed {shim}: import torchvision works (compiled torchvision ops stay unavailable)")
+    done = "installed" if written else "already installed:"
+    print(f"{done} {shim}: import torchvision works (compiled torchvision ops stay unavailable)")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("venv", type=Path, help="virtual environment folder, e.g. .venv")
+def remove(venv: Path) -> int:
+    """Take the shim out of `venv` (nothing to do when it is not there)."""
+    shim = _site_packages(_python(venv)) / SHIM_NAME
+    shim.unlink(missing_ok=True)
+    print(f"removed {shim}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("venv", type=Path, nargs="?", default=Path(sys.prefix),
+                        help="virtual environment folder, e.g. .venv (default: this interpreter's, sys.prefix)")
     parser.add_argument("--remove", action="store_true", help="remove the shim if present")
-    args = parser.parse_args(argv)
-    if args.remove:
-        shim = _site_packages(_python(args.venv)) / SHIM_NAME
-        shim.unlink(missing_ok=True)
-        print(f"removed {shim}")
-        return 0
-    return install(args.venv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(args: argparse.Namespace) -> int:
+    return remove(args.venv) if args.remove else install(args.venv)

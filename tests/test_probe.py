@@ -1,24 +1,21 @@
-"""tools/probe_model.py: its conditioning probe tells a model that ignores its views from one that
+"""`viewfusion probe`: its conditioning probe tells a model that ignores its views from one that
 does not, and its sample statistics are the tables' PSNR."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-
 from train_utils import save_random_model
-from viewfusion.data.manifest import make_manifest
-from viewfusion.fsutil import atomic_write_json
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import probe_model  # noqa: E402
+from viewfusion import cli, probe
+from viewfusion.data.manifest import make_manifest
+from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_json
 
 
 def _checkpoint(path: Path, *, blind: bool) -> Path:
@@ -40,9 +37,9 @@ def manifest(synth_shards, tmp_path_factory) -> Path:
 def test_probe_separates_blind_and_seeing_models(blind, manifest, synth_shards, tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "model.pt", blind=blind)
     grid = tmp_path / "grid.png"
-    assert probe_model.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards",
-                             str(synth_shards), "--levels", "99,1", "--seeds", "2", "--steps", "3",
-                             "--grid", str(grid)]) == 0
+    assert cli.main(["probe", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards",
+                     str(synth_shards), "--levels", "99,1", "--seeds", "2", "--steps", "3",
+                     "--grid", str(grid)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["targets"] == 4 and out["step"] == 3
     top, low = out["x0"]["99"], out["x0"]["1"]
@@ -62,14 +59,29 @@ def test_probe_separates_blind_and_seeing_models(blind, manifest, synth_shards, 
     assert all(math.isfinite(v) for v in [*samples["psnr_per_seed"], samples["psnr_of_mean"], out["copy_baseline"]])
 
 
-def test_probe_refuses_steps_outside_the_schedule(manifest, synth_shards, tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--levels", "100"], "0..99"),
+    (["--levels", "99,x"], "comma-separated integer"),
+    (["--seeds", "-1"], "--seeds -1"),
+    (["--steps", "0"], "--steps 0"),
+])
+def test_probe_refuses_bad_input_in_one_line(flags, message, manifest, synth_shards, tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "model.pt", blind=False)
-    with pytest.raises(SystemExit, match="0..99"):
-        probe_model.probe(checkpoint=str(ckpt), manifest=str(manifest), shards=str(synth_shards),
-                          levels=[100], seeds=0, steps=3)
+    assert cli.main(["probe", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards",
+                     str(synth_shards), "--seeds", "0", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+    assert captured.err.startswith("viewfusion probe: error: ") and captured.err.count("\n") == 1
+
+
+def test_probe_function_raises_the_package_error(manifest, synth_shards, tmp_path):
+    ckpt = _checkpoint(tmp_path / "model.pt", blind=False)
+    with pytest.raises(ViewFusionError, match="0..99"):
+        probe.probe(checkpoint=str(ckpt), manifest=str(manifest), shards=str(synth_shards),
+                    levels=[100], seeds=0, steps=3)
 
 
 def test_psnr_is_the_mean_of_per_image_psnr():
     a = torch.zeros(2, 3, 4, 4)
     b = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])
-    assert probe_model.psnr(a, b) == pytest.approx((20 + 40) / 2, abs=1e-3)
+    assert probe.psnr(a, b) == pytest.approx((20 + 40) / 2, abs=1e-3)

@@ -1,8 +1,8 @@
-"""How much does a checkpoint use its conditioning views? Prints ONE JSON line.
+"""`viewfusion probe`: how much a checkpoint uses its conditioning views, printed as ONE JSON line.
 
-    python tools/probe_model.py --checkpoint results/runs/tiny/final.pt \
+    viewfusion probe --checkpoint results/runs/tiny/final.pt \
         --manifest results/manifests/all/test-v3.json --shards results/shards/all
-    python tools/probe_model.py ... --levels 1999,1000,200 --seeds 4 --steps 50 --eta 1 --grid probe.png
+    viewfusion probe ... --levels 1999,1000,200 --seeds 4 --steps 50 --eta 1 --grid probe.png
 
 For the targets of an evaluation manifest it measures, in PSNR against the ground truth:
 * `x0`: the model's one-step estimate of the clean target from y_t = sqrt(gamma_t) y_0 +
@@ -26,20 +26,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
-from pathlib import Path
 
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from viewfusion.data.loader import load_objects  # noqa: E402
-from viewfusion.diffusion import add_noise  # noqa: E402
-from viewfusion.fsutil import atomic_write_bytes  # noqa: E402
-from viewfusion.metrics import psnr as image_psnr  # noqa: E402
-from viewfusion.data.manifest import read_manifest  # noqa: E402
-from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images  # noqa: E402
+from viewfusion.data.loader import load_objects
+from viewfusion.data.manifest import read_manifest
+from viewfusion.diffusion import add_noise
+from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import atomic_write_bytes
+from viewfusion.metrics import psnr as image_psnr
+from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images
 
 
 def psnr(image: torch.Tensor, target: torch.Tensor) -> float:
@@ -84,17 +81,23 @@ def sample_spread(model, batch: dict, gt: torch.Tensor, *, seeds: int, steps: in
     return out, images
 
 
-def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], seeds: int, steps: int,
-          eta: float = 0.0, max_targets: int | None = None, grid: str | None = None) -> dict:
-    model, info = load_sampling_model(checkpoint, device=torch.device("cpu"))
-    bad = [t for t in levels if not 0 <= t < model.num_timesteps]
-    if bad:
-        raise SystemExit(f"--levels {bad}: steps must be in 0..{model.num_timesteps - 1} for {checkpoint}")
+def load_targets(model, manifest: str, shards: str, *, max_targets: int | None = None) -> tuple:
+    """The manifest's first `max_targets` items, their objects, the model's batch and the ground truth."""
     m = read_manifest(manifest)
     items = m["items"][:max_targets]
     objects = load_objects(shards, m["split"], sorted({it["key"] for it in items}))
     batch = build_batch(items, objects, relative=model.relative, device=torch.device("cpu"))
     gt = torch.stack([objects[it["key"]].images[it["target_view"]] for it in items])
+    return items, objects, batch, gt
+
+
+def probe(*, checkpoint: str, manifest: str, shards: str, levels: list[int], seeds: int, steps: int,
+          eta: float = 0.0, max_targets: int | None = None, grid: str | None = None) -> dict:
+    model, info = load_sampling_model(checkpoint, device=torch.device("cpu"))
+    bad = [t for t in levels if not 0 <= t < model.num_timesteps]
+    if bad:
+        raise ViewFusionError(f"--levels {bad}: steps must be in 0..{model.num_timesteps - 1} for {checkpoint}")
+    items, objects, batch, gt = load_targets(model, manifest, shards, max_targets=max_targets)
     generator = torch.Generator().manual_seed(0)
     x0, estimates, samples, images = {}, [], None, []
     with torch.inference_mode():
@@ -129,8 +132,16 @@ def _png(pixels) -> bytes:
     return buffer.getvalue()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_levels(text: str) -> list[int]:
+    """`--levels 1999,1000,200` as schedule steps; a non-integer is bad input."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ViewFusionError(f"--levels {text!r}: expected comma-separated integer steps, "
+                              "e.g. 1999,1000,200") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True, help="an evaluation manifest (viewfusion data manifest)")
     p.add_argument("--shards", required=True)
@@ -142,13 +153,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-targets", type=int, default=None)
     p.add_argument("--grid", default=None, help="also write a PNG: per target its views, the ground truth, "
                    "the x0 estimate at the first level and the first seed's sample")
-    args = p.parse_args(argv)
-    levels = [int(v) for v in args.levels.split(",") if v.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag, value, least in (("--seeds", args.seeds, 0), ("--steps", args.steps, 1),
+                               ("--max-targets", args.max_targets, 1)):
+        if value is not None and value < least:
+            raise ViewFusionError(f"{flag} {value}: must be at least {least}")
     print(json.dumps(probe(checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards,
-                           levels=levels, seeds=args.seeds, steps=args.steps, eta=args.eta, max_targets=args.max_targets,
-                           grid=args.grid)))
+                           levels=parse_levels(args.levels), seeds=args.seeds, steps=args.steps, eta=args.eta,
+                           max_targets=args.max_targets, grid=args.grid)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
