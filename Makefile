@@ -32,6 +32,7 @@ test: $(STAMP) lpips-weights
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/ruff check viewfusion tests benchmarks tools
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 clean-results:
