@@ -303,7 +303,8 @@ def plot(result: dict, path: Path) -> None:
     ax = axes[1, 0]
     ev = result.get("evaluation", {})
     if ev:
-        ax.bar([ev["sampler"], "copy baseline"], [ev["psnr"], ev["copy_baseline_psnr"]], color=["tab:green", "tab:gray"])
+        ax.bar([ev["sampler"], "copy baseline"], [ev["psnr"], ev["copy_baseline_psnr"]],
+               color=["tab:green", "tab:gray"])
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(f"{ev['targets']} test targets, {ev['views']} views; {ev['targets_per_s']:.1f} targets/s")
     ax = axes[1, 1]

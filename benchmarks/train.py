@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peaks import peak_tflops  # noqa: E402
+
 from viewfusion import distributed, train  # noqa: E402
 from viewfusion.config import build_model, load_config  # noqa: E402
 

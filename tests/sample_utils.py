@@ -37,6 +37,6 @@ def write_ground_truth(manifest: Path, items: list[dict], gts: dict[str, np.ndar
     """The manifest's ground-truth pack, tagged as `viewfusion ground-truth` tags it."""
     fp = provenance.fingerprint(provenance.ground_truth_settings(data))
     path = samplestore.ground_truth_path(manifest)
-    samplestore.write_pack(path, [(it["item"] + samplestore.IMAGE, png_bytes(gts[it["item"]], provenance.made_by(fp, it)))
-                                  for it in items])
+    samplestore.write_pack(path, [(it["item"] + samplestore.IMAGE,
+                                   png_bytes(gts[it["item"]], provenance.made_by(fp, it))) for it in items])
     return path

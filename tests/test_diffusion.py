@@ -39,7 +39,8 @@ def test_beta_schedules_closed_forms():
     # Cosine: abar_t = f(t+1)/f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2), where no beta is clipped.
     s, n = 8e-3, 1000
     abar = Schedule(make_beta_schedule("cosine", n)).alphas_cumprod
-    f = lambda t: math.cos((t / n + s) / (1 + s) * math.pi / 2) ** 2
+    def f(t):
+        return math.cos((t / n + s) / (1 + s) * math.pi / 2) ** 2
     for t in (0, 10, 500, 900):
         assert abar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     with pytest.raises(ValueError, match="kind"):

@@ -86,8 +86,8 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
         items.append({"item": name, "key": key, "target_view": 5, "cond_views": list(range(views)), "seed": 0})
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
                      "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
-                     "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5, "protocol": "official",
-                     "weights_sha256": "a" * 64,
+                     "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5,
+                     "protocol": "official", "weights_sha256": "a" * 64,
                      "psnr": 20 + views + rng.random(),
                      "ssim": 0.7 + 0.01 * rng.random(), "lpips": 0.2 - 0.01 * rng.random(), "lpips_net": "vgg"})
     manifest = root.parent / f"manifest-{root.name}.json"
@@ -131,7 +131,8 @@ def test_grids_keep_ddim_runs_apart_by_eta(tmp_path):
             for eta in (0.0, 1.0) for v in (1, 3)]
     out = tmp_path / "figures"
     assert cli.main(["figures", "--metrics", *(str(d / "metrics.parquet") for d in dirs), "--out", str(out)]) == 0
-    assert_images(out, ["extrapolation_grid_tiny_step10_ddim-50.png", "extrapolation_grid_tiny_step10_ddim-eta1-50.png"])
+    assert_images(out, ["extrapolation_grid_tiny_step10_ddim-50.png",
+                        "extrapolation_grid_tiny_step10_ddim-eta1-50.png"])
 
 
 def test_weight_samples_read_as_documented(tmp_path):
@@ -146,7 +147,8 @@ def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
     (fig_dir / "autoregressive" / "sequence.json").unlink()
     single = make_sample_dir(tmp_path / "v2", views=2)
     out = tmp_path / "out"
-    assert cli.main(["figures", "--figure-samples", str(fig_dir), "--grid-samples", str(single), "--out", str(out)]) == 0
+    assert cli.main(["figures", "--figure-samples", str(fig_dir), "--grid-samples", str(single),
+                     "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "sequence.json missing" in printed and "one view count only" in printed
     assert (out / "view_weights_paper.png").exists() and not (out / "autoregressive_paper.png").exists()

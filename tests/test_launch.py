@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from train_utils import SMALL, TINY, load, make_shards, metrics, wait_for
+
 from viewfusion import launch
 
 

@@ -101,7 +101,8 @@ def test_row_batch_gives_each_target_the_same_result_alone_or_in_a_batch():
     with torch.no_grad():
         eps, weights = model.compose(y_t, y_cond, view_count, angle, gamma)
         for i, n in enumerate(view_count.tolist()):
-            one, _ = model.compose(y_t[i : i + 1], y_cond[i : i + 1, :n], view_count[i : i + 1], angle[i : i + 1], gamma[i : i + 1])
+            one, _ = model.compose(y_t[i : i + 1], y_cond[i : i + 1, :n], view_count[i : i + 1], angle[i : i + 1],
+                                   gamma[i : i + 1])
             assert torch.equal(one[0], eps[i])
         ref, ref_weights = reference_compose(model, y_t, y_cond, view_count, angle, gamma)
     torch.testing.assert_close(eps, ref, atol=1e-5, rtol=1e-5)

@@ -125,7 +125,8 @@ def cluster(tmp_path_factory):
     targets = ["results/runs/paper/final.pt", "results/samples/paper/final/ddim-50/v3/chunks/1-of-64.json",
                "results/samples/paper/final/nearest/v3/chunks/1-of-64.json",
                "results/samples/paper/final/ddim-50/v3/metrics.parquet"]
-    return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml", "nodes.yaml")
+    return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml",
+                   "nodes.yaml")
 
 
 def local_rules(work: Path, *configfiles: str) -> set[str]:
@@ -164,7 +165,8 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     paper_local, synth_local = local_rules(work, "config/paper_workflow.yaml"), local_rules(work)
     assert {"download_dataset", "verify_dataset", "tables", "figures"} <= paper_local
     assert {"verify_dataset", "tables", "figures"} <= synth_local and "download_dataset" not in synth_local
-    compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest", "ground_truth"}
+    compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest",
+               "ground_truth"}
     assert not (paper_local | synth_local) & compute
 
 
@@ -210,7 +212,8 @@ def test_nodes_must_divide_the_shards(tmp_path):
     work = _copy(tmp_path)
     (work / "nodes.yaml").write_text("training: {nodes: 3}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile",
-                           "config/paper_workflow.yaml", "nodes.yaml"], cwd=work, env=_env(), capture_output=True, text=True)
+                           "config/paper_workflow.yaml", "nodes.yaml"],
+                          cwd=work, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
     assert len(lines) == 1 and "training.nodes 3 x training.nproc 4" in lines[0], proc.stderr[-2000:]

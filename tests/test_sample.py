@@ -79,7 +79,8 @@ def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shard
     assert marker["checkpoint_step"] == 7 and marker["steps"] == 4 and marker["seconds_per_target"] > 0
     assert marker["row_batch"] == 8  # the CPU default: images depend on it, so it is recorded
     assert marker["max_train_views"] == 3  # the tiny config's data.max_views: tables mark more as extrapolation
-    assert sorted(p.name for p in (split / "chunks").glob("*-of-3.json")) == ["1-of-3.json", "2-of-3.json", "3-of-3.json"]
+    assert sorted(p.name for p in (split / "chunks").glob("*-of-3.json")) == ["1-of-3.json", "2-of-3.json",
+                                                                              "3-of-3.json"]
 
 
 def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_shards, tmp_path):
@@ -161,7 +162,8 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     assert all(_pngs(shared)[name] != png for name, png in old.items())
     marker = json.loads((shared / "chunks/1-of-1.json").read_text())
     fresh_marker = json.loads((fresh / "chunks/1-of-1.json").read_text())
-    assert marker["fingerprint"] == fresh_marker["fingerprint"] and marker["weights_sha256"] == fresh_marker["weights_sha256"]
+    assert (marker["fingerprint"] == fresh_marker["fingerprint"]
+            and marker["weights_sha256"] == fresh_marker["weights_sha256"])
     # the config as stored in the checkpoint: a code version adding a key does not change it
     from viewfusion.checkpoint import load
     from viewfusion.fsutil import sha256_json
@@ -178,11 +180,13 @@ def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_s
 
     a, b = tmp_path / "a", tmp_path / "b"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=a, spec=SPEC, device="cpu")
-    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=b, spec=SamplerSpec("ddim", 3), device="cpu")
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=b, spec=SamplerSpec("ddim", 3),
+                 device="cpu")
     truth = write_ground_truth(manifest, synth_shards, tmp_path / "gt.tar")
     frame = compute_metrics(generated=a, manifest=manifest, ground_truth=truth, lpips_net=None)
     marker = json.loads((a / "chunks/1-of-1.json").read_text())
-    assert set(frame["weights_sha256"]) == {marker["weights_sha256"]} and set(frame["fingerprint"]) == {marker["fingerprint"]}
+    assert (set(frame["weights_sha256"]) == {marker["weights_sha256"]}
+            and set(frame["fingerprint"]) == {marker["fingerprint"]})
     good, old = _pngs(a), _pngs(b)
     name = min(good)
     write_pack(a / "chunks/1-of-1.tar", {**good, name: old[name]}.items())  # an old image under the new label

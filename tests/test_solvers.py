@@ -16,8 +16,8 @@ import torch
 from train_utils import SAMPLE_SMALL, TINY
 
 from viewfusion.diffusion import DEFAULT_STEPS, SAMPLER_KINDS, DDIMSampler, Schedule, spaced_timesteps, unet_calls
-from viewfusion.solvers import DPMSolverPP, EulerSolver, HeunSolver, UniPC, make_sampler_for
 from viewfusion.model.viewfusion import count_unet_evals
+from viewfusion.solvers import DPMSolverPP, EulerSolver, HeunSolver, UniPC, make_sampler_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -106,7 +106,8 @@ def test_published_rows_are_labelled_and_only_beside_their_protocol(out, tmp_pat
     published = views[views["source"].str.startswith("published:")]
     assert set(published["source"]) == {tables.PIXELNERF, tables.SRT} and set(views["protocol"]) == {"pixelnerf"}
     pixelnerf = published[published["source"] == tables.PIXELNERF].iloc[0]
-    assert (pixelnerf["psnr"], pixelnerf["ssim"], pixelnerf["lpips"], pixelnerf["view_count"]) == (26.80, 0.910, 0.108, 1)
+    assert (pixelnerf["psnr"], pixelnerf["ssim"], pixelnerf["lpips"],
+            pixelnerf["view_count"]) == (26.80, 0.910, 0.108, 1)
     assert published["n"].isna().all() and published["experiment"].isna().all()
     per_category = pd.read_csv(tmp_path / "pn" / "per_category.csv")
     ref = per_category[per_category["source"] == tables.PIXELNERF].set_index("category")

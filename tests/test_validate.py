@@ -54,7 +54,8 @@ def test_validation_keys_are_checked_and_may_change_on_resume():
     from viewfusion.rundir import resume_changes
 
     for bad, message in (("train.validate_every=0", "validate_every must be null"),
-                         ("train.validate_metric=lpips", "validate_metric 'lpips' is not one of psnr, ssim, heldout_loss"),
+                         ("train.validate_metric=lpips",
+                          "validate_metric 'lpips' is not one of psnr, ssim, heldout_loss"),
                          ("train.validate_views=24", "validate_views must be null"),
                          ("train.validate_targets=0", "validate_targets must be at least 1")):
         with pytest.raises(ViewFusionError, match=message):

@@ -38,7 +38,8 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     )
     if check and proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.glob("results/logs/**/*.log")))
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
     return proc
 
 
@@ -319,5 +320,5 @@ def test_table_roles_come_from_the_config(tmp_path):
     roles = overlay(work, "roles.yaml", "roles: {main: tiny, weighting: [tiny, mean_tiny], withheld: []}\n")
     proc = snakemake(work, "-n", "-p", "--configfile", roles)
     command = next(line for line in proc.stdout.splitlines() if "viewfusion tables" in line)
-    assert "--main-experiment tiny --weighting tiny mean_tiny --angle paper relative --withheld  --withheld-category car" \
-        in command, command
+    assert ("--main-experiment tiny --weighting tiny mean_tiny --angle paper relative "
+            "--withheld  --withheld-category car") in command, command

@@ -86,7 +86,8 @@ def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
     the targets every sampler scored (the speed table's selection); None with < 2 settings."""
     selected = speed_selection(frame, preferred=None)
     model = selected[(selected["sampler"] != BASELINE)] if not selected.empty else selected
-    if model.empty or "unet_evals_per_target" not in model or model[["sampler", "steps"]].drop_duplicates().shape[0] < 2:
+    if (model.empty or "unet_evals_per_target" not in model
+            or model[["sampler", "steps"]].drop_duplicates().shape[0] < 2):
         return None
     summary = summarize(model, ["sampler", "steps"], means=("unet_evals_per_target",))
     metrics = [m for m in ("psnr", "lpips") if summary[m].notna().any()]
@@ -144,7 +145,8 @@ def extrapolation_grid(infos: list[dict], out: Path, *, objects: int, max_train_
     keys, cells = grid_cells(infos, objects=objects)
     if not keys:
         return None
-    fig, axes = plt.subplots(len(infos) + 1, len(keys), figsize=(1.3 * len(keys), 1.35 * (len(infos) + 1)), squeeze=False)
+    fig, axes = plt.subplots(len(infos) + 1, len(keys), figsize=(1.3 * len(keys), 1.35 * (len(infos) + 1)),
+                             squeeze=False)
     for c, key in enumerate(keys):
         target, item = cells[0, key]
         show(axes[0][c], truth_image(infos[0], item), f"{key[:14]}\nview {target}")
@@ -192,7 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--metrics", nargs="+", default=[], help="per-image metrics files: metrics_vs_views.png")
     parser.add_argument("--figure-samples", nargs="+", default=[], type=Path,
-                        help="`viewfusion sample-figures` directories: weight (Fig. 2) and autoregressive (Fig. 3) figures")
+                        help="`viewfusion sample-figures` directories: weight (Fig. 2) and autoregressive "
+                             "(Fig. 3) figures")
     parser.add_argument("--grid-samples", nargs="+", default=None, type=Path,
                         help="sample directories for the extrapolation grid (default: those holding --metrics files)")
     parser.add_argument("--grid-objects", type=int, default=6, help="objects (columns) in the extrapolation grid")

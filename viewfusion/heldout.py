@@ -288,9 +288,8 @@ def heldout(*, checkpoint: str, shards: str, split: str = "val", draws: int = 25
             self_view_prob: float = 0.0, timestep: int | None = None, batch_size: int = 32,
             device: str = "auto", weights: str = "auto", row_batch: int | None = None) -> dict:
     """The held-out loss of one checkpoint as the JSON-ready dict `viewfusion heldout` writes."""
-    from viewfusion.data.shard import read_shard_manifest
+    from viewfusion.data.shard import data_sha256, read_shard_manifest
     from viewfusion.distributed import resolve_device
-    from viewfusion.data.shard import data_sha256
     from viewfusion.sample import load_sampling_model
 
     if row_batch is not None and row_batch < 1:
@@ -344,7 +343,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability that the target is among its views (0)")
     parser.add_argument("--timestep", type=int, default=None,
                         help="fix the noise level at gamma_T (default: training's continuous levels)")
-    parser.add_argument("--batch-size", type=int, default=32, help="draws per forward pass (results do not depend on it)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="draws per forward pass (results do not depend on it)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                         help="auto: the EMA weights when the checkpoint has them")

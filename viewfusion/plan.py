@@ -223,7 +223,8 @@ def targets(config: dict, exp: str, views: int, root: Path, objects: int | None)
     ev = config["evaluation"]
     shard_set = ev.get("shard_set") or config["experiments"][exp]["shard_set"]
     pixelnerf = ev.get("protocol") == "pixelnerf"
-    manifest = root / "results/manifests" / shard_set / f"{ev['split']}{'-pixelnerf' if pixelnerf else ''}-v{views}.json"
+    manifest = (root / "results/manifests" / shard_set
+                / f"{ev['split']}{'-pixelnerf' if pixelnerf else ''}-v{views}.json")
     if objects is None and manifest.exists():
         return len(json.loads(manifest.read_text())["items"]), str(manifest)
     if objects is not None:
@@ -371,7 +372,8 @@ def render(plan: Plan) -> str:
     counts = sorted({t["targets"] for t in plan.targets.values()})
     lines.append(f"targets per setting: {', '.join(map(str, counts))} ({'; '.join(sources)})")
     lines.append("")
-    header = f"{'rule':<15} {'setting':<34} {'jobs':>6} {'U-Net evals':>12} {'GPU h':>9} {'h/job':>7} {'limit h':>7}  note"
+    header = (f"{'rule':<15} {'setting':<34} {'jobs':>6} {'U-Net evals':>12} {'GPU h':>9} {'h/job':>7} "
+              f"{'limit h':>7}  note")
     lines += [header, "-" * len(header)]
     for row in plan.rows:
         if row.rule == "metrics":
@@ -385,7 +387,8 @@ def render(plan: Plan) -> str:
     for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
         rows = [x for x in plan.rows if x.rule == rule]
         if rows:
-            lines.append(f"  {rule:<15} {sum(x.jobs for x in rows):>6} jobs  {_fmt(sum(x.unet_evals for x in rows)):>10}"
+            lines.append(f"  {rule:<15} {sum(x.jobs for x in rows):>6} jobs  "
+                         f"{_fmt(sum(x.unet_evals for x in rows)):>10}"
                          f" U-Net evaluations  {plan.total(rule):>9.1f} GPU h" + ("  (CPU)" if rule in (
                              "sample_nearest", "metrics") else ""))
     lines.append(f"  {'these rules':<15} {sum(x.jobs for x in plan.rows):>6} jobs  {'':>10}"

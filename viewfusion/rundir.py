@@ -14,6 +14,7 @@ from pathlib import Path
 
 from viewfusion.config import ExperimentConfig, config_sha256, to_dict
 
+
 def snapshot_name(step: int) -> str:
     """The file name of the snapshot at `step` in RUN_DIR/checkpoints/ (train writes it, the
     workflow's sampling reads it)."""
@@ -24,9 +25,10 @@ def snapshot_name(step: int) -> str:
 # stream restarts at multiples of data.stream_segment, whatever the checkpoint cadence).
 # Validation runs inside saved and restored RNG states (viewfusion.validate), so switching it on
 # or changing its settings mid-run leaves the training as it was; best.pt then starts afresh.
-RESUMABLE = ("description", "train.max_steps", "train.checkpoint_every", "train.log_every", "train.snapshot_steps", "train.tensorboard",
-             "train.wandb", "train.validate_every", "train.validate_draws", "train.validate_targets",
-             "train.validate_views", "train.validate_steps", "train.validate_metric", "train.validate_seed")
+RESUMABLE = ("description", "train.max_steps", "train.checkpoint_every", "train.log_every", "train.snapshot_steps",
+             "train.tensorboard", "train.wandb", "train.validate_every", "train.validate_draws",
+             "train.validate_targets", "train.validate_views", "train.validate_steps", "train.validate_metric",
+             "train.validate_seed")
 
 
 def resume_changes(old: ExperimentConfig, new: ExperimentConfig, *, step: int) -> list[str]:

@@ -97,7 +97,8 @@ def load_sampling_model(checkpoint: str, *, device: torch.device, weights: str =
     if use_ema and weights == "auto":
         load_state(model, ckpt["ema"]["model"], source=f"{checkpoint} (EMA weights)")
     state = model.state_dict()
-    bad = next((name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    bad = next((name for name, value in state.items()
+                if value.is_floating_point() and not value.isfinite().all()), None)
     if bad is not None:
         raise ViewFusionError(f"{checkpoint}: {'EMA' if use_ema else 'model'} weight {bad} holds NaN or inf; "
                               "sample an earlier checkpoint (training diverged or the file is damaged)")
@@ -116,7 +117,8 @@ def checkpoint_info(checkpoint: str) -> dict:
 def _identity(ckpt: dict, cfg) -> dict:
     # The config as the checkpoint stores it, not re-resolved: a code version that adds a config
     # key (with its default) must not change the fingerprint of an existing checkpoint.
-    return {"step": ckpt.get("step"), "max_train_views": cfg.data.max_views, "config_sha256": sha256_json(ckpt["config"])}
+    return {"step": ckpt.get("step"), "max_train_views": cfg.data.max_views,
+            "config_sha256": sha256_json(ckpt["config"])}
 
 
 def parse_chunk(text: str) -> tuple[int, int]:

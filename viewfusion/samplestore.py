@@ -111,7 +111,8 @@ class Pack:
         try:
             return self._tar.extractfile(member).read()
         except (OSError, tarfile.TarError) as err:
-            raise ViewFusionError(f"{self.path}: member {name} unreadable ({err}); rerun the step that wrote it") from None
+            raise ViewFusionError(f"{self.path}: member {name} unreadable ({err}); "
+                                  "rerun the step that wrote it") from None
 
     def close(self) -> None:
         self._tar.close()

@@ -202,8 +202,8 @@ def table_per_category(frame: pd.DataFrame, *, reference: bool) -> pd.DataFrame:
     table = table.sort_values([*keys, "_overall", "category"], kind="stable").drop(columns="_overall")
     published = reference_rows([
         {"source": PIXELNERF, "protocol": PUBLISHED_PROTOCOL, "view_count": 1, "category": category, "psnr": p,
-         "ssim": s, "lpips": l, "note": PIXELNERF_NOTE}
-        for category, (p, s, l) in PIXELNERF_NUMBERS.items()
+         "ssim": s, "lpips": lp, "note": PIXELNERF_NOTE}
+        for category, (p, s, lp) in PIXELNERF_NUMBERS.items()
     ] if _with_published(frame, reference) else [])
     return with_source(table.reset_index(drop=True), published)
 
@@ -334,8 +334,8 @@ def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, 
     for i, column in enumerate(("protocol", "experiment", "checkpoint_step", "checkpoint", "view_count")):
         detail.insert(i, column, first[column])
     exact = detail[["sampler", "steps", "seconds_per_target", "psnr", "ssim", "lpips", *SPEED_EXTRA]]
-    note = (f"{first['protocol']} protocol, experiment {first['experiment']!r}, checkpoint step {first['checkpoint_step']} "
-            f"(weights {first['checkpoint']}), "
+    note = (f"{first['protocol']} protocol, experiment {first['experiment']!r}, "
+            f"checkpoint step {first['checkpoint_step']} (weights {first['checkpoint']}), "
             f"{first['view_count']} views, {selected['item'].nunique()} targets scored by every sampler")
     return exact, with_source(detail, pd.DataFrame()), note
 
@@ -352,10 +352,13 @@ def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, d
         skipped["against_nearest"] = note
     else:
         written["against_nearest"] = (table, "Samples against the nearest-view copy (paired)", note)
-    written["per_category"] = (table_per_category(frame, reference=args.reference), "Per category (pixelNeRF's convention)",
+    written["per_category"] = (table_per_category(frame, reference=args.reference),
+                               "Per category (pixelNeRF's convention)",
                                "mean per object, then mean ± 95% CI over objects")
-    ablations = (("weighting", {"weighted": args.weighting[0], "mean": args.weighting[1]}, "Weighted vs mean composition"),
-                 ("relative_angle", {"absolute": args.angle[0], "relative": args.angle[1]}, "Absolute vs relative angle"))
+    ablations = (("weighting", {"weighted": args.weighting[0], "mean": args.weighting[1]},
+                  "Weighted vs mean composition"),
+                 ("relative_angle", {"absolute": args.angle[0], "relative": args.angle[1]},
+                  "Absolute vs relative angle"))
     for name, variants, title in ablations:
         table, note = table_ablation(frame, variants=variants, what=name)
         if table is None:
@@ -386,7 +389,8 @@ def readme(*, written: dict, skipped: dict, inputs: list[str], frame: pd.DataFra
     nets = sorted(set(frame["lpips_net"].dropna())) if "lpips_net" in frame else []
     lines = ["# Tables", "", f"From {len(frame)} per-image rows in {len(inputs)} metrics file(s).",
              "Means with the half-width of a 95% confidence interval (t-distribution). PSNR of identical",
-             f"images is capped at 100 dB by `viewfusion metrics`. LPIPS net: {', '.join(nets) or 'none (not computed)'}.",
+             f"images is capped at 100 dB by `viewfusion metrics`. "
+             f"LPIPS net: {', '.join(nets) or 'none (not computed)'}.",
              "Rows whose `source` starts with `published:` are numbers copied from papers, not measured here.", "",
              "## Written", ""]
     lines += [f"- `{name}` ({{csv,md,tex}}): {title}. {note}" for name, (_, title, note) in written.items()]
@@ -416,7 +420,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler table: this experiment (default: see --main-experiment)")
     parser.add_argument("--speed-checkpoint", type=int, default=None, help="sampler table: this checkpoint step")
     parser.add_argument("--speed-view-count", type=int, default=None,
-                        help="sampler table: this view count (default: the one with the most samplers, then the smallest)")
+                        help="sampler table: this view count "
+                             "(default: the one with the most samplers, then the smallest)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,7 +115,8 @@ class Validator:
                                   f"{', '.join(sorted(shard_manifest['splits']))}")
         size = shard_manifest["image_size"]
         if size != cfg.model.image_size:
-            raise ViewFusionError(f"validation: {shards} holds {size} px images, the model is {cfg.model.image_size} px")
+            raise ViewFusionError(f"validation: {shards} holds {size} px images, "
+                                  f"the model is {cfg.model.image_size} px")
         s = self.settings
         with isolated_rng(d.device):
             keys = heldout.split_keys(shards, SPLIT)

@@ -125,7 +125,8 @@ def autoregressive_columns(figure_dir: Path) -> list[dict]:
         columns.append({
             "title": f"view {step['target_view']} ({len(step['cond'])} in)",
             "generated": read_image(seq_dir / plain_name(step["file"], f"{seq_dir}/sequence.json file")),
-            "gt": read_image(seq_dir / plain_name(step["gt"], f"{seq_dir}/sequence.json gt")) if step.get("gt") else None,
+            "gt": (read_image(seq_dir / plain_name(step["gt"], f"{seq_dir}/sequence.json gt"))
+                   if step.get("gt") else None),
         })
     if not columns:
         raise ViewFusionError(f"{seq_dir}/sequence.json lists no steps")

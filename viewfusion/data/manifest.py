@@ -237,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to draw from")
     parser.add_argument("--views", type=int, required=True, help="conditioning views per target (1..23)")
     parser.add_argument("--seed", type=int, default=0, help="selection and noise seed")
-    parser.add_argument("--max-objects", type=int, default=None, help="at most this many objects, balanced over categories")
+    parser.add_argument("--max-objects", type=int, default=None,
+                        help="at most this many objects, balanced over categories")
     parser.add_argument("--targets-per-object", type=int, default=None,
                         help="targets per object (default 1; with --viewlist all 23 others)")
     parser.add_argument("--viewlist", default=None, help="pixelNeRF-style `synset object view` list")

@@ -16,6 +16,7 @@ import numpy as np
 
 from viewfusion.data import nmr
 
+
 @dataclass(frozen=True)
 class Primitive:
     """A solid in its local frame scaled by `half`: box [-1,1]^3, unit sphere, or a frustum
@@ -147,10 +148,12 @@ def _cabinet(rng, p: _Parts) -> None:
     count = rng.integers(2, 5) if drawers else rng.integers(1, 3)
     for k in range(count):
         if drawers:
-            center, half = (0, lift + height * (k + 0.5) / count, -depth / 2 - 0.01), (width / 2 - 0.03, height / (2 * count) - 0.015, 0.01)
+            center = (0, lift + height * (k + 0.5) / count, -depth / 2 - 0.01)
+            half = (width / 2 - 0.03, height / (2 * count) - 0.015, 0.01)
             handle_at = (0, center[1], -depth / 2 - 0.03)
         else:
-            center, half = (width * ((k + 0.5) / count - 0.5), lift + height / 2, -depth / 2 - 0.01), (width / (2 * count) - 0.02, height / 2 - 0.03, 0.01)
+            center = (width * ((k + 0.5) / count - 0.5), lift + height / 2, -depth / 2 - 0.01)
+            half = (width / (2 * count) - 0.02, height / 2 - 0.03, 0.01)
             handle_at = (center[0] + half[0] * 0.7 * (1 if k == 0 and count == 2 else -1), center[1], -depth / 2 - 0.03)
         p.box(center, half, front)
         p.box(handle_at, (0.012, 0.04, 0.012) if not drawers else (0.05, 0.012, 0.012), handle)
@@ -165,7 +168,8 @@ def _cabinet(rng, p: _Parts) -> None:
 def _car(rng, p: _Parts) -> None:
     length, width = 1.0, rng.uniform(0.4, 0.5)
     body_h, wheel_r = rng.uniform(0.15, 0.24), rng.uniform(0.09, 0.13)
-    paint, glass, tyre = _hue(rng, sat=(0.2, 0.9), val=(0.25, 0.85)), _hue(rng, sat=(0.1, 0.4), val=(0.15, 0.35)), _gray(rng, 0.06, 0.18)
+    paint, glass, tyre = (_hue(rng, sat=(0.2, 0.9), val=(0.25, 0.85)), _hue(rng, sat=(0.1, 0.4), val=(0.15, 0.35)),
+                          _gray(rng, 0.06, 0.18))
     bottom = wheel_r * rng.uniform(0.7, 0.9)
     p.box((0, bottom + body_h / 2, 0), (length / 2, body_h / 2, width / 2), paint)
     style = rng.choice(["sedan", "van", "pickup", "hatch"], p=[0.45, 0.2, 0.15, 0.2])
@@ -212,7 +216,8 @@ def _chair(rng, p: _Parts) -> None:
         slats = rng.integers(3, 6)
         for k in range(slats):
             p.box(base + [width * ((k + 0.5) / slats - 0.5), 0, 0], (0.015, back_h / 2, 0.018), frame, roll=tilt)
-        p.box(base + [0, back_h / 2 * math.cos(tilt), back_h / 2 * math.sin(tilt)], (width / 2, 0.03, 0.025), fabric, roll=tilt)
+        p.box(base + [0, back_h / 2 * math.cos(tilt), back_h / 2 * math.sin(tilt)], (width / 2, 0.03, 0.025), fabric,
+              roll=tilt)
     if rng.random() < 0.35:
         for x in (-1, 1):
             p.box((x * width / 2, height + 0.2, 0), (0.025, 0.02, depth / 2), frame)
@@ -243,11 +248,13 @@ def _lamp(rng, p: _Parts) -> None:
     p.cylinder((0, 0.025, 0), base_r, 0.025, metal, taper=rng.uniform(0.5, 1.0))
     if rng.random() < 0.35:  # a desk lamp: two arm segments and a tilted shade
         tip = np.array([0.0, 0.05, 0.0])
-        for angle, length in ((rng.uniform(0.2, 0.6), rng.uniform(0.35, 0.5)), (rng.uniform(-1.6, -0.9), rng.uniform(0.3, 0.45))):
+        for angle, length in ((rng.uniform(0.2, 0.6), rng.uniform(0.35, 0.5)),
+                              (rng.uniform(-1.6, -0.9), rng.uniform(0.3, 0.45))):
             direction = np.array([-math.sin(angle), math.cos(angle), 0.0])
             p.cylinder(tip + direction * length / 2, 0.014, length / 2, metal, pitch=angle)
             tip = tip + direction * length
-        p.cylinder(tip + [0.03, -0.06, 0], rng.uniform(0.08, 0.13), 0.07, shade, taper=0.45, pitch=rng.uniform(0.3, 0.8))
+        p.cylinder(tip + [0.03, -0.06, 0], rng.uniform(0.08, 0.13), 0.07, shade, taper=0.45,
+                   pitch=rng.uniform(0.3, 0.8))
         return
     pole = rng.uniform(0.5, 1.0)
     p.cylinder((0, 0.05 + pole / 2, 0), 0.015, pole / 2, metal)
@@ -270,7 +277,8 @@ def _loudspeaker(rng, p: _Parts) -> None:
             for z in (-1, 1):
                 p.box((x * (width / 2 - 0.04), lift / 2, z * (depth / 2 - 0.04)), (0.02, lift / 2, 0.02), cone)
     if rng.random() < 0.25:  # a fabric grille hides the drivers
-        p.box((0, lift + height / 2, -depth / 2 - 0.008), (width / 2 - 0.01, height / 2 - 0.01, 0.008), _hue(rng, val=(0.1, 0.4)))
+        p.box((0, lift + height / 2, -depth / 2 - 0.008), (width / 2 - 0.01, height / 2 - 0.01, 0.008),
+              _hue(rng, val=(0.1, 0.4)))
         return
     drivers = rng.integers(1, 4)
     slot = height / drivers
@@ -311,13 +319,16 @@ def _sofa(rng, p: _Parts) -> None:
     count = rng.integers(1, 4)
     inner = length - 2 * arm_w
     for k in range(count):
-        p.box((-inner / 2 + inner * (k + 0.5) / count, legs + seat_h + 0.05, -0.03), (inner / (2 * count) - 0.008, 0.05, depth / 2 - 0.08), cushion)
+        p.box((-inner / 2 + inner * (k + 0.5) / count, legs + seat_h + 0.05, -0.03),
+              (inner / (2 * count) - 0.008, 0.05, depth / 2 - 0.08), cushion)
     back_h = rng.uniform(0.25, 0.45)
-    p.box((0, legs + seat_h + back_h / 2, depth / 2 - 0.07), (length / 2, back_h / 2, 0.07), fabric, roll=rng.uniform(0.0, 0.2))
+    p.box((0, legs + seat_h + back_h / 2, depth / 2 - 0.07), (length / 2, back_h / 2, 0.07), fabric,
+          roll=rng.uniform(0.0, 0.2))
     if arms:
         arm_h = rng.uniform(0.12, 0.25)
         for x in (-1, 1):
-            p.box((x * (length / 2 - arm_w / 2), legs + seat_h + arm_h / 2, 0), (arm_w / 2, arm_h / 2, depth / 2), fabric)
+            p.box((x * (length / 2 - arm_w / 2), legs + seat_h + arm_h / 2, 0), (arm_w / 2, arm_h / 2, depth / 2),
+                  fabric)
     if rng.random() < 0.15:  # an L-shaped chaise on one side
         p.box((length / 2 - 0.25, legs + seat_h / 2, -depth / 2 - 0.25), (0.25, seat_h / 2, 0.25), fabric)
     if legs:
@@ -355,7 +366,8 @@ def _table(rng, p: _Parts) -> None:
 
 
 def _telephone(rng, p: _Parts) -> None:
-    shell, glass = _gray(rng, 0.08, 0.8) if rng.random() < 0.6 else _hue(rng), _hue(rng, sat=(0.1, 0.5), val=(0.08, 0.3))
+    shell, glass = (_gray(rng, 0.08, 0.8) if rng.random() < 0.6 else _hue(rng),
+                    _hue(rng, sat=(0.1, 0.5), val=(0.08, 0.3)))
     style = rng.choice(["smartphone", "desk", "feature"], p=[0.55, 0.25, 0.2])
     if style == "desk":
         width, depth = rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.55)
@@ -365,7 +377,8 @@ def _telephone(rng, p: _Parts) -> None:
             p.ellipsoid((x * width * 0.38, 0.2, 0.08), (0.07, 0.05, 0.06), shell)
         for row in range(4):
             for col in range(3):
-                p.box(((col - 1) * 0.07, 0.14 + 0.025 * row, -0.12 + 0.055 * row), (0.025, 0.01, 0.02), glass, roll=-0.15)
+                p.box(((col - 1) * 0.07, 0.14 + 0.025 * row, -0.12 + 0.055 * row), (0.025, 0.01, 0.02), glass,
+                      roll=-0.15)
         return
     width, height, thick = rng.uniform(0.3, 0.42), rng.uniform(0.6, 0.85), rng.uniform(0.03, 0.06)
     p.box((0, height / 2, 0), (width / 2, height / 2, thick / 2), shell)
@@ -378,7 +391,8 @@ def _telephone(rng, p: _Parts) -> None:
         p.box((0, height * 0.72, -thick / 2 - 0.003), (width / 2 - 0.03, height * 0.2, 0.003), glass)
         for row in range(4):
             for col in range(3):
-                p.box(((col - 1) * width * 0.28, height * (0.1 + 0.09 * row), -thick / 2 - 0.005), (width * 0.1, height * 0.03, 0.005), _gray(rng, 0.3, 0.8))
+                p.box(((col - 1) * width * 0.28, height * (0.1 + 0.09 * row), -thick / 2 - 0.005),
+                      (width * 0.1, height * 0.03, 0.005), _gray(rng, 0.3, 0.8))
         if rng.random() < 0.5:
             p.cylinder((width * 0.35, height + 0.08, 0), 0.012, 0.08, shell)
 

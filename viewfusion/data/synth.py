@@ -4,13 +4,13 @@
     viewfusion data verify --zip data/synth/NMR_Dataset.zip --full
 
 Each object is a real 3D shape composed of analytic primitives (boxes, ellipsoids, cylinders and
-cones) by a per-category generator of `viewfusion.data.shapes`: several shape variants per
-category for all 13 NMR synsets, with per-part colours. It is normalised like ShapeNet v1 (bounding-box diagonal 1, centred) and
-ray cast, vectorised in numpy over all 24 views at once, from the NMR cameras (azimuth 15*i
-degrees, elevation 30, distance 2.732, field of view 30), with a z-buffer (nearest hit), Lambertian
-shading under world-fixed lights (so a surface looks the same from every view, as in a real
-render), 2x2 supersampling, on a white background. `cameras.npz` holds the matrices the rays
-were cast from, in the NMR convention documented in `viewfusion.data.nmr`.
+cones) by a per-category generator of `viewfusion.data.shapes`: several shape variants per category
+for all 13 NMR synsets, with per-part colours. It is normalised like ShapeNet v1 (bounding-box
+diagonal 1, centred) and ray cast, vectorised in numpy over all 24 views at once, from the NMR
+cameras (azimuth 15*i degrees, elevation 30, distance 2.732, field of view 30), with a z-buffer
+(nearest hit), Lambertian shading under world-fixed lights (so a surface looks the same from every
+view, as in a real render), 2x2 supersampling, on a white background. `cameras.npz` holds the
+matrices the rays were cast from, in the NMR convention documented in `viewfusion.data.nmr`.
 
 Object j has category j % 13 and split pattern `_SPLIT_PATTERN[j % 10]` (70% train, 10% val,
 20% test; the softras lists use a shifted pattern, so they differ as in the real dataset). Its

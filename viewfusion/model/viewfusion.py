@@ -241,7 +241,8 @@ class ViewFusion(nn.Module):
         generators = _generators(seeds, batch)
         y_t = _randn(generators, (batch, channels, height, width), y_cond)
         for t in smp.timesteps.tolist():
-            eps, weights = self.predict_noise(y_t, y_cond, view_count, angle, smp.noise_level(t).expand(batch), y_ref=y_ref)
+            eps, weights = self.predict_noise(y_t, y_cond, view_count, angle, smp.noise_level(t).expand(batch),
+                                              y_ref=y_ref)
             noise = _randn(generators, y_t.shape, y_t) if smp.uses_noise(t) else None
             y_t = smp.step(eps, t, y_t, noise=noise).prev_sample
             yield SampleStep(t, y_t, weights)
