@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # peaks.py; viewfusion itself comes from the installed wheel
 
 from peaks import peak_tflops  # noqa: E402
 

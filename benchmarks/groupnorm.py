@@ -19,12 +19,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewfusion.model.unet import _GroupNormSiLU  # noqa: E402
 

@@ -39,10 +39,6 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from official_baseline import BaselineUNet, BaselineViewFusion  # noqa: E402
 from peaks import peak_tflops as known_peak  # noqa: E402
 

@@ -27,11 +27,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from peaks import peak_tflops  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode
 
 from viewfusion import distributed, train  # noqa: E402
 from viewfusion.config import build_model, load_config  # noqa: E402

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
+import inmemory_train
 import torch
-
 from train_utils import SAMPLE_SMALL, TINY
+
 from viewfusion.config import build_model, load_config
-from viewfusion.data.nmr import view_distance
 from viewfusion.data.manifest import make_manifest
+from viewfusion.data.nmr import view_distance
 from viewfusion.fsutil import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import inmemory_train  # noqa: E402
 
 
 def test_inmemory_train_evaluates_and_saves(synth_shards, tmp_path, capsys):

@@ -435,7 +435,6 @@ def test_training_survives_time_limits_by_requeue(tmp_path):
                           "--out", str(straight), *[a for s in sets for a in ("--set", s)]],
                          cwd=wf, env={**_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=900)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    sys.path.insert(0, str(REPO / "tests"))
     from train_utils import assert_same_weights, load
 
     assert_same_weights(load(run / "final.pt"), load(straight / "final.pt"))
@@ -448,7 +447,6 @@ def test_two_ranks_through_srun_and_c10d(tmp_path):
     --agents-per-node test hook stands in for two nodes), which meet through a c10d rendezvous
     at the allocation's first node and train one model as ranks 0 and 1 (gloo, CPU)."""
     _cluster_state()
-    sys.path.insert(0, str(REPO / "tests"))
     from train_utils import SMALL, TINY, load, make_shards
 
     shards = make_shards(tmp_path / "shards")
@@ -488,7 +486,6 @@ def test_two_real_nodes_c10d_warning_requeue_and_resume(tmp_path):
     if subprocess.run(["ip", "netns", "add", "vf-probe"], capture_output=True).returncode != 0:
         pytest.skip("no network namespaces here (ip netns add failed)")
     subprocess.run(["ip", "netns", "del", "vf-probe"], capture_output=True)
-    sys.path.insert(0, str(REPO / "tests"))
     from train_utils import SMALL, TINY, load, make_shards
 
     pair = tmp_path / "pair"
