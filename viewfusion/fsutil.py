@@ -64,7 +64,7 @@ def _raise_disk_full(err: BaseException, path: Path) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
     try:
         with disk_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 # `.NAME.tmp-<host>-<pid>`; names without a host were written by an older version on this host.
 _TEMP = re.compile(r"\..+\.tmp-(?:(?P<host>.+)-)?(?P<pid>[0-9]+)")
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>` of this process, which temp and scratch names carry: on a shared
+    filesystem a pid alone says nothing about a process of another machine."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def abandoned(host: str | None, pid: int) -> bool:
+    """Whether the owner a temp or scratch name records is a process of this host that is gone
+    (names without a host were written by an older version, on this host)."""
+    return host in (None, socket.gethostname()) and not pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -104,7 +116,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
         match = _TEMP.fullmatch(path.name)
         if match is None or not path.is_file() or path.is_symlink():
             continue
-        if match["host"] in (None, socket.gethostname()) and not pid_alive(int(match["pid"])):
+        if abandoned(match["host"], int(match["pid"])):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

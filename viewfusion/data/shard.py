@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Self
@@ -43,9 +42,10 @@ from typing import Self
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
+    abandoned,
     atomic_write_json,
     disk_errors,
-    pid_alive,
+    owner_tag,
     plain_name,
     sha256_file,
     sha256_json,
@@ -297,7 +297,7 @@ _SCRATCH = re.compile(r"\.(?:tmp|old)-(?:(?P<host>.+)-)?(?P<pid>[0-9]+)")
 def scratch_path(out: Path, kind: str) -> Path:
     """This process's scratch folder beside `out`. The host is in the name because on a shared
     filesystem a pid says nothing about a process of another machine."""
-    return out.with_name(f"{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
+    return out.with_name(f"{out.name}.{kind}-{owner_tag()}")
 
 
 def remove_stale_scratch(out: Path) -> list[Path]:
@@ -308,7 +308,7 @@ def remove_stale_scratch(out: Path) -> list[Path]:
         match = _SCRATCH.fullmatch(path.name[len(out.name):])
         if match is None or path.is_symlink() or not path.is_dir():
             continue
-        if match["host"] not in (None, socket.gethostname()) or pid_alive(int(match["pid"])):
+        if not abandoned(match["host"], int(match["pid"])):
             continue
         shutil.rmtree(path)
         removed.append(path)
