@@ -166,7 +166,7 @@ def extrapolation_grid(infos: list[dict], out: Path, *, objects: int, max_train_
 
 # ---------------------------------------------------------------- command
 
-def grid_figures(sample_dirs: list[Path], out: Path, args: argparse.Namespace) -> list[str]:
+def grid_figures(sample_dirs: list[Path], out: Path, *, objects: int = 6, max_train_views: int = 6) -> list[str]:
     """One extrapolation grid per experiment, checkpoint and sampler with at least two view counts."""
     groups: dict[tuple, dict[int, dict]] = {}
     for sample_dir in sample_dirs:
@@ -178,8 +178,8 @@ def grid_figures(sample_dirs: list[Path], out: Path, args: argparse.Namespace) -
             notes.append(f"{setting}: the copy baseline, no extrapolation grid")
         elif len(by_views) < 2:
             notes.append(f"{setting}: one view count only, no extrapolation grid")
-        elif extrapolation_grid(list(by_views.values()), out, objects=args.grid_objects,
-                                max_train_views=args.max_train_views) is None:
+        elif extrapolation_grid(list(by_views.values()), out, objects=objects,
+                                max_train_views=max_train_views) is None:
             notes.append(f"{setting}: no object shared by all view counts, no extrapolation grid")
     return notes
 
@@ -233,8 +233,8 @@ def run(args: argparse.Namespace) -> int:
         if quality_vs_cost(frame, out) is None:
             notes.append("quality_vs_unet_calls.png skipped: fewer than two model samplers on common targets")
     for figure_dir in args.figure_samples:
-        notes += figure_sample_figures(figure_dir, out, args)
-    notes += grid_figures(grid_dirs, out, args)
+        notes += figure_sample_figures(figure_dir, out, weight_stat=args.weight_stat, weight_every=args.weight_every)
+    notes += grid_figures(grid_dirs, out, objects=args.grid_objects, max_train_views=args.max_train_views)
     for stale in _earlier_figures(out, before=started):  # from a run with other inputs: would mislead
         stale.unlink()
         notes.append(f"removed {stale.name}, drawn by an earlier run and not by this one")

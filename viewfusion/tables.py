@@ -40,6 +40,7 @@ per run: mixing VGG and AlexNet files is an error).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -342,22 +343,39 @@ def table_speed(frame: pd.DataFrame, **selection) -> tuple[pd.DataFrame | None, 
 
 # ---------------------------------------------------------------- command
 
-def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class TableOptions:
+    """What `viewfusion tables` is told beyond the metrics: the experiments' roles (the
+    workflow passes its config's `roles:` section) and the speed table's selection."""
+
+    reference: bool = True
+    max_train_views: int = 6
+    main_experiment: str | None = "paper"
+    weighting: tuple[str, str] = ("paper", "no_weighting")
+    angle: tuple[str, str] = ("paper", "relative")
+    withheld: tuple[str, ...] = ("withhold_car",)
+    withheld_category: str = "car"
+    speed_experiment: str | None = None
+    speed_checkpoint: int | None = None
+    speed_view_count: int | None = None
+
+
+def build_tables(frame: pd.DataFrame, options: TableOptions) -> tuple[dict, dict]:
     """name -> (table, title, note) for the tables with data; name -> reason for the skipped ones."""
     written, skipped = {}, {}
-    written["views"] = (table_views(frame, reference=args.reference, max_train_views=args.max_train_views),
+    written["views"] = (table_views(frame, reference=options.reference, max_train_views=options.max_train_views),
                         "Quality against the number of conditioning views", "mean ± 95% CI over targets")
     table, note = table_against_baseline(frame)
     if table is None:
         skipped["against_nearest"] = note
     else:
         written["against_nearest"] = (table, "Samples against the nearest-view copy (paired)", note)
-    written["per_category"] = (table_per_category(frame, reference=args.reference),
+    written["per_category"] = (table_per_category(frame, reference=options.reference),
                                "Per category (pixelNeRF's convention)",
                                "mean per object, then mean ± 95% CI over objects")
-    ablations = (("weighting", {"weighted": args.weighting[0], "mean": args.weighting[1]},
+    ablations = (("weighting", {"weighted": options.weighting[0], "mean": options.weighting[1]},
                   "Weighted vs mean composition"),
-                 ("relative_angle", {"absolute": args.angle[0], "relative": args.angle[1]},
+                 ("relative_angle", {"absolute": options.angle[0], "relative": options.angle[1]},
                   "Absolute vs relative angle"))
     for name, variants, title in ablations:
         table, note = table_ablation(frame, variants=variants, what=name)
@@ -365,14 +383,16 @@ def build_tables(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[dict, d
             skipped[name] = note
         else:
             written[name] = (table, title, note)
-    table, note = table_withheld(frame, experiments=args.withheld, baseline=args.main_experiment,
-                                 category=args.withheld_category)
+    table, note = table_withheld(frame, experiments=options.withheld, baseline=options.main_experiment,
+                                 category=options.withheld_category)
     if table is None:
         skipped["withheld_category"] = note
     else:
-        written["withheld_category"] = (table, f"Withheld category ({args.withheld_category}) vs seen categories", note)
-    exact, detail, note = table_speed(frame, experiment=args.speed_experiment, checkpoint_step=args.speed_checkpoint,
-                                      view_count=args.speed_view_count, preferred=args.main_experiment)
+        written["withheld_category"] = (table, f"Withheld category ({options.withheld_category}) vs seen categories",
+                                        note)
+    exact, detail, note = table_speed(frame, experiment=options.speed_experiment,
+                                      checkpoint_step=options.speed_checkpoint, view_count=options.speed_view_count,
+                                      preferred=options.main_experiment)
     if exact is None:
         skipped["sampler_speed_quality"] = skipped["sampler_speed_quality_detail"] = note
     else:
@@ -403,16 +423,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="add the published pixelNeRF/SRT rows, labelled as such (default: on)")
-    parser.add_argument("--weighting", nargs=2, metavar=("WEIGHTED", "MEAN"), default=["paper", "no_weighting"],
+    parser.add_argument("--weighting", nargs=2, metavar=("WEIGHTED", "MEAN"), default=list(TableOptions.weighting),
                         help="experiments with weighted and with mean composition (default: paper no_weighting)")
-    parser.add_argument("--angle", nargs=2, metavar=("ABSOLUTE", "RELATIVE"), default=["paper", "relative"],
+    parser.add_argument("--angle", nargs=2, metavar=("ABSOLUTE", "RELATIVE"), default=list(TableOptions.angle),
                         help="experiments with absolute and relative target angle (default: paper relative)")
-    parser.add_argument("--withheld", nargs="*", metavar="EXP", default=["withhold_car"],
+    parser.add_argument("--withheld", nargs="*", metavar="EXP", default=list(TableOptions.withheld),
                         help="experiments trained without --withheld-category (default: withhold_car)")
-    parser.add_argument("--main-experiment", default="paper",
+    parser.add_argument("--main-experiment", default=TableOptions.main_experiment,
                         help="the paper model trained on all categories: baseline of the withheld-category table, "
                              "and the sampler table's experiment unless --speed-experiment is given (default: paper)")
-    parser.add_argument("--withheld-category", default="car")
+    parser.add_argument("--withheld-category", default=TableOptions.withheld_category)
     parser.add_argument("--max-train-views", type=int, default=6,
                         help="view counts above it are extrapolation where the metrics do not record the "
                              "checkpoint's own max_views")
@@ -428,7 +448,9 @@ def run(args: argparse.Namespace) -> int:
     frame = load_metrics(args.metrics)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, skipped = build_tables(frame, args)
+    options = TableOptions(**{f.name: tuple(value) if isinstance(value := getattr(args, f.name), list) else value
+                              for f in fields(TableOptions)})
+    written, skipped = build_tables(frame, options)
     for name, (table, title, note) in written.items():
         write_table(out_dir, name, table, title=title, note=note)
     for name in skipped:  # a table left from an earlier run with more data would mislead

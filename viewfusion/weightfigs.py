@@ -4,7 +4,6 @@ view (strip, GIF). Inputs: docs/FORMATS.md, "Figure inputs"."""
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -155,15 +154,16 @@ def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Pat
     return png, save_gif(frames, out / f"autoregressive_{name}.gif", ms_per_frame=600)
 
 
-def figure_sample_figures(figure_dir: Path, out: Path, args: argparse.Namespace) -> list[str]:
+def figure_sample_figures(figure_dir: Path, out: Path, *, weight_stat: str = "final",
+                          weight_every: int = 3) -> list[str]:
     """Figures 2 and 3 of one `viewfusion sample-figures` directory; returns notes on what is missing."""
     name, notes = experiment_name(figure_dir), []
     weights_dir = figure_dir / "weights"
     if (weights_dir / "manifest.json").exists():
-        cond, samples = read_weight_samples(weights_dir, stat=args.weight_stat)
-        view_weight_curves(cond, samples, out / f"view_weights_{name}.png", stat=args.weight_stat,
+        cond, samples = read_weight_samples(weights_dir, stat=weight_stat)
+        view_weight_curves(cond, samples, out / f"view_weights_{name}.png", stat=weight_stat,
                            title=f"{name}: view weights as the target turns (Fig. 2)")
-        weight_maps(cond, samples, out, name=name, every=args.weight_every)
+        weight_maps(cond, samples, out, name=name, every=weight_every)
     else:
         notes.append(f"{weights_dir}/manifest.json missing: no weight figure for {name}")
     if (figure_dir / "autoregressive" / "sequence.json").exists():
