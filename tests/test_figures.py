@@ -18,6 +18,7 @@ from sample_utils import DATA, write_chunk, write_ground_truth
 
 from viewfusion import cli, figures, provenance, weightfigs
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import sha256_file
 
 COND = [0, 4, 8, 12, 16, 20]
 KEY = "02958343_abc"
@@ -37,7 +38,7 @@ def write_marker(root: Path, items: list[dict], manifest: Path, *, eta: float = 
     (root / "chunks" / "1-of-1.json").write_text(json.dumps({
         "chunk": 1, "of": 1, "items": [it["item"] for it in items], "sampler": "ddim", "steps": 50, "eta": eta,
         "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5, "fingerprint": FP,
-        "data_sha256": DATA, "manifest": str(manifest)}))
+        "data_sha256": DATA, "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}))
 
 
 def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
@@ -156,6 +157,7 @@ def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
     manifest = json.loads((fig_dir / "weights" / "manifest.json").read_text())
     manifest["items"][0]["cond_views"] = [1, 2]
     (fig_dir / "weights" / "manifest.json").write_text(json.dumps(manifest))
+    write_marker(fig_dir / "weights", manifest["items"], fig_dir / "weights" / "manifest.json")  # sampled from it
     with pytest.raises(ViewFusionError, match="share one object"):
         weightfigs.read_weight_samples(fig_dir / "weights")
 
@@ -197,3 +199,13 @@ def test_figures_of_an_earlier_run_are_removed_not_left_to_mislead(tmp_path, cap
     assert cli.main(["figures", "--metrics", str(sample_dir / "metrics.parquet"), "--out", str(out)]) == 0
     assert not old.exists() and mine.exists() and (out / "metrics_vs_views.png").exists()
     assert "removed extrapolation_grid_tiny_step5_ddim-50.png" in capsys.readouterr().out
+
+
+def test_a_grid_never_pairs_samples_with_a_changed_manifest(tmp_path, capsys):
+    """The markers record the manifest they sampled (path and sha256): figures refuse another."""
+    dirs = [make_sample_dir(tmp_path / f"v{v}", views=v) for v in (1, 3)]
+    manifest = tmp_path / "manifest-v3.json"
+    manifest.write_text(manifest.read_text() + "\n")  # same items, other bytes: not the file sampled
+    args = ["figures", "--grid-samples", *map(str, dirs), "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 2
+    assert "not the manifest its chunks were sampled from" in capsys.readouterr().err

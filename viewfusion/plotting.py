@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from viewfusion.data.manifest import read_manifest  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
-from viewfusion.fsutil import atomic_path, atomic_write_bytes  # noqa: E402
+from viewfusion.fsutil import atomic_path, atomic_write_bytes, sha256_file  # noqa: E402
 from viewfusion.samplestore import FinishedSamples, GroundTruth, ground_truth_path  # noqa: E402
 
 __all__ = ["plt"]  # the pyplot module, imported after the backend is chosen
@@ -71,6 +71,9 @@ def open_sample_dir(sample_dir: Path, manifest=None) -> dict:
     if not manifest or not Path(manifest).is_file():
         raise ViewFusionError(f"{sample_dir}: its chunk markers name no manifest file that exists here "
                               f"({manifest!r}); rerun `viewfusion sample` for it")
+    if marker.get("manifest_sha256") not in (None, sha256_file(manifest)):
+        raise ViewFusionError(f"{sample_dir}: {manifest} is not the manifest its chunks were sampled from "
+                              "(its sha256 differs from the markers' manifest_sha256); rerun `viewfusion sample`")
     entries = {it["item"]: it for it in read_manifest(manifest)["items"] if it["item"] in samples.owner}
     truth = GroundTruth(ground_truth_path(manifest), marker.get("data_sha256"))
     return {"dir": sample_dir, "samples": samples, "entries": entries, "truth": truth, "marker": marker}
