@@ -34,6 +34,7 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.plotting import open_sample_dir, plt, sample_image, save_figure, show, truth_image
 from viewfusion.samplers import label as sampler_label
 from viewfusion.samplers import sampler_name
+from viewfusion.speedtable import speed_selection
 from viewfusion.tablefiles import summarize
 from viewfusion.tables import (
     BASELINE,
@@ -41,7 +42,6 @@ from viewfusion.tables import (
     PIXELNERF_NUMBERS,
     baseline_once,
     load_metrics,
-    speed_selection,
     trained_views,
 )
 from viewfusion.weightfigs import figure_sample_figures

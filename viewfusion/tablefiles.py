@@ -16,6 +16,7 @@ from scipy import stats
 from viewfusion.fsutil import atomic_path
 
 METRICS = ("psnr", "ssim", "lpips")
+MEASURED = "measured"  # the source of every measured row; published rows name their paper
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "seconds_per_target": 3}
 
 
@@ -98,3 +99,9 @@ def write_table(out_dir: Path, name: str, table: pd.DataFrame, *, title: str, no
     markdown = display.to_markdown(index=False, disable_numparse=True)
     write_text(out_dir / f"{name}.md", f"# {title}\n\n{note + chr(10) + chr(10) if note else ''}{markdown}\n")
     write_text(out_dir / f"{name}.tex", to_latex(display, title=f"{title}. {note}".strip(". ")))
+
+
+def with_source(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    measured = measured.assign(source=MEASURED)
+    table = pd.concat([measured, published], ignore_index=True) if len(published) else measured
+    return table[["source", *[c for c in table.columns if c != "source"]]]
