@@ -50,11 +50,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from viewfusion import samplers, samplestore
 from viewfusion.config import ExperimentConfig, load_config, select_precision
 from viewfusion.errors import ViewFusionError
+from viewfusion.workflowconfig import load_workflow_config, profile_minutes
 
 # FLOPs of one U-Net evaluation of the paper model (64 px, batch row of one view):
 # forward (benchmarks/model.py, docs/NOTES.md: 21.0 GFLOP) and forward + backward
@@ -81,8 +80,6 @@ NMR_TEST_OBJECTS = {"viewfusion": 8751, "softras": 8762}
 PIXELNERF_TARGETS_PER_OBJECT = 23  # one source view, every other view a target
 FIGURE_EVALS_PER_STEP = 12 * 6 + sum(range(1, 8))  # figure_samples: 12 targets x 6 views + 7 autoregressive
 DEFAULT_MARGIN = 0.75  # a chunk may take this fraction of its job's runtime
-DEFAULT_SAMPLE_MINUTES = 240
-DEFAULT_TRAIN_MINUTES = 48 * 60
 
 
 def default_rates(gpu: str) -> dict[str, Any]:
@@ -105,88 +102,6 @@ def default_rates(gpu: str) -> dict[str, Any]:
 
 def bf16_tensor_cores(gpu: str) -> bool:
     return "bf16" in PEAK_TFLOPS.get(gpu, {})
-
-
-# ---------------------------------------------------------------- the workflow config
-
-
-def merge(base: Any, top: Any) -> Any:
-    """Snakemake's config merge: mappings merge key by key, everything else replaces."""
-    if isinstance(base, dict) and isinstance(top, dict):
-        return {**base, **{k: merge(base.get(k), v) if k in base else v for k, v in top.items()}}
-    return top
-
-
-def with_defaults(value: Any, schema: dict) -> Any:
-    """Fill the schema's defaults into `value` (objects and their properties, recursively)."""
-    if value is None and "default" in schema:
-        value = schema["default"]
-    if isinstance(value, dict):
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
-        out = dict(value)
-        for key, sub in props.items():
-            if key not in out and "default" in sub:
-                out[key] = sub["default"]
-        return {k: with_defaults(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in out.items()}
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [with_defaults(v, schema["items"]) for v in value]
-    return value
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ViewFusionError(f"{path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
-
-
-def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Path | None) -> dict:
-    config: dict = {}
-    for path in ([base] if base else []) + list(configfiles):
-        layer = _read_yaml(path)
-        if not isinstance(layer, dict):
-            raise ViewFusionError(f"{path}: expected a mapping")
-        config = merge(config, layer)
-    if schema is not None and schema.exists():
-        config = with_defaults(config, _read_yaml(schema))
-    for key in ("experiments", "active_experiments", "shard_sets"):
-        if key not in config:
-            raise ViewFusionError(f"the workflow config has no {key!r} (give config/config.yaml as --base)")
-    return config
-
-
-def profile_minutes(profile: Path | None) -> dict[str, Any]:
-    """The sample and train runtimes (minutes, attempt 1) and the train warning (seconds) of a
-    Snakemake profile (profiles/slurm is a YTE template; `yte` comes with Snakemake)."""
-    out = {"profile": None, "sample": DEFAULT_SAMPLE_MINUTES, "train": DEFAULT_TRAIN_MINUTES, "warning_s": 0}
-    if profile is None:
-        return out
-    path = profile / "config.yaml" if profile.is_dir() else profile
-    try:
-        import yte
-
-        with open(path) as fh:
-            data = yte.process_yaml(fh, require_use_yte=True)
-    except FileNotFoundError:
-        raise ViewFusionError(f"profile {path} does not exist") from None
-    except ImportError:
-        data = _read_yaml(path)
-    resources = (data or {}).get("set-resources", {}) or {}
-
-    def minutes(rule: str, default: int) -> int:
-        value = (resources.get(rule) or {}).get("runtime", default)
-        try:
-            return int(eval(str(value), {"__builtins__": {}}, {"attempt": 1}))  # e.g. "240 * attempt"
-        except (SyntaxError, NameError, TypeError, ValueError, ArithmeticError):
-            raise ViewFusionError(f"{path}: set-resources.{rule}.runtime {value!r} is not a number of "
-                                  "minutes (an expression of `attempt` at most)") from None
-
-    extra = str((resources.get("train") or {}).get("slurm_extra", ""))
-    warning = next((int(w.split("@", 1)[1]) for w in extra.split() if w.startswith("--signal=") and "@" in w), 0)
-    return {"profile": str(path), "sample": minutes("sample", DEFAULT_SAMPLE_MINUTES),
-            "train": minutes("train", DEFAULT_TRAIN_MINUTES), "warning_s": warning}
 
 
 # ---------------------------------------------------------------- targets

@@ -1,0 +1,100 @@
+"""The workflow config and profile as Snakemake reads them, for commands that run outside
+Snakemake (`viewfusion plan`): config files merged over the base with the schema's defaults,
+and a profile's runtimes. Torch-free.
+
+    config = load_workflow_config([Path("config/paper_workflow.yaml")], Path("config/config.yaml"),
+                                  Path("workflow/schemas/config.schema.yaml"))
+    profile_minutes(Path("profiles/slurm"))   # {"sample": 240, "train": 2880, "warning_s": 600, ...}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from viewfusion.errors import ViewFusionError
+
+# Runtimes when no profile says otherwise (minutes): a sampling chunk, one training allocation.
+DEFAULT_SAMPLE_MINUTES = 240
+DEFAULT_TRAIN_MINUTES = 48 * 60
+
+
+def merge(base: Any, top: Any) -> Any:
+    """Snakemake's config merge: mappings merge key by key, everything else replaces."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        return {**base, **{k: merge(base.get(k), v) if k in base else v for k, v in top.items()}}
+    return top
+
+
+def with_defaults(value: Any, schema: dict) -> Any:
+    """Fill the schema's defaults into `value` (objects and their properties, recursively)."""
+    if value is None and "default" in schema:
+        value = schema["default"]
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        out = dict(value)
+        for key, sub in props.items():
+            if key not in out and "default" in sub:
+                out[key] = sub["default"]
+        return {k: with_defaults(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in out.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [with_defaults(v, schema["items"]) for v in value]
+    return value
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ViewFusionError(f"{path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
+
+
+def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Path | None) -> dict:
+    config: dict = {}
+    for path in ([base] if base else []) + list(configfiles):
+        layer = _read_yaml(path)
+        if not isinstance(layer, dict):
+            raise ViewFusionError(f"{path}: expected a mapping")
+        config = merge(config, layer)
+    if schema is not None and schema.exists():
+        config = with_defaults(config, _read_yaml(schema))
+    for key in ("experiments", "active_experiments", "shard_sets"):
+        if key not in config:
+            raise ViewFusionError(f"the workflow config has no {key!r} (give config/config.yaml as --base)")
+    return config
+
+
+def profile_minutes(profile: Path | None) -> dict[str, Any]:
+    """The sample and train runtimes (minutes, attempt 1) and the train warning (seconds) of a
+    Snakemake profile (profiles/slurm is a YTE template; `yte` comes with Snakemake)."""
+    out = {"profile": None, "sample": DEFAULT_SAMPLE_MINUTES, "train": DEFAULT_TRAIN_MINUTES, "warning_s": 0}
+    if profile is None:
+        return out
+    path = profile / "config.yaml" if profile.is_dir() else profile
+    try:
+        import yte
+
+        with open(path) as fh:
+            data = yte.process_yaml(fh, require_use_yte=True)
+    except FileNotFoundError:
+        raise ViewFusionError(f"profile {path} does not exist") from None
+    except ImportError:
+        data = _read_yaml(path)
+    resources = (data or {}).get("set-resources", {}) or {}
+
+    def minutes(rule: str, default: int) -> int:
+        value = (resources.get(rule) or {}).get("runtime", default)
+        try:
+            return int(eval(str(value), {"__builtins__": {}}, {"attempt": 1}))  # e.g. "240 * attempt"
+        except (SyntaxError, NameError, TypeError, ValueError, ArithmeticError):
+            raise ViewFusionError(f"{path}: set-resources.{rule}.runtime {value!r} is not a number of "
+                                  "minutes (an expression of `attempt` at most)") from None
+
+    extra = str((resources.get("train") or {}).get("slurm_extra", ""))
+    warning = next((int(w.split("@", 1)[1]) for w in extra.split() if w.startswith("--signal=") and "@" in w), 0)
+    return {"profile": str(path), "sample": minutes("sample", DEFAULT_SAMPLE_MINUTES),
+            "train": minutes("train", DEFAULT_TRAIN_MINUTES), "warning_s": warning}
