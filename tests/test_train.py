@@ -192,7 +192,7 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
     # The checkpoint cadence no longer moves the loader's restarts; the segment length does.
     assert resume_changes(old, load_config(TINY, ["train.checkpoint_every=7"]), step=15) == []
     assert resume_changes(old, load_config(TINY, ["data.stream_segment=7"]), step=15) == [
-        "data.stream_segment: 250 -> 7"]
+        "data.stream_segment: 5000 -> 7"]
     assert resume_changes(old, load_config(TINY, ["diffusion.prediction=eps"]), step=15) == [
         "diffusion.prediction: 'v' -> 'eps'"]
 

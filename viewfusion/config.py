@@ -132,7 +132,7 @@ class DataConfig:
     num_workers: int = 2
     withheld: tuple[str, ...] = ()
     # The training stream (viewfusion.data.loader.train_loader, docs/NOTES.md issue 21).
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 1000
     shard_order: str = "resample"
     stream_segment: int = 5000
 

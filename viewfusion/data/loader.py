@@ -19,9 +19,10 @@ View selection (the paper's, `select_views`): a random permutation of the 24 vie
 is the target, the next `view_count` (uniform in 1..max_views per sample) condition it. With
 probability `shuffle_prob` (0.1) the conditioning views are drawn afresh from all 24, so the
 target may be among them. `self_view_prob` (0 in the paper) then puts the target itself among
-them, so a small model learns to carry the views' appearance over early. `relative=True` adds the reference view (the first conditioning view)
-and makes the angle target minus reference, computed after that reshuffle (the official code
-took the reference before it, so those samples got a wrong angle).
+them, so a small model learns to carry the views' appearance over early. `relative=True` adds the
+reference view (the first conditioning view) and makes the angle target minus reference,
+computed after that reshuffle (the official code took the reference before it, so those samples
+got a wrong angle).
 
 Integrity: every reader checks a shard against `manifest.json` before reading it
 (`viewfusion.data.shard.verify_shard`): its size on every open, its sha256 the first time this
@@ -322,9 +323,9 @@ def _check_sample(sample: dict) -> None:
 
 
 def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle_prob: float = 0.1,
-                 self_view_prob: float = 0.0, relative: bool = False, num_workers: int = 2, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, steps_per_epoch: int = 1000, split: str = "train",
-                 shuffle_buffer: int = 256, shard_order: str = "resample", skip_batches: int = 0):
+                 self_view_prob: float = 0.0, relative: bool = False, num_workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, steps_per_epoch: int = 1000, split: str = "train",
+                 shuffle_buffer: int = 1000, shard_order: str = "resample", skip_batches: int = 0):
     """An endless stream of training batches, cut into epochs of `steps_per_epoch`.
 
     Batches are dicts: `y_0` (B,3,H,W), `y_cond` (B,max_views,3,H,W) with zeros past each
