@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from viewfusion.workflowconfig import merge
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 COPIED = ["Snakefile", "workflow", "config", "profiles"]
@@ -90,18 +92,10 @@ def pipeline(tmp_path_factory) -> Path:
     """Run the default pipeline (config/config.yaml, budgets cut by QUICK) end to end, once."""
     work = _copy_workflow(tmp_path_factory.mktemp("workflow"))
     config = work / "config/config.yaml"
-    config.write_text(yaml.safe_dump(_merge(yaml.safe_load(config.read_text()), yaml.safe_load(QUICK))))
+    config.write_text(yaml.safe_dump(merge(yaml.safe_load(config.read_text()), yaml.safe_load(QUICK))))
     snakemake(work)
     snakemake(work, "--report", "results/report.html")
     return work
-
-
-def _merge(base: dict, top: dict) -> dict:
-    """Snakemake's config-file semantics: dicts merge recursively, everything else replaces."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
 
 
 @pytest.mark.slow
@@ -118,6 +112,22 @@ def test_pipeline_produces_finite_tables_figures_and_report(pipeline):
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     report = (pipeline / "results/report.html").read_text(errors="replace")
     assert len(report) > 10_000
+
+
+@pytest.mark.slow
+def test_the_plan_counts_the_files_sampling_leaves(pipeline):
+    """`viewfusion plan`'s file count (the README's figure for the paper DAG) is what the run
+    left: per setting each chunk's marker, pack and progress record and the metrics file; per
+    manifest the manifest and its ground-truth pack."""
+    from viewfusion import plan as P
+
+    config = P.load_workflow_config([], pipeline / "config/config.yaml",
+                                    pipeline / "workflow/schemas/config.schema.yaml")
+    planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=pipeline)
+    samples = [p for p in (pipeline / "results/samples").rglob("*") if p.is_file()]
+    manifests = [p for p in (pipeline / "results/manifests").rglob("*") if p.is_file() and "viewlist" not in p.name]
+    assert len(samples) + len(manifests) == planned.files["packed"], sorted(map(str, samples + manifests))
+    assert not list((pipeline / "results/samples").rglob("*.png")), "images are packed, never loose files"
 
 
 @pytest.mark.slow
