@@ -64,7 +64,8 @@ def test_every_schedule_a_config_accepts_builds():
 
 def test_unknown_key_names_the_file_and_suggests(tmp_path):
     path = write(tmp_path, "bad.yaml", "base: %s\ntrain:\n  max_step: 3\n" % (EXPERIMENTS / "paper.yaml"))
-    with pytest.raises(ViewFusionError, match=r"bad\.yaml: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)"):
+    with pytest.raises(ViewFusionError,
+                       match=r"bad\.yaml: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)"):
         C.load_config(path)
 
 
@@ -92,7 +93,8 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     ("- 1\n", r"expected a mapping"),
     ("model: [1]\n", r"section 'model' must be a mapping"),
     ("base: loop.yaml\n", r"loops back"),
-    ("model:\n  clamp: [1, -1]\n", r"model.clamp must be null or \[low, high\] with finite low < high, got \[1.0, -1.0\]"),
+    ("model:\n  clamp: [1, -1]\n",
+     r"model.clamp must be null or \[low, high\] with finite low < high, got \[1.0, -1.0\]"),
     ("model:\n  clamp: [0.5, 0.5]\n", r"loop\.yaml: model.clamp must be null or \[low, high\]"),
     ("model:\n  clamp: [-.inf, .inf]\n", r"model.clamp must be finite, got \(-inf, inf\)"),
     ("model:\n  dropout: .nan\n", r"model.dropout must be finite, got nan"),

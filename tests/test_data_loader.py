@@ -229,7 +229,8 @@ def test_zero_sha256_in_the_manifest_is_refused(synth_shards, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["splits"]["test"]["shards"][0]["sha256"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ViewFusionError, match=f"nmr-test-0000.tar: sha256 is [0-9a-f]{{64}}, the manifest says {'0' * 64}"):
+    with pytest.raises(ViewFusionError,
+                       match=f"nmr-test-0000.tar: sha256 is [0-9a-f]{{64}}, the manifest says {'0' * 64}"):
         load_objects(copy, "test")
     with pytest.raises(ViewFusionError, match="the manifest says 0000"):
         next(iter(_loader(copy, split="test")))

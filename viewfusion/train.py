@@ -65,8 +65,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from viewfusion import checkpoint, distributed, rundir
-from viewfusion.config import (ExperimentConfig, TrainConfig, build_model, load_config, select_precision,
-                               to_dict)
+from viewfusion.config import ExperimentConfig, TrainConfig, build_model, load_config, select_precision, to_dict
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import disk_errors
 from viewfusion.trainlog import TrainLogger
