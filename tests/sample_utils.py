@@ -40,3 +40,12 @@ def write_ground_truth(manifest: Path, items: list[dict], gts: dict[str, np.ndar
     samplestore.write_pack(path, [(it["item"] + samplestore.IMAGE,
                                    png_bytes(gts[it["item"]], provenance.made_by(fp, it))) for it in items])
     return path
+
+
+def packed_images(root: Path) -> dict[str, bytes]:
+    """Every generated image of a sample directory's chunk packs, by member name."""
+    found = {}
+    for path in sorted((Path(root) / "chunks").glob(f"*{samplestore.PACK}")):
+        with samplestore.Pack(path) as pack:
+            found |= {name: pack.read(name) for name in pack.members if name.endswith(samplestore.IMAGE)}
+    return found

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sample_utils import packed_images
 from train_utils import save_random_model
 
 from viewfusion.data.manifest import make_manifest
@@ -45,15 +46,6 @@ def manifest(synth_shards, tmp_path_factory) -> Path:
     return path
 
 
-def _pngs(out: Path) -> dict[str, bytes]:
-    """Every generated image of a sample directory's chunk packs, by member name."""
-    found = {}
-    for path in sorted((out / "chunks").glob("*.tar")):
-        with Pack(path) as pack:
-            found |= {name: pack.read(name) for name in pack.members if name.endswith(".png")}
-    return found
-
-
 def _nothing_written(out: Path) -> bool:
     return not list(out.glob("chunks/*.tar")) and not list(out.glob("pending/*/*"))
 
@@ -72,7 +64,7 @@ def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shard
     for i in (1, 2, 3):
         sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=split, chunk=f"{i}/3",
                      spec=SPEC, batch_size=1, device="cpu")
-    a, b = _pngs(whole), _pngs(split)
+    a, b = packed_images(whole), packed_images(split)
     assert len(a) == len(json.loads(manifest.read_text())["items"]) == 10
     assert a == b
     marker = json.loads((split / "chunks/2-of-3.json").read_text())
@@ -99,7 +91,7 @@ def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_sh
     assert not (out / "chunks/1-of-1.json").exists(), "a killed chunk must not look complete"
     assert not list(out.glob("chunks/*.tar")), "a killed chunk has no pack"
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
-    after = _pngs(out)
+    after = packed_images(out)
     assert len(after) == 10 and (out / "chunks/1-of-1.json").exists()
     assert all(after[name] == png for name, png in first.items())
     # The progress counts the targets generated under this fingerprint across both runs: a
@@ -133,7 +125,7 @@ def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_sh
     out = tmp_path / "nearest"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out,
                  spec=SamplerSpec("nearest", None), device="cpu")
-    images, pngs = objects[key].images, _pngs(out)
+    images, pngs = objects[key].images, packed_images(out)
     for it, view in zip(items, (1, 9, 12)):
         png = torch.from_numpy(np.array(Image.open(io.BytesIO(pngs[f"{it['item']}.png"])))).permute(2, 0, 1)
         assert torch.equal(png, (images[view] * 255).round().to(torch.uint8))
@@ -155,11 +147,11 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     other = save_random_model(tmp_path / "other.pt", step=7, edit=_other_weights)
     shared, fresh = tmp_path / "shared", tmp_path / "fresh"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=shared, spec=SPEC, device="cpu")
-    old = _pngs(shared)
+    old = packed_images(shared)
     for out in (shared, fresh):
         sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=out, spec=SPEC, device="cpu")
-    assert _pngs(shared) == _pngs(fresh)
-    assert all(_pngs(shared)[name] != png for name, png in old.items())
+    assert packed_images(shared) == packed_images(fresh)
+    assert all(packed_images(shared)[name] != png for name, png in old.items())
     marker = json.loads((shared / "chunks/1-of-1.json").read_text())
     fresh_marker = json.loads((fresh / "chunks/1-of-1.json").read_text())
     assert (marker["fingerprint"] == fresh_marker["fingerprint"]
@@ -171,7 +163,7 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     assert marker["config_sha256"] == sha256_json(load(other)["config"])
     sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=shared, spec=SamplerSpec("ddim", 3),
                  device="cpu")
-    assert all(_pngs(shared)[name] != png for name, png in _pngs(fresh).items())
+    assert all(packed_images(shared)[name] != png for name, png in packed_images(fresh).items())
 
 
 def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_shards, tmp_path):
@@ -187,7 +179,7 @@ def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_s
     marker = json.loads((a / "chunks/1-of-1.json").read_text())
     assert (set(frame["weights_sha256"]) == {marker["weights_sha256"]}
             and set(frame["fingerprint"]) == {marker["fingerprint"]})
-    good, old = _pngs(a), _pngs(b)
+    good, old = packed_images(a), packed_images(b)
     name = min(good)
     write_pack(a / "chunks/1-of-1.tar", {**good, name: old[name]}.items())  # an old image under the new label
     with pytest.raises(ViewFusionError, match="made by other settings"):
@@ -280,7 +272,7 @@ def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest,
         marker = json.loads((out / "chunks/1-of-1.json").read_text())
         assert marker["sampler"] == name and marker["steps"] == 3
         assert marker["unet_evals_per_target"] == pytest.approx(calls * views / 10)
-        assert len(_pngs(out)) == 10
+        assert len(packed_images(out)) == 10
     assert main(["sample", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shards", str(synth_shards),
                  "--out", str(tmp_path / "e"), "--sampler", "euler", "--eta", "0.5"]) == 2
     assert "eta" in capsys.readouterr().err
@@ -325,7 +317,7 @@ def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifes
     from viewfusion.samplestore import FILES_PER_CHUNK
 
     assert len(list((out / "chunks").iterdir())) == FILES_PER_CHUNK and not (out / "pending" / "1-of-1").exists()
-    whole = _pngs(out)
+    whole = packed_images(out)
     for i in (1, 2):
         sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk=f"{i}/2", spec=SPEC,
                      device="cpu")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from sample_utils import packed_images
 
 from viewfusion.workflowconfig import merge
 
@@ -233,17 +234,6 @@ def test_bad_settings_stop_the_dag_before_any_job_deletes_outputs(pipeline, text
     assert shards.exists() and shards.stat().st_mtime_ns == before
 
 
-def _pngs(sample_dir: Path) -> dict[str, bytes]:
-    """The generated images of a sample directory's chunk packs, by name."""
-    from viewfusion.samplestore import Pack
-
-    found = {}
-    for path in sorted((sample_dir / "chunks").glob("*.tar")):
-        with Pack(path) as pack:
-            found |= {name: pack.read(name) for name in pack.members if name.endswith(".png")}
-    return found
-
-
 @pytest.mark.slow
 def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, tmp_path):
     """Raising train.max_steps resumes training, and every image and metric is then that of the
@@ -252,11 +242,11 @@ def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, t
     work = tmp_path / "work"
     shutil.copytree(pipeline, work, symlinks=True)
     sample_dir = work / "results/samples/tiny/final/ddim-10/v2"
-    old = _pngs(sample_dir)
+    old = packed_images(sample_dir)
     more = overlay(work, "more.yaml", "experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
                    "['train.max_steps=44', 'train.snapshot_steps=[]', 'train.checkpoint_every=20']}}\n")
     snakemake(work, "--configfile", more)
-    new = _pngs(sample_dir)
+    new = packed_images(sample_dir)
     assert new.keys() == old.keys() and all(new[k] != old[k] for k in old)
     fresh = tmp_path / "fresh"
     for i in (1, 2):
@@ -264,7 +254,7 @@ def test_more_training_steps_give_new_images_equal_to_a_fresh_folder(pipeline, t
                         "results/manifests/all/test-v2.json", "--shards", "results/shards/all", "--out", str(fresh),
                         "--chunk", f"{i}/2", "--sampler", "ddim", "--steps", "10", "--batch-size", "5"],
                        cwd=work, env=_env(), check=True, capture_output=True)
-    assert _pngs(fresh) == new
+    assert packed_images(fresh) == new
     metrics = pd.read_parquet(sample_dir / "metrics.parquet")
     assert set(metrics["checkpoint_step"]) == {44}
     subprocess.run(["viewfusion", "metrics", "--generated", str(fresh), "--manifest",

@@ -28,10 +28,7 @@ def export_pngs(generated, manifest, out, *, ground_truth: bool = False, items=N
     for name in wanted:
         if name not in entries or name not in samples.owner:
             raise ViewFusionError(f"--item {name}: not an item of {manifest} in a completed chunk of {generated}")
-    truth = None
-    if ground_truth:
-        data = next(iter(samples.chunks.values()))["data_sha256"]
-        truth = samplestore.GroundTruth(samplestore.ground_truth_path(manifest), data)
+    truth = samples.ground_truth(samplestore.ground_truth_path(manifest)) if ground_truth else None
     written = 0
     for name in wanted:  # manifest names are plain names (read_manifest checks them)
         atomic_write_bytes(Path(out) / f"{name}{samplestore.IMAGE}", samples.read(entries[name]))

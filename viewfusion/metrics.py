@@ -207,7 +207,7 @@ def compute_metrics(*, generated: str | Path, manifest: str | Path, ground_truth
     samples = FinishedSamples(generated)
     check_items(samples, items, manifest=str(manifest))
     chunks, owner = samples.chunks, samples.owner
-    truth = GroundTruth(ground_truth or ground_truth_path(manifest), next(iter(chunks.values())).get("data_sha256"))
+    truth = samples.ground_truth(ground_truth or ground_truth_path(manifest))
     model = load_lpips(net=lpips_net, device=device, random_for_tests=lpips_random_for_tests) if lpips_net else None
     rows = []
     for start in range(0, len(items), batch_size):

@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from viewfusion.data.manifest import read_manifest  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes, sha256_file  # noqa: E402
-from viewfusion.samplestore import FinishedSamples, GroundTruth, ground_truth_path  # noqa: E402
+from viewfusion.samplestore import FinishedSamples, ground_truth_path  # noqa: E402
 
 __all__ = ["plt"]  # the pyplot module, imported after the backend is chosen
 
@@ -75,7 +75,7 @@ def open_sample_dir(sample_dir: Path, manifest=None) -> dict:
         raise ViewFusionError(f"{sample_dir}: {manifest} is not the manifest its chunks were sampled from "
                               "(its sha256 differs from the markers' manifest_sha256); rerun `viewfusion sample`")
     entries = {it["item"]: it for it in read_manifest(manifest)["items"] if it["item"] in samples.owner}
-    truth = GroundTruth(ground_truth_path(manifest), marker.get("data_sha256"))
+    truth = samples.ground_truth(ground_truth_path(manifest))
     return {"dir": sample_dir, "samples": samples, "entries": entries, "truth": truth, "marker": marker}
 
 

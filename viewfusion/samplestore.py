@@ -154,6 +154,7 @@ class ChunkStore:
             p for p in (self.root / "pending").glob("*-of-*") if not p.name.endswith(f"-of-{n}"))
         self._pack_paths = [pack_path(root, stem)] + others
         self._packs: dict[Path, Pack | None] = {}
+        self._found: dict[str, tuple[str, bytes]] = {}  # name -> (tag, bytes): finish() reuses them
 
     def _pack(self, path: Path) -> Pack | None:
         if path not in self._packs:
@@ -165,6 +166,14 @@ class ChunkStore:
 
     def find(self, name: str, tag: str) -> bytes | None:
         """The bytes of member `name` carrying `tag`, from the first source that has them."""
+        if name in self._found and self._found[name][0] == tag:
+            return self._found[name][1]
+        data = self._search(name, tag)
+        if data is not None:
+            self._found[name] = (tag, data)
+        return data
+
+    def _search(self, name: str, tag: str) -> bytes | None:
         for folder in self._folders:
             path = folder / name
             if path.is_file() and tag_of(name, data := path.read_bytes()) == tag:
@@ -182,6 +191,7 @@ class ChunkStore:
             (p := self._pack(path)) is not None and name in p.members for path in self._pack_paths)
 
     def put(self, name: str, data: bytes) -> None:
+        self._found.pop(name, None)  # what find() saw of this name is replaced
         atomic_write_bytes(pending_dir(self.root, self.stem) / name, data)
 
     def finish(self, wanted: list[tuple[str, str]]) -> Path:
@@ -206,6 +216,7 @@ class ChunkStore:
             if pack is not None:
                 pack.close()
         self._packs.clear()
+        self._found.clear()
 
 
 # ---------------------------------------------------------------- reading a finished directory
@@ -242,6 +253,10 @@ class FinishedSamples:
         self.chunks = read_chunks(self.root) if chunks is None else chunks
         self.owner = {name: stem for stem, c in self.chunks.items() for name in c.get("items", [])}
         self._packs: dict[str, Pack] = {}
+
+    def ground_truth(self, path) -> GroundTruth:
+        """The ground-truth pack at `path`, checked against the data these samples were made of."""
+        return GroundTruth(path, next(iter(self.chunks.values())).get("data_sha256"))
 
     def read(self, it: dict, suffix: str = IMAGE) -> bytes:
         """The bytes of item `it` (a manifest entry), refused unless its `made_by` is its chunk's."""

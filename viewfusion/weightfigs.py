@@ -109,15 +109,15 @@ def weight_maps(cond: list[int], samples: pd.DataFrame, out: Path, *, name: str,
 
 # ---------------------------------------------------------------- Figure 3: autoregressive generation
 
-def autoregressive_columns(figure_dir: Path) -> list[dict]:
-    """Columns of the strip: the real input view (when its picture is found), then each step."""
+def autoregressive_columns(figure_dir: Path, pictures: dict[int, np.ndarray]) -> list[dict]:
+    """Columns of the strip: the real input view (when `pictures`, true views by view index, has
+    it), then each step."""
     seq_dir = figure_dir / "autoregressive"
     sequence = read_json(seq_dir / "sequence.json")
     columns = []
     start = sequence.get("start_view")
-    weights_dir = figure_dir / "weights"
-    if start is not None and (weights_dir / "manifest.json").exists():
-        picture = input_images(read_weight_samples(weights_dir)[1], [start]).get(start)
+    if start is not None:
+        picture = pictures.get(start)
         if picture is not None:
             columns.append({"title": f"input: view {start}", "generated": picture, "gt": picture})
     for step in sequence["steps"]:
@@ -132,8 +132,9 @@ def autoregressive_columns(figure_dir: Path) -> list[dict]:
     return columns
 
 
-def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Path, Path]:
-    columns = autoregressive_columns(figure_dir)
+def autoregressive_strip(figure_dir: Path, out: Path, *, name: str,
+                         pictures: dict[int, np.ndarray]) -> tuple[Path, Path]:
+    columns = autoregressive_columns(figure_dir, pictures)
     fig, axes = plt.subplots(2, len(columns), figsize=(1.3 * len(columns), 3.0), squeeze=False)
     for c, column in enumerate(columns):
         show(axes[0][c], column["generated"], column["title"])
@@ -157,17 +158,18 @@ def autoregressive_strip(figure_dir: Path, out: Path, *, name: str) -> tuple[Pat
 def figure_sample_figures(figure_dir: Path, out: Path, *, weight_stat: str = "final",
                           weight_every: int = 3) -> list[str]:
     """Figures 2 and 3 of one `viewfusion sample-figures` directory; returns notes on what is missing."""
-    name, notes = experiment_name(figure_dir), []
+    name, notes, pictures = experiment_name(figure_dir), [], {}
     weights_dir = figure_dir / "weights"
     if (weights_dir / "manifest.json").exists():
         cond, samples = read_weight_samples(weights_dir, stat=weight_stat)
+        pictures = input_images(samples, list(samples["target_view"]))  # read once, for both figures
         view_weight_curves(cond, samples, out / f"view_weights_{name}.png", stat=weight_stat,
                            title=f"{name}: view weights as the target turns (Fig. 2)")
         weight_maps(cond, samples, out, name=name, every=weight_every)
     else:
         notes.append(f"{weights_dir}/manifest.json missing: no weight figure for {name}")
     if (figure_dir / "autoregressive" / "sequence.json").exists():
-        autoregressive_strip(figure_dir, out, name=name)
+        autoregressive_strip(figure_dir, out, name=name, pictures=pictures)
     else:
         notes.append(f"{figure_dir}/autoregressive/sequence.json missing: no autoregressive figure for {name}")
     return notes
