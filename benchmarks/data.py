@@ -9,7 +9,10 @@
   same order and written to one file (fsynced, like the shards). `shard_vs_copy` is the time
   ratio (target <= 3). `zip_file_copy_mb_s` (copying the zip file as one block) is context only.
 - loader: training batches (batch 28, max_views 6, as the paper) decoded in this one process,
-  i.e. one DataLoader worker: samples/s per worker core (target >= 300).
+  i.e. one DataLoader worker: samples/s per worker core (target >= 300), as shipped (tar headers
+  read by `reader.iter_tar`) and with webdataset's own tar reader (`wds.tarfile_samples`) in its
+  place, measured in the same run (`loader_wds_tar_samples_per_s_per_worker`); `tar_read_*`: the
+  two readers alone (samples/s read and grouped from the train shards, nothing decoded).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from viewfusion.data import nmr
+import webdataset as wds
+
+from viewfusion.data import nmr, reader
 from viewfusion.data.loader import train_loader
-from viewfusion.data.shard import read_shard_manifest, write_shards
+from viewfusion.data.shard import read_shard_manifest, split_shards, write_shards
 from viewfusion.data.synth import write_synth_zip
 
 
@@ -63,6 +68,31 @@ def loader_rate(shards: Path, *, batches: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def _wds_samples(path):
+    """webdataset's own tar reading of one shard (the alternative to `reader.iter_tar`)."""
+    return wds.tarfile_samples([{"url": str(path)}])
+
+
+def with_wds_tar(measure, *args, **kwargs):
+    """`measure` with the loader reading shards through `_wds_samples` instead of `iter_tar`."""
+    own, reader._samples = reader._samples, _wds_samples
+    try:
+        return measure(*args, **kwargs)
+    finally:
+        reader._samples = own
+
+
+def tar_read_rate(shards: Path, repeats: int = 3) -> float:
+    """Best of `repeats`: samples/s read and grouped from the train shards (none decoded)."""
+    paths = [shards / entry["name"] for entry in split_shards(shards, "train")]
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = sum(1 for path in paths for _ in reader._samples(path))
+        best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200)
@@ -80,6 +110,8 @@ def main() -> None:
         shutil.copyfile(tmp / "NMR_Dataset.zip", tmp / "copy.zip")
         file_copy_s = time.perf_counter() - start
         rate = loader_rate(tmp / "shards", batches=args.batches)
+        wds_rate = with_wds_tar(loader_rate, tmp / "shards", batches=args.batches)
+        tar_own, tar_wds = tar_read_rate(tmp / "shards"), with_wds_tar(tar_read_rate, tmp / "shards")
     result = {
         "objects": args.objects, "synth_workers": args.workers,
         "synth_objects_per_s": synth["objects_per_s"],
@@ -90,6 +122,9 @@ def main() -> None:
         "zip_file_copy_mb_s": round(synth["bytes"] / file_copy_s / 1e6, 1),
         "payload_kb_per_object": round(payload / len(keys) / 1e3, 1),
         "loader_samples_per_s_per_worker": round(rate, 1),
+        "loader_wds_tar_samples_per_s_per_worker": round(wds_rate, 1),
+        "tar_read_own_samples_per_s": round(tar_own, 1),
+        "tar_read_wds_samples_per_s": round(tar_wds, 1),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result))

@@ -45,8 +45,8 @@ from peaks import peak_tflops  # noqa: E402
 import viewfusion  # noqa: E402
 from viewfusion import distributed, train  # noqa: E402
 from viewfusion.config import build_model, load_config  # noqa: E402
-from viewfusion.data.loader import load_objects  # noqa: E402
 from viewfusion.data.manifest import make_manifest  # noqa: E402
+from viewfusion.data.reader import load_objects  # noqa: E402
 from viewfusion.data.shard import write_shards  # noqa: E402
 from viewfusion.data.synth import write_synth_zip  # noqa: E402
 from viewfusion.sample import build_batch, nearest_view_images  # noqa: E402

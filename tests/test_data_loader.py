@@ -15,15 +15,8 @@ import torch
 
 from viewfusion.data import nmr
 from viewfusion.data import shard as shard_module
-from viewfusion.data.loader import (
-    eval_objects,
-    iter_tar,
-    load_objects,
-    relative_angle,
-    select_views,
-    split_by_node,
-    train_loader,
-)
+from viewfusion.data.loader import relative_angle, select_views, split_by_node, train_loader
+from viewfusion.data.reader import iter_tar, load_objects
 from viewfusion.data.shard import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 
@@ -156,12 +149,10 @@ def test_world_size_must_divide_shards(synth_shards):
         _loader(synth_shards, world_size=3)
 
 
-def test_eval_objects_every_object_once_in_order(synth_shards):
+def test_load_objects_every_object_once_in_order(synth_shards):
     keys = read_shard_manifest(synth_shards)["splits"]["train"]["objects"]
-    assert [r.key for r in eval_objects(synth_shards, "train")] == keys
-    parts = [[r.key for r in eval_objects(synth_shards, "train", rank=r, world_size=4)] for r in range(4)]
-    assert [key for part in parts for key in part] == keys and max(map(len, parts)) - min(map(len, parts)) <= 1
-    record = next(eval_objects(synth_shards, "test"))
+    assert list(load_objects(synth_shards, "train")) == keys
+    record = next(iter(load_objects(synth_shards, "test").values()))
     assert record.images.shape == (24, 3, 64, 64) and 0 <= record.images.min() < record.images.max() <= 1
     assert record.cameras["world_mat_3"].shape == (4, 4) and record.synset + "_" + record.object_id == record.key
 
@@ -184,9 +175,29 @@ def test_truncated_shard_is_an_error(synth_shards, tmp_path):
     with pytest.raises(ViewFusionError, match="nmr-train-0001.tar is .* bytes, the manifest says"):
         _loader(copy)
     with pytest.raises(ViewFusionError, match="truncated or modified"):
-        list(eval_objects(copy, "train"))
+        load_objects(copy, "train")
     with pytest.raises(ViewFusionError, match="is truncated"):
         list(iter_tar(shard))  # the reader itself also notices, even without the manifest
+
+
+def test_a_duplicate_member_is_one_clear_error_naming_the_shard(tmp_path):
+    """webdataset's grouping refuses a key holding the same member twice (the old reader kept the
+    last copy silently); the error is the project's, naming the shard."""
+    import hashlib
+    import io
+    import tarfile
+
+    from viewfusion.data.reader import tar_samples
+
+    shard = tmp_path / "dup.tar"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("k.0000.png", "k.0000.png"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"png"))
+    entry = {"url": str(shard), "bytes": shard.stat().st_size, "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()}
+    with pytest.raises(ViewFusionError, match=r"shard .*dup\.tar: .*duplicate.*viewfusion data shard"):
+        list(tar_samples([entry]))
 
 
 # ---------------------------------------------------------------- checksums (issue 16, item 1)
@@ -217,7 +228,7 @@ def test_one_corrupt_byte_is_caught_by_every_reader(synth_shards, tmp_path):
     with pytest.raises(ViewFusionError, match=message):
         next(iter(_loader(copy, rank=1, world_size=2)))
     with pytest.raises(ViewFusionError, match=message):
-        list(eval_objects(copy, "train"))
+        load_objects(copy, "train")
     with pytest.raises(ViewFusionError, match=message):
         load_objects(copy, "train")
     assert len(load_objects(copy, "test")) == 5  # intact shards still load
@@ -246,7 +257,7 @@ def test_each_shard_is_hashed_once_per_process(synth_shards, tmp_path):
     shard = copy / "nmr-test-0000.tar"
     _flip(shard, shard.stat().st_size - 1, keep_mtime=True)
     assert len(load_objects(copy, "test")) == 5
-    code = f"from viewfusion.data.loader import load_objects; load_objects({str(copy)!r}, 'test')"
+    code = f"from viewfusion.data.reader import load_objects; load_objects({str(copy)!r}, 'test')"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert fresh.returncode != 0 and "nmr-test-0000.tar: sha256 is" in fresh.stderr
     os.utime(shard)  # a new mtime: a rewritten file is hashed again

@@ -17,7 +17,7 @@ from PIL import Image
 
 from viewfusion.cli import main
 from viewfusion.data import nmr
-from viewfusion.data.loader import load_objects
+from viewfusion.data.reader import load_objects
 from viewfusion.data.shard import (
     check_settings,
     member_names,

@@ -351,7 +351,7 @@ def test_both_conventions_on_real_renders_of_the_synthetic_data(synth_shards):
     distant views of real objects, and the two protocols differ there by more than on noise."""
     import pytorch_msssim
 
-    from viewfusion.data.loader import load_objects
+    from viewfusion.data.reader import load_objects
 
     objects = load_objects(synth_shards, "test")
     pairs = [(obj.images[0], obj.images[v]) for obj in list(objects.values())[:3] for v in (1, 12)]

@@ -113,7 +113,7 @@ def test_bad_chunk_and_missing_checkpoint_are_clear_errors(manifest, synth_shard
 def test_nearest_baseline_copies_the_closest_view_across_the_wrap(ckpt, synth_shards, tmp_path):
     """The copy baseline picks by circular azimuth distance: view 1 is 2 steps from view 23,
     view 20 is 3; ties go to the first listed view."""
-    from viewfusion.data.loader import load_objects
+    from viewfusion.data.reader import load_objects
 
     objects = load_objects(synth_shards, "test")
     key = sorted(objects)[0]
@@ -329,7 +329,7 @@ def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifes
 
 def test_ground_truth_is_the_shards_view_tagged_with_its_data(manifest, synth_shards, tmp_path):
     from viewfusion import provenance
-    from viewfusion.data.loader import load_objects
+    from viewfusion.data.reader import load_objects
     from viewfusion.data.shard import data_sha256
     from viewfusion.samplestore import GroundTruth
 

@@ -32,8 +32,9 @@ import torch
 from viewfusion import probe
 from viewfusion.config import build_model, load_config
 from viewfusion.data import nmr
-from viewfusion.data.loader import load_objects, relative_angle, select_views
+from viewfusion.data.loader import relative_angle, select_views
 from viewfusion.data.manifest import read_manifest
+from viewfusion.data.reader import load_objects
 from viewfusion.sample import build_batch, nearest_view_images
 
 

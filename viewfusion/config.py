@@ -43,7 +43,7 @@ PREDICTIONS = ("eps", "v")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # train.validate_metric -> whether higher is better (viewfusion.validate keeps best.pt by it).
 VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
-# data.shard_order: viewfusion.data.loader.SHARD_ORDERS, repeated so a config never imports torch.
+# data.shard_order names, owned here (a config never imports torch); the loader maps each to its stage.
 SHARD_ORDERS = ("resample", "epoch")
 
 

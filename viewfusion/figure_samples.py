@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viewfusion.data.loader import load_objects
 from viewfusion.data.manifest import item_name
 from viewfusion.data.nmr import NUM_VIEWS
+from viewfusion.data.reader import load_objects
 from viewfusion.data.shard import read_shard_manifest
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError

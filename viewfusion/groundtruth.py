@@ -21,7 +21,7 @@ from viewfusion.fsutil import disk_errors
 
 def write_ground_truth(manifest, shards, out=None) -> Path:
     """Write the ground-truth pack of `manifest` (default: beside it) and return its path."""
-    from viewfusion.data.loader import load_objects
+    from viewfusion.data.reader import load_objects
     from viewfusion.sample import encode_png
 
     man = read_manifest(manifest)

@@ -273,7 +273,7 @@ def split_keys(shards, split: str) -> list[str]:
 
 def image_source(shards, split: str, keys) -> Callable[[str, int], torch.Tensor]:
     """images(key, view) over the objects `keys` of the split (PNG bytes held, views decoded on use)."""
-    from viewfusion.data.loader import load_objects
+    from viewfusion.data.reader import load_objects
 
     objects = load_objects(shards, split, keys=sorted(set(keys)))
 

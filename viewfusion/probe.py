@@ -30,8 +30,8 @@ import json
 import torch
 from PIL import Image
 
-from viewfusion.data.loader import load_objects
 from viewfusion.data.manifest import read_manifest
+from viewfusion.data.reader import load_objects
 from viewfusion.diffusion import add_noise
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes

@@ -39,9 +39,10 @@ from viewfusion.checkpoint import (
     load_state,
     weights_sha256,
 )
-from viewfusion.data.loader import load_objects, relative_angle
+from viewfusion.data.loader import relative_angle
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import view_angle, view_distance
+from viewfusion.data.reader import load_objects
 from viewfusion.data.shard import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError

@@ -102,7 +102,7 @@ class Validator:
     `run` are collective: every rank calls them)."""
 
     def __init__(self, cfg: ExperimentConfig, d: distributed.Dist, shards, *, batch_size: int = 16):
-        from viewfusion.data.loader import load_objects
+        from viewfusion.data.reader import load_objects
         from viewfusion.data.shard import read_shard_manifest
         from viewfusion.fsutil import sha256_json
 
