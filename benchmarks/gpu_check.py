@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 from peaks import peak_tflops  # noqa: E402
 
 import viewfusion  # noqa: E402
-from viewfusion import distributed, train  # noqa: E402
+from viewfusion import distributed, train, trainstate  # noqa: E402
 from viewfusion.config import build_model, load_config  # noqa: E402
 from viewfusion.data.manifest import make_manifest  # noqa: E402
 from viewfusion.data.reader import load_objects  # noqa: E402
@@ -217,14 +217,14 @@ def make_data(work: Path, smoke: bool) -> Path:
 def train_for(cfg, shards: Path, device: torch.device, seconds: float) -> tuple[object, dict]:
     """The trainer's own pieces (build, loader, step, optimizer step) for `seconds` of wall time."""
     d = distributed.Dist(rank=0, world_size=1, local_rank=0, device=device)
-    state = train._build(cfg, d)
+    state = trainstate.build(cfg, d)
     stream = train._data_stream(cfg, d, shards, cfg.train.global_batch_size, 0)
     curve, losses, start = [], [], time.perf_counter()
     every = max(1, cfg.train.log_every)
     with train._StopSignals() as stop:
         while time.perf_counter() - start < seconds or state.step == 0:
             batch = next(stream)
-            loss, _, _ = train._step(state, batch, train.autocast_for(state.precision, device), cfg.train, d, stop,
+            loss, _, _ = train._step(state, batch, trainstate.autocast_for(state.precision, device), cfg.train, d, stop,
                                      poison=False)
             train._optimizer_step(state)
             losses.append(loss)

@@ -30,7 +30,7 @@ import torch
 from peaks import peak_tflops  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
-from viewfusion import distributed, train  # noqa: E402
+from viewfusion import distributed, train, trainstate  # noqa: E402
 from viewfusion.config import build_model, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def measure(name: str, shards: Path, *, device: str, batch: int, steps: int, war
                       [f"train.global_batch_size={batch}", f"train.checkpoint_every={steps + warmup}",
                        f"train.bf16={str(bf16).lower()}"])
     d = distributed.setup(device=device)
-    state = train._build(cfg, d)
+    state = trainstate.build(cfg, d)
     stream = train._data_stream(cfg, d, shards, batch, 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" and bf16 else nullcontext()
     wait = total = rows = 0.0

@@ -10,7 +10,7 @@ import torch
 from train_utils import TINY, assert_same_weights, load, make_shards, metrics, run_train
 
 from viewfusion import config as C
-from viewfusion import train
+from viewfusion import trainstate
 from viewfusion.errors import ViewFusionError
 
 
@@ -61,13 +61,13 @@ def test_the_paper_config_is_auto_and_the_former_bf16_key_still_loads(tmp_path):
 
 def test_resolve_on_this_machine_is_fp32_on_cpu_and_autocast_matches():
     cpu = torch.device("cpu")
-    assert train.resolve_precision("auto", cpu) == "fp32"
-    assert train.resolve_precision("fp16", cpu) == "fp16"
-    with train.autocast_for("fp16", cpu):
+    assert trainstate.resolve_precision("auto", cpu) == "fp32"
+    assert trainstate.resolve_precision("fp16", cpu) == "fp16"
+    with trainstate.autocast_for("fp16", cpu):
         assert torch.get_autocast_dtype("cpu") == torch.float16 and torch.is_autocast_enabled("cpu")
-    with train.autocast_for("bf16", cpu):
+    with trainstate.autocast_for("bf16", cpu):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with train.autocast_for("fp32", cpu):
+    with trainstate.autocast_for("fp32", cpu):
         assert not torch.is_autocast_enabled("cpu")
 
 

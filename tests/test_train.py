@@ -17,7 +17,7 @@ from train_utils import (
     wait_for,
 )
 
-from viewfusion import distributed, train
+from viewfusion import distributed, train, trainstate
 from viewfusion.config import TrainConfig, from_dict
 from viewfusion.errors import ViewFusionError
 
@@ -35,13 +35,13 @@ def test_lr_schedule_is_the_official_one():
 
     # The official first step runs at lr 0; ours are one step ahead during the warm-up.
     for it in (0, 1, 1249, 2498):
-        assert tc.lr * train.lr_factor(it, tc) == pytest.approx(official(it + 1), rel=1e-12)
+        assert tc.lr * trainstate.lr_factor(it, tc) == pytest.approx(official(it + 1), rel=1e-12)
     for it in (2499, 2500, 100_000, 710_000, 4_002_500):
-        assert tc.lr * train.lr_factor(it, tc) == pytest.approx(official(max(it, 2500)), rel=1e-12)
-    assert train.lr_factor(4_002_500, tc) == pytest.approx(0.16)
+        assert tc.lr * trainstate.lr_factor(it, tc) == pytest.approx(official(max(it, 2500)), rel=1e-12)
+    assert trainstate.lr_factor(4_002_500, tc) == pytest.approx(0.16)
     official_start = from_dict({"train": {"warmup_offset": 0}}).train  # step 0 at lr 0, as theirs
     for it in (0, 1, 1249, 2499, 2500, 100_000):
-        assert tc.lr * train.lr_factor(it, official_start) == pytest.approx(official(it), rel=1e-12)
+        assert tc.lr * trainstate.lr_factor(it, official_start) == pytest.approx(official(it), rel=1e-12)
 
 
 def test_per_rank_batch_must_divide():
@@ -64,7 +64,7 @@ def test_run_writes_checkpoints_metrics_and_is_idempotent(shards, tmp_path):
     assert all(math.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 and r["samples_per_s"] > 0
                for r in rows)
     tc = from_dict(final["config"]).train
-    assert [r["lr"] for r in rows] == pytest.approx([tc.lr * train.lr_factor(i, tc) for i in range(4)])
+    assert [r["lr"] for r in rows] == pytest.approx([tc.lr * trainstate.lr_factor(i, tc) for i in range(4)])
     assert "step 4/4" in res.stdout  # plain progress lines when not on a terminal
     again = run_train(shards, out, "train.max_steps=4")
     assert again.returncode == 0 and "nothing to do" in again.stdout
