@@ -44,7 +44,8 @@ from peaks import peak_tflops  # noqa: E402
 
 import viewfusion  # noqa: E402
 from viewfusion import distributed, train, trainstate  # noqa: E402
-from viewfusion.config import build_model, load_config  # noqa: E402
+from viewfusion.config import build_model  # noqa: E402
+from viewfusion.configfile import load_config  # noqa: E402
 from viewfusion.data.manifest import make_manifest  # noqa: E402
 from viewfusion.data.reader import load_objects  # noqa: E402
 from viewfusion.data.shard import write_shards  # noqa: E402

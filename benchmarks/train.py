@@ -31,7 +31,8 @@ from peaks import peak_tflops  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
 from viewfusion import distributed, train, trainstate  # noqa: E402
-from viewfusion.config import build_model, load_config  # noqa: E402
+from viewfusion.config import build_model  # noqa: E402
+from viewfusion.configfile import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ import torch
 
 from viewfusion import checkpoint
 from viewfusion.cli import main as cli
-from viewfusion.config import build_model, load_config, to_dict
+from viewfusion.config import build_model, to_dict
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 
 ROOT = Path(__file__).resolve().parents[1]

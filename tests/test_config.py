@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from viewfusion import config as C
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "config" / "experiments"
@@ -15,7 +16,7 @@ NAMES = ["paper", "no_weighting", "relative", "withhold_car", "tiny"]
 
 
 def load(name: str, *overrides: str) -> C.ExperimentConfig:
-    return C.load_config(EXPERIMENTS / f"{name}.yaml", overrides)
+    return load_config(EXPERIMENTS / f"{name}.yaml", overrides)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -66,20 +67,20 @@ def test_unknown_key_names_the_file_and_suggests(tmp_path):
     path = write(tmp_path, "bad.yaml", "base: %s\ntrain:\n  max_step: 3\n" % (EXPERIMENTS / "paper.yaml"))
     with pytest.raises(ViewFusionError,
                        match=r"bad\.yaml: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)"):
-        C.load_config(path)
+        load_config(path)
 
 
 def test_key_in_the_wrong_section_suggests_the_right_one(tmp_path):
     path = write(tmp_path, "bad.yaml", "model:\n  max_steps: 3\n")
     with pytest.raises(ViewFusionError, match=r"did you mean 'train.max_steps'"):
-        C.load_config(path)
+        load_config(path)
 
 
 def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     write(tmp_path, "parent.yaml", "data:\n  max_view: 3\n")
     child = write(tmp_path, "child.yaml", "base: parent.yaml\nname: child\n")
     with pytest.raises(ViewFusionError, match=r"parent\.yaml: unknown key 'data.max_view'"):
-        C.load_config(child)
+        load_config(child)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -112,14 +113,14 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
 def test_mistyped_and_invalid_values(tmp_path, text, message):
     path = write(tmp_path, "loop.yaml", text)
     with pytest.raises(ViewFusionError, match=message):
-        C.load_config(path)
+        load_config(path)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ViewFusionError, match="does not exist"):
-        C.load_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml")
     with pytest.raises(ViewFusionError, match="not valid YAML"):
-        C.load_config(write(tmp_path, "x.yaml", "model: [\n"))
+        load_config(write(tmp_path, "x.yaml", "model: [\n"))
 
 
 def test_set_overrides_are_typed_and_checked():
@@ -154,13 +155,13 @@ def test_build_model_follows_the_config():
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
 def test_empty_file_is_refused_not_the_paper_config(tmp_path, text):
     with pytest.raises(ViewFusionError, match=r"empty\.yaml: the file is empty .*base: paper\.yaml"):
-        C.load_config(write(tmp_path, "empty.yaml", text))
+        load_config(write(tmp_path, "empty.yaml", text))
     # an empty parent is refused too, naming the parent; `base:` plus keys is a complete variant
     child = write(tmp_path, "child.yaml", "base: empty.yaml\nname: child\n")
     with pytest.raises(ViewFusionError, match=r"empty\.yaml: the file is empty"):
-        C.load_config(child)
+        load_config(child)
     write(tmp_path, "empty.yaml", f"base: {EXPERIMENTS / 'paper.yaml'}\n")
-    assert C.load_config(child).name == "child"
+    assert load_config(child).name == "child"
 
 
 def test_non_finite_values_are_refused_from_every_source():
@@ -177,7 +178,7 @@ def test_non_finite_values_are_refused_from_every_source():
 def test_written_sha256_is_what_the_files_set_not_the_defaults(tmp_path):
     """The workflow's retrain trigger: a change in the base chain or the overrides changes it;
     keys left at their defaults are not part of it (a new code default does not retrain)."""
-    from viewfusion.config import written_layers, written_sha256
+    from viewfusion.configfile import written_layers, written_sha256
 
     base = tmp_path / "base.yaml"
     base.write_text("name: b\ntrain:\n  lr: 0.001\n")

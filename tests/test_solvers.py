@@ -361,7 +361,8 @@ def test_heun_second_stage_averages_the_slopes(buffers):
 @pytest.fixture(scope="module")
 def tiny_model():
     """The tiny config (v-prediction, clamp [0, 1]) shrunk as the sampling tests shrink it."""
-    from viewfusion.config import build_model, load_config
+    from viewfusion.config import build_model
+    from viewfusion.configfile import load_config
 
     torch.manual_seed(0)
     model = build_model(load_config(TINY, [*SAMPLE_SMALL, "model.image_size=16"])).eval()

@@ -181,7 +181,7 @@ def test_a_finished_run_is_never_relabelled_with_another_config(shards, tmp_path
 def test_resume_changes_allow_only_the_budget_and_cadence():
     from train_utils import TINY
 
-    from viewfusion.config import load_config
+    from viewfusion.configfile import load_config
     from viewfusion.rundir import resume_changes
 
     old = load_config(TINY, ["train.snapshot_steps=[10]"])

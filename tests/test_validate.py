@@ -9,7 +9,7 @@ import pytest
 from train_utils import TINY, assert_same_weights, load, make_shards, metrics, run_train
 
 from viewfusion import cli, validate
-from viewfusion.config import load_config
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 
 VAL = ["train.validate_every=2", "train.validate_targets=3", "train.validate_draws=7", "train.validate_steps=4"]

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from viewfusion import probe
-from viewfusion.config import build_model, load_config
+from viewfusion.config import build_model
+from viewfusion.configfile import load_config
 from viewfusion.data import nmr
 from viewfusion.data.loader import relative_angle, select_views
 from viewfusion.data.manifest import read_manifest

@@ -39,10 +39,10 @@ from viewfusion.config import (
     build_model,
     check_clamp,
     from_dict,
-    load_config,
     to_dict,
     variant_flags,
 )
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
 

@@ -1,4 +1,4 @@
-"""Experiment configs: YAML files -> frozen dataclasses -> a ready `ViewFusion` model.
+"""Experiment configs: the frozen dataclasses of a config, their checks, and the model they build.
 
 A config file has four sections (`model`, `diffusion`, `data`, `train`) plus `name` and
 `description`. A variant names its parent with `base:` (a path relative to the variant file)
@@ -10,12 +10,13 @@ and states only what differs:
     model:
       weighting: false
 
-Every layer is checked on its own, so an unknown or mistyped key is reported with the file it
-is in and the closest valid key. The dataclass defaults are the paper's values (a test keeps
+Every layer is checked on its own (`check_layer`; files and overrides are read by
+`viewfusion.configfile`), so an unknown or mistyped key is reported with the file it is in and
+the closest valid key. The dataclass defaults are the paper's values (a test keeps
 them equal to `paper.yaml`), so `ExperimentConfig()` is the paper config and a checkpoint's
 plain-dict config rebuilds exactly with `from_dict`.
 
-    cfg = load_config("config/experiments/tiny.yaml", overrides=["train.max_steps=10"])
+    cfg = viewfusion.configfile.load_config("config/experiments/tiny.yaml", ["train.max_steps=10"])
     model = build_model(cfg)
 """
 
@@ -28,10 +29,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from viewfusion.errors import ViewFusionError
 
@@ -280,7 +278,7 @@ def _valid_keys() -> list[str]:
     return keys
 
 
-def _unknown(key: str, source: str) -> ViewFusionError:
+def unknown_key(key: str, source: str) -> ViewFusionError:
     last = key.rsplit(".", 1)[-1]  # a right key in the wrong section first, then typos
     close = [k for k in _valid_keys() if k.rsplit(".", 1)[-1] == last][:1]
     close = close or difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.6)
@@ -313,7 +311,7 @@ def _check_value(value: Any, type_: Any, key: str, source: str) -> Any:
     return float(value) if type_ is float else value
 
 
-def _check_layer(raw: Any, source: str) -> dict[str, Any]:
+def check_layer(raw: Any, source: str) -> dict[str, Any]:
     """One file's (or one --set's) dict, keys and types checked, values normalised."""
     if not isinstance(raw, dict):
         raise ViewFusionError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
@@ -334,95 +332,22 @@ def _check_layer(raw: Any, source: str) -> dict[str, Any]:
                     out.setdefault(key, {})["precision"] = "bf16" if bf16 else "fp32"
                     continue
                 if sub not in hints:
-                    raise _unknown(f"{key}.{sub}", source)
+                    raise unknown_key(f"{key}.{sub}", source)
                 out.setdefault(key, {})[sub] = _check_value(v, hints[sub], f"{key}.{sub}", source)
         else:
-            raise _unknown(str(key), source)
+            raise unknown_key(str(key), source)
     return out
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, value in top.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
-    return out
-
-
-def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The merged layers of `path` and its `base:` ancestors, each checked on its own."""
-    path = path.resolve()
-    if path in seen:
-        raise ViewFusionError(f"{path}: `base:` chain loops back to itself")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ViewFusionError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
-    if raw is None:  # empty or only comments: would silently mean the whole paper config
-        raise ViewFusionError(f"{path}: the file is empty (or holds only comments); write the keys "
-                              "that differ, under `base: paper.yaml` for the paper config")
-    if not isinstance(raw, dict):
-        raise ViewFusionError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    base = raw.pop("base", None)
-    layer = _check_layer(raw, str(path))
-    if base is None:
-        return layer
-    if not isinstance(base, str):
-        raise ViewFusionError(f"{path}: base must be a file name, got {base!r}")
-    return _merge(_read_chain(path.parent / base, seen + (path,)), layer)
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """`train.max_steps=10` -> {"train": {"max_steps": 10}} (the value is parsed as YAML)."""
-    source = f"--set {text}"
-    key, eq, value = text.partition("=")
-    if not eq:
-        raise ViewFusionError(f"{source}: expected key=value, e.g. train.max_steps=10")
-    parts = key.strip().split(".")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{source}: value is not valid YAML: {err}") from None
-    raw = {parts[0]: parsed} if len(parts) == 1 else {parts[0]: {".".join(parts[1:]): parsed}}
-    if len(parts) > 2 or (len(parts) == 2 and parts[0] not in SECTIONS):
-        raise _unknown(key.strip(), source)
-    return _check_layer(raw, source)
 
 
 def from_dict(d: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
     """A plain dict (from YAML or a checkpoint) -> ExperimentConfig; missing keys get defaults."""
-    d = _check_layer(d, source)
+    d = check_layer(d, source)
     try:
         sections = {name: cls(**d.get(name, {})) for name, cls in SECTIONS.items()}
         return ExperimentConfig(name=d.get("name", "paper"), description=d.get("description", ""),
                                 **sections)
     except _Invalid as err:
         raise ViewFusionError(f"{source}: {err}") from None
-
-
-def written_layers(path: str | Path, overrides: typing.Iterable[str] = ()) -> dict[str, Any]:
-    """The keys the files of the `base:` chain and the overrides set, merged and checked, before
-    any default: what a user wrote."""
-    merged = _read_chain(Path(path))
-    for text in overrides:
-        merged = _merge(merged, parse_override(text))
-    return merged
-
-
-def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
-    overrides = list(overrides)
-    source = str(path) + "".join(f" --set {o}" for o in overrides)
-    return from_dict(written_layers(path, overrides), source=source)
-
-
-def written_sha256(path: str | Path, overrides: typing.Iterable[str] = ()) -> str:
-    """Fingerprint of what the config files and overrides set (`written_layers`), the workflow's
-    retrain trigger: a new code version that adds a key with its default does not retrain
-    finished runs (their checkpoints record the full resolved config either way)."""
-    from viewfusion.fsutil import sha256_json
-
-    return sha256_json(written_layers(path, overrides))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

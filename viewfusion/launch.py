@@ -23,7 +23,7 @@ from pathlib import Path
 import submitit
 
 from viewfusion import train
-from viewfusion.config import load_config
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 
 

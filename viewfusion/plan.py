@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from viewfusion import samplers, samplestore
-from viewfusion.config import ExperimentConfig, load_config, select_precision
+from viewfusion.config import ExperimentConfig, select_precision
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.workflowconfig import load_workflow_config, profile_minutes
 

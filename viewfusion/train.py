@@ -58,7 +58,8 @@ import torch
 import yaml
 
 from viewfusion import distributed, rundir, trainstate
-from viewfusion.config import ExperimentConfig, TrainConfig, load_config, to_dict
+from viewfusion.config import ExperimentConfig, TrainConfig, to_dict
+from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import disk_errors
 from viewfusion.trainlog import TrainLogger

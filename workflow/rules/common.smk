@@ -10,7 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
 from viewfusion import samplers
 from viewfusion.samplestore import ground_truth_path
-from viewfusion.config import load_config, written_sha256
+from viewfusion.configfile import load_config, written_sha256
 from viewfusion.rundir import snapshot_name
 from viewfusion.data.nmr import resolve_category
 from viewfusion.data.shard import check_settings
