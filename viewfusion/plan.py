@@ -53,6 +53,7 @@ from typing import Any
 from viewfusion import samplers, samplestore
 from viewfusion.config import ExperimentConfig, select_precision
 from viewfusion.configfile import load_config
+from viewfusion.data.manifest import workflow_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.workflowconfig import load_workflow_config, profile_minutes
 
@@ -138,9 +139,8 @@ def targets(config: dict, exp: str, views: int, root: Path, objects: int | None)
     """Evaluation targets of one experiment and view count, and where the number comes from."""
     ev = config["evaluation"]
     shard_set = ev.get("shard_set") or config["experiments"][exp]["shard_set"]
-    pixelnerf = ev.get("protocol") == "pixelnerf"
-    manifest = (root / "results/manifests" / shard_set
-                / f"{ev['split']}{'-pixelnerf' if pixelnerf else ''}-v{views}.json")
+    pixelnerf = ev["protocol"] == "pixelnerf"
+    manifest = root / workflow_manifest(ev["protocol"], shard_set=shard_set, split=ev["split"], views=views)
     if objects is None and manifest.exists():
         return len(json.loads(manifest.read_text())["items"]), str(manifest)
     if objects is not None:

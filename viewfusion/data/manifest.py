@@ -38,6 +38,14 @@ from viewfusion.fsutil import atomic_write_json, plain_name
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
+# Where the workflow keeps a manifest, per evaluation.protocol (the rules' output patterns too).
+WORKFLOW_MANIFESTS = {"official": "results/manifests/{shard_set}/{split}-v{views}.json",
+                      "pixelnerf": "results/manifests/{shard_set}/{split}-pixelnerf-v{views}.json"}
+
+
+def workflow_manifest(protocol: str, *, shard_set: str, split: str, views: int | str) -> str:
+    """The workflow's manifest of one shard set, split and view count (relative to its root)."""
+    return WORKFLOW_MANIFESTS[protocol].format(shard_set=shard_set, split=split, views=views)
 
 
 def key_int(key: str) -> int:

@@ -12,6 +12,7 @@ from viewfusion import samplers
 from viewfusion.samplestore import ground_truth_path
 from viewfusion.configfile import load_config, written_sha256
 from viewfusion.rundir import snapshot_name
+from viewfusion.data.manifest import WORKFLOW_MANIFESTS, workflow_manifest
 from viewfusion.data.nmr import resolve_category
 from viewfusion.data.shard import check_settings
 from viewfusion.errors import ViewFusionError
@@ -232,8 +233,8 @@ def get_eval_shards(wildcards):
 
 
 def get_manifest(wildcards):
-    protocol = "-pixelnerf" if EVAL["protocol"] == "pixelnerf" else ""
-    return f"results/manifests/{eval_shard_set(wildcards.exp)}/{EVAL['split']}{protocol}-v{wildcards.views}.json"
+    return workflow_manifest(EVAL["protocol"], shard_set=eval_shard_set(wildcards.exp), split=EVAL["split"],
+                             views=wildcards.views)
 
 
 def get_ground_truth(wildcards):

@@ -71,7 +71,7 @@ rule eval_manifest:
     input:
         shards="results/shards/{shard_set}",
     output:
-        manifest="results/manifests/{shard_set}/{split}-v{views}.json",
+        manifest=WORKFLOW_MANIFESTS["official"],
     params:
         seed=EVAL["seed"],
         max_objects=(
@@ -117,7 +117,7 @@ rule eval_manifest_pixelnerf:
         shards="results/shards/{shard_set}",
         viewlist=get_viewlist,
     output:
-        manifest="results/manifests/{shard_set}/{split}-pixelnerf-v{views}.json",
+        manifest=WORKFLOW_MANIFESTS["pixelnerf"],
     params:
         seed=EVAL["seed"],
         max_objects=(
