@@ -29,7 +29,8 @@ import webdataset as wds
 
 from viewfusion.data import nmr, reader
 from viewfusion.data.loader import train_loader
-from viewfusion.data.shard import read_shard_manifest, split_shards, write_shards
+from viewfusion.data.shard import write_shards
+from viewfusion.data.shardmanifest import read_shard_manifest, split_shards
 from viewfusion.data.synth import write_synth_zip
 
 

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from viewfusion.data import nmr
-from viewfusion.data import shard as shard_module
+from viewfusion.data import nmr, shardmanifest
 from viewfusion.data.loader import relative_angle, select_views, split_by_node, train_loader
 from viewfusion.data.reader import iter_tar, load_objects
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 
 
@@ -250,7 +249,7 @@ def test_zero_sha256_in_the_manifest_is_refused(synth_shards, tmp_path):
 def test_each_shard_is_hashed_once_per_process(synth_shards, tmp_path):
     copy = _copy(synth_shards, tmp_path)
     load_objects(copy, "test")
-    hashed = {Path(entry[0]).name for entry in shard_module._VERIFIED if entry[0].startswith(str(copy.resolve()))}
+    hashed = {Path(entry[0]).name for entry in shardmanifest._VERIFIED if entry[0].startswith(str(copy.resolve()))}
     assert hashed == {"nmr-test-0000.tar", "nmr-test-0001.tar"}
     # Corrupt the end-of-archive padding (the tar reader never looks at it), keeping size and
     # mtime: this process trusts its cache and reads on; a new process hashes and refuses.

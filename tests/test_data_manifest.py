@@ -12,7 +12,7 @@ import pytest
 from viewfusion.cli import main
 from viewfusion.data import nmr
 from viewfusion.data.manifest import make_manifest, read_manifest
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json
 
@@ -179,7 +179,7 @@ def test_hostile_names_never_reach_item_names(synth_shards, tmp_path):
 def test_viewlist_gives_each_split_object_one_seeded_view_and_feeds_the_pixelnerf_manifest(synth_shards, tmp_path):
     from viewfusion.cli import main
     from viewfusion.data.manifest import make_manifest, read_viewlist
-    from viewfusion.data.shard import read_shard_manifest
+    from viewfusion.data.shardmanifest import read_shard_manifest
 
     out = tmp_path / "viewlist.txt"
     assert main(["data", "viewlist", "--shards", str(synth_shards), "--split", "test", "--seed", "0",

@@ -18,12 +18,8 @@ from PIL import Image
 from viewfusion.cli import main
 from viewfusion.data import nmr
 from viewfusion.data.reader import load_objects
-from viewfusion.data.shard import (
-    check_settings,
-    member_names,
-    read_shard_manifest,
-    write_shards,
-)
+from viewfusion.data.shard import check_settings, member_names, write_shards
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 
 

@@ -330,7 +330,7 @@ def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifes
 def test_ground_truth_is_the_shards_view_tagged_with_its_data(manifest, synth_shards, tmp_path):
     from viewfusion import provenance
     from viewfusion.data.reader import load_objects
-    from viewfusion.data.shard import data_sha256
+    from viewfusion.data.shardmanifest import data_sha256
     from viewfusion.samplestore import GroundTruth
 
     items = json.loads(manifest.read_text())["items"]

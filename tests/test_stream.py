@@ -29,7 +29,7 @@ import pytest
 
 from viewfusion.config import DataConfig
 from viewfusion.data.loader import train_loader
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 
 BATCH, BATCHES, SIMULATED = 8, 400, 200
 TOLERANCE = 4.0  # standard deviations; an independent stream exceeds it in ~1 of 16000 statistics

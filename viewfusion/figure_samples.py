@@ -21,7 +21,7 @@ import torch
 from viewfusion.data.manifest import item_name
 from viewfusion.data.nmr import NUM_VIEWS
 from viewfusion.data.reader import load_objects
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json

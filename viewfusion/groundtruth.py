@@ -15,7 +15,7 @@ from pathlib import Path
 
 from viewfusion import provenance, samplestore
 from viewfusion.data.manifest import read_manifest
-from viewfusion.data.shard import data_sha256
+from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.fsutil import disk_errors
 
 

@@ -263,7 +263,7 @@ def draws_sha256(draws: list[Draw]) -> str:
 
 
 def split_keys(shards, split: str) -> list[str]:
-    from viewfusion.data.shard import read_shard_manifest
+    from viewfusion.data.shardmanifest import read_shard_manifest
 
     splits = read_shard_manifest(shards)["splits"]
     if split not in splits:
@@ -288,7 +288,7 @@ def heldout(*, checkpoint: str, shards: str, split: str = "val", draws: int = 25
             self_view_prob: float = 0.0, timestep: int | None = None, batch_size: int = 32,
             device: str = "auto", weights: str = "auto", row_batch: int | None = None) -> dict:
     """The held-out loss of one checkpoint as the JSON-ready dict `viewfusion heldout` writes."""
-    from viewfusion.data.shard import data_sha256, read_shard_manifest
+    from viewfusion.data.shardmanifest import data_sha256, read_shard_manifest
     from viewfusion.distributed import resolve_device
     from viewfusion.sample import load_sampling_model
 

@@ -43,7 +43,7 @@ from viewfusion.data.loader import relative_angle
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.nmr import view_angle, view_distance
 from viewfusion.data.reader import load_objects
-from viewfusion.data.shard import data_sha256
+from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json

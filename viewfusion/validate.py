@@ -103,7 +103,7 @@ class Validator:
 
     def __init__(self, cfg: ExperimentConfig, d: distributed.Dist, shards, *, batch_size: int = 16):
         from viewfusion.data.reader import load_objects
-        from viewfusion.data.shard import read_shard_manifest
+        from viewfusion.data.shardmanifest import read_shard_manifest
         from viewfusion.fsutil import sha256_json
 
         self.cfg, self.d, self.batch_size = cfg, d, batch_size

@@ -45,7 +45,7 @@ import webdataset as wds
 from viewfusion import config
 from viewfusion.data import nmr
 from viewfusion.data.reader import VIEW_MEMBERS, decode_into, member_where, tar_samples, to_float
-from viewfusion.data.shard import read_shard_manifest, split_shards
+from viewfusion.data.shardmanifest import read_shard_manifest, split_shards
 from viewfusion.errors import ViewFusionError
 
 

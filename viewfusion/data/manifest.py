@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, plain_name
 

@@ -5,7 +5,7 @@
         record.images             # (24, 3, H, W) float32 in [0, 1], decoded on first use
 
 Integrity: every reader checks a shard against `manifest.json` before reading it
-(`viewfusion.data.shard.verify_shard`): its size on every open, its sha256 the first time this
+(`viewfusion.data.shardmanifest.verify_shard`): its size on every open, its sha256 the first time this
 process reads the file (a training loop reopening shards each epoch hashes each one once).
 A shard's members are grouped into samples by webdataset's `group_by_keys`; the tar headers are
 read by `iter_tar` (why: its docstring).
@@ -28,7 +28,7 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys
 
 from viewfusion.data import nmr
-from viewfusion.data.shard import read_shard_manifest, split_shards, verify_shard
+from viewfusion.data.shardmanifest import read_shard_manifest, split_shards, verify_shard
 from viewfusion.errors import ViewFusionError
 
 VIEW_MEMBERS = tuple(f"{view:04d}.png" for view in range(nmr.NUM_VIEWS))

@@ -19,7 +19,7 @@ import numpy as np
 
 from viewfusion.data import nmr
 from viewfusion.data.manifest import key_int
-from viewfusion.data.shard import read_shard_manifest
+from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes
 
