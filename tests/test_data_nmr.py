@@ -12,6 +12,7 @@ from PIL import Image
 
 from viewfusion.cli import main
 from viewfusion.data import nmr
+from viewfusion.data.verify import verify_zip
 from viewfusion.errors import ViewFusionError
 
 
@@ -83,7 +84,7 @@ def test_camera_checks(synth_zip):
 
 
 def test_verify_synthetic_zip(synth_zip):
-    summary = nmr.verify_zip(synth_zip, full=True)
+    summary = verify_zip(synth_zip, full=True)
     assert summary["objects"] == 26 and summary["decoded_objects"] == 26
     assert summary["splits"]["train"] + summary["splits"]["val"] + summary["splits"]["test"] == 26
     assert main(["data", "verify", "--zip", str(synth_zip)]) == 0
@@ -122,14 +123,14 @@ def test_verify_missing_image_names_object_and_member(synth_zip, edit_zip, tmp_p
     member = nmr.image_member("02958343", object_id, 5)
     bad = edit_zip(synth_zip, tmp_path / "z.zip", drop=(member,))
     with pytest.raises(ViewFusionError, match=f"object 02958343/{object_id}: member {member} missing"):
-        nmr.verify_zip(bad)
+        verify_zip(bad)
 
 
 def test_verify_unknown_category_in_metadata(synth_zip, edit_zip, tmp_path):
     meta = b'{"99999999": {"id": "99999999", "name": "ufo"}}'
     bad = edit_zip(synth_zip, tmp_path / "z.zip", replace={"metadata.yaml": meta})
     with pytest.raises(ViewFusionError, match="unknown category '99999999'"):
-        nmr.verify_zip(bad)
+        verify_zip(bad)
 
 
 def test_plain_yaml_metadata_and_extra_object_members(synth_zip, edit_zip, tmp_path):
@@ -144,7 +145,7 @@ def test_plain_yaml_metadata_and_extra_object_members(synth_zip, edit_zip, tmp_p
     extras = {folder: b"", folder + "mask/0000.png": _png(64), folder + "pointcloud.npz": b"PK",
               folder + "visual_hull_depth/0000.exr": b"\x76\x2f\x31\x01"}
     zipped = edit_zip(synth_zip, tmp_path / "z.zip", replace={"metadata.yaml": meta}, add=extras)
-    nmr.verify_zip(zipped)
+    verify_zip(zipped)
     with nmr.NMRZip(zipped) as z:
         assert sorted(z.metadata) == sorted(nmr.SYNSETS) and z.metadata["03001627"]["id"] == "03001627"
         assert z.read_object("03001627", object_id) == want
@@ -154,5 +155,5 @@ def test_reads_never_extract(synth_zip, tmp_path, monkeypatch):
     monkeypatch.setattr(zipfile.ZipFile, "extract", lambda *a, **k: pytest.fail("extracted"))
     monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a, **k: pytest.fail("extracted"))
     monkeypatch.chdir(tmp_path)
-    nmr.verify_zip(synth_zip, sample=4)
+    verify_zip(synth_zip, sample=4)
     assert list(tmp_path.iterdir()) == []

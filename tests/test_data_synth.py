@@ -13,6 +13,7 @@ from PIL import Image
 
 from viewfusion.cli import main
 from viewfusion.data import nmr, shapes, synth
+from viewfusion.data.verify import verify_zip
 
 
 def _images(zip_path, obj) -> np.ndarray:
@@ -50,7 +51,7 @@ def test_layout_is_nmr(synth_zip):
     obj = synth.make_object(0)
     assert nmr.image_member(obj.synset, obj.object_id, 23) in names
     assert _images(synth_zip, obj).shape == (24, 64, 64, 3)
-    assert nmr.verify_zip(synth_zip, full=True)["objects"] == 26
+    assert verify_zip(synth_zip, full=True)["objects"] == 26
 
 
 def test_splits_cover_every_object_once(synth_zip):

@@ -28,7 +28,7 @@ from viewfusion.errors import ViewFusionError
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "download"): ("viewfusion.data.download", "download NMR_Dataset.zip (resumable) and verify it"),
     ("data", "synth"): ("viewfusion.data.synth", "render a synthetic dataset in the exact NMR layout"),
-    ("data", "verify"): ("viewfusion.data.nmr", "check an NMR-format zip's structure"),
+    ("data", "verify"): ("viewfusion.data.verify", "check an NMR-format zip's structure"),
     ("data", "shard"): ("viewfusion.data.shard", "write deterministic webdataset shards per split"),
     ("data", "manifest"): ("viewfusion.data.manifest", "write a seeded evaluation manifest"),
     ("data", "viewlist"): ("viewfusion.data.viewlist", "write a pixelNeRF-style source-view list for a split"),

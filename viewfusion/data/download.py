@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from viewfusion.data import nmr
+from viewfusion.data.verify import verify_zip
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, sha256_file
 
@@ -131,7 +132,7 @@ def download(out, *, url: str = URL, retries: int = 5, retry_wait: float = 2.0, 
                                           "again to resume") from None
                 time.sleep(retry_wait * 2**attempt)
     try:
-        nmr.verify_zip(part, sample=sample)
+        verify_zip(part, sample=sample)
     except ViewFusionError as err:
         raise ViewFusionError(f"downloaded file failed verification: {err}; delete {part} to "
                               "download again") from None
@@ -148,7 +149,7 @@ def _record(out: Path, *, url: str, sample: int, verified: bool = False) -> dict
         if record.get("bytes") == size:
             return record
     if not verified:
-        nmr.verify_zip(out, sample=sample)
+        verify_zip(out, sample=sample)
     record = {"file": out.name, "bytes": size, "sha256": sha256_file(out), "url": url}
     atomic_write_json(path, record)
     return record
