@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "config" / "experiments" / "tiny.yaml"
+TRAIN_SH = ROOT / "workflow" / "scripts" / "train.sh"  # the workflow's training launcher
 # A 32 px, 16-channel U-Net: a training step takes a fraction of a second on one core.
 SMALL = ["model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
          "model.norm_groups=8", "model.res_blocks=1", "diffusion.n_timestep=100",
