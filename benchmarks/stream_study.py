@@ -35,6 +35,9 @@ ARMS = {
     "today": TODAY,
     "official": {**TODAY, "data.shuffle_buffer": "1000", "data.stream_segment": "1500",
                  "train.warmup_offset": "0"},
+    # The official arm plus webdataset's default start (picks from 100 held samples on).
+    "official_initial100": {**TODAY, "data.shuffle_buffer": "1000", "data.stream_segment": "1500",
+                            "train.warmup_offset": "0", "data.shuffle_initial": "100"},
     "buffer1000": {**TODAY, "data.shuffle_buffer": "1000"},
     "no_restart": {**TODAY, "data.stream_segment": "1500"},
     "warmup0": {**TODAY, "train.warmup_offset": "0"},

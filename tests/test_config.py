@@ -106,6 +106,7 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     ("diffusion:\n  linear_end: -.inf\n", r"diffusion.linear_end must be finite, got -inf"),
     ("data:\n  shuffle_prob: .nan\n", r"data.shuffle_prob must be finite, got nan"),
     ("data:\n  shuffle_buffer: 0\n", r"data.shuffle_buffer must be at least 1 \(1: no shuffling\)"),
+    ("data:\n  shuffle_buffer: 8\n  shuffle_initial: 9\n", r"data.shuffle_initial must be null or in 1..data"),
     ("data:\n  shard_order: sorted\n", r"data.shard_order 'sorted' is not one of resample, epoch"),
     ("data:\n  stream_segment: 0\n", r"data.stream_segment must be at least 1 step"),
     ("train:\n  warmup_offset: 2\n", r"train.warmup_offset must be 0 \(the official"),

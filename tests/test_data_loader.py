@@ -136,11 +136,27 @@ def test_epoch_shard_order_reads_every_shard_once_per_pass(synth_shards):
         assert sorted(seen[:18]) == sorted(seen[18:]) == sorted(keys)  # each pass: all objects once
 
 
+def test_shuffle_initial_picks_before_the_buffer_is_full(synth_shards):
+    """data.shuffle_initial (the official code's webdataset default holds 100): the first picks
+    come from the first samples read; a buffer filled first picks from all it holds."""
+    keys = read_shard_manifest(synth_shards)["splits"]["train"]["objects"]  # 9 per shard, in order
+    heads = [set(keys[:4]), set(keys[9:13])]  # 1 held + 1 read before the first pick, then 2 per pick
+    for seed in range(4):
+        first = set(next(iter(_loader(synth_shards, batch_size=2, shuffle_buffer=1000, shuffle_initial=1,
+                                      seed=seed)))["key"])
+        assert any(first <= head for head in heads), (seed, first)
+    filled = [set(next(iter(_loader(synth_shards, batch_size=2, shuffle_buffer=1000, seed=s)))["key"])
+              for s in range(4)]
+    assert not all(any(f <= head for head in heads) for f in filled)
+
+
 def test_bad_stream_settings_are_one_clear_error(synth_shards):
     with pytest.raises(ViewFusionError, match="shard_order 'sorted' is not one of resample, epoch"):
         _loader(synth_shards, shard_order="sorted")
     with pytest.raises(ViewFusionError, match="shuffle_buffer must be >= 1"):
         _loader(synth_shards, shuffle_buffer=0)
+    with pytest.raises(ViewFusionError, match="shuffle_initial in 1..shuffle_buffer"):
+        _loader(synth_shards, shuffle_buffer=4, shuffle_initial=5)
 
 
 def test_world_size_must_divide_shards(synth_shards):

@@ -131,6 +131,7 @@ class DataConfig:
     withheld: tuple[str, ...] = ()
     # The training stream (viewfusion.data.loader.train_loader, docs/NOTES.md issue 21).
     shuffle_buffer: int = 1000
+    shuffle_initial: int | None = None
     shard_order: str = "resample"
     stream_segment: int = 5000
 
@@ -138,6 +139,8 @@ class DataConfig:
         _require_finite(self, "data")
         _require(self.max_views >= 1, "data.max_views must be at least 1")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer must be at least 1 (1: no shuffling)")
+        _require(self.shuffle_initial is None or 1 <= self.shuffle_initial <= self.shuffle_buffer,
+                 "data.shuffle_initial must be null or in 1..data.shuffle_buffer")
         _require(self.shard_order in SHARD_ORDERS,
                  f"data.shard_order {self.shard_order!r} is not one of {', '.join(SHARD_ORDERS)}")
         _require(self.stream_segment >= 1, "data.stream_segment must be at least 1 step")

@@ -264,7 +264,8 @@ def _data_stream(cfg: ExperimentConfig, d: distributed.Dist, shards: Path, batch
                               relative=cfg.model.relative, num_workers=dc.num_workers,
                               seed=trainstate.derive_seed(cfg.train.seed, "data", first), rank=d.rank,
                               world_size=d.world_size, steps_per_epoch=first + every - step,
-                              shuffle_buffer=dc.shuffle_buffer, shard_order=dc.shard_order,
+                              shuffle_buffer=dc.shuffle_buffer, shuffle_initial=dc.shuffle_initial,
+                              shard_order=dc.shard_order,
                               skip_batches=step - first)
         batches = iter(loader)  # one epoch covers the rest of the segment
         for _ in range(step, first + every):

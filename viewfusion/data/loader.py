@@ -152,18 +152,19 @@ SHARD_ORDERS = dict(zip(config.SHARD_ORDERS, (_Resample, _EpochShards), strict=T
 
 
 class _Shuffle(_Seeded):
-    """webdataset's shuffle buffer (`wds.shuffle`: filled to `buffer` samples, then one random
-    pick emitted per sample read), with a Python generator seeded from this stage's seeds."""
+    """webdataset's shuffle buffer (`wds.shuffle`: picks start once `initial` samples are held,
+    two are read per pick until `buffer` are, then one), with a Python generator seeded from
+    this stage's seeds."""
 
     stage = 3
 
-    def __init__(self, *, seed: int, rank: int, buffer: int):
+    def __init__(self, *, seed: int, rank: int, buffer: int, initial: int):
         super().__init__(seed=seed, rank=rank)
-        self.buffer = buffer
+        self.buffer, self.initial = buffer, initial
 
     def __call__(self, samples):
         rng = random.Random(int(self._rng().integers(2**63)))
-        return wds.shuffle(self.buffer, self.buffer, rng=rng)(iter(samples))
+        return wds.shuffle(self.buffer, self.initial, rng=rng)(iter(samples))
 
 
 class _Batches(_Seeded):
@@ -225,23 +226,27 @@ class _Batches(_Seeded):
 def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle_prob: float = 0.1,
                  self_view_prob: float = 0.0, relative: bool = False, num_workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, steps_per_epoch: int = 1000, split: str = "train",
-                 shuffle_buffer: int = 1000, shard_order: str = "resample", skip_batches: int = 0):
+                 shuffle_buffer: int = 1000, shuffle_initial: int | None = None, shard_order: str = "resample",
+                 skip_batches: int = 0):
     """An endless stream of training batches, cut into epochs of `steps_per_epoch`.
 
     Batches are dicts: `y_0` (B,3,H,W), `y_cond` (B,max_views,3,H,W) with zeros past each
     sample's `view_count` (B,), `angle` (B,) radians, `y_ref` (B,3,H,W) when `relative`, and
     `target_view` (B,), `cond_views` (B,max_views) (-1 = unused), `key` (list of str).
     `shard_order` is "resample" (shards drawn with replacement) or "epoch" (a seeded permutation
-    per pass); `skip_batches` drops the stream's first batches, drawn but never decoded, so the
-    rest equals the unskipped stream's from that batch on (a resume inside a loader segment).
+    per pass); `shuffle_initial` samples are held before the buffer's first pick (None: all
+    `shuffle_buffer`; webdataset's and the official code's default is 100); `skip_batches` drops
+    the stream's first batches, drawn but never decoded, so the rest equals the unskipped
+    stream's from that batch on (a resume inside a loader segment).
     """
     if not 0 <= rank < world_size:
         raise ViewFusionError(f"rank {rank} is not in 0..{world_size - 1}")
     if shard_order not in SHARD_ORDERS:
         raise ViewFusionError(f"shard_order {shard_order!r} is not one of {', '.join(SHARD_ORDERS)}")
-    if shuffle_buffer < 1 or skip_batches < 0:
-        raise ViewFusionError(f"shuffle_buffer must be >= 1 and skip_batches >= 0, got {shuffle_buffer} "
-                              f"and {skip_batches}")
+    initial = shuffle_buffer if shuffle_initial is None else shuffle_initial
+    if shuffle_buffer < 1 or not 1 <= initial <= shuffle_buffer or skip_batches < 0:
+        raise ViewFusionError(f"shuffle_buffer must be >= 1, shuffle_initial in 1..shuffle_buffer and "
+                              f"skip_batches >= 0, got {shuffle_buffer}, {shuffle_initial} and {skip_batches}")
     manifest = read_shard_manifest(shard_dir)
     # The manifest's size and sha256 travel with each url: workers verify a shard on opening it.
     shards = [{"url": str(Path(shard_dir) / entry["name"]), "bytes": entry["bytes"], "sha256": entry["sha256"]}
@@ -255,7 +260,7 @@ def train_loader(shard_dir, *, batch_size: int = 28, max_views: int = 6, shuffle
         split_by_worker,
         SHARD_ORDERS[shard_order](seed=seed, rank=rank),
         tar_samples,
-        _Shuffle(seed=seed, rank=rank, buffer=shuffle_buffer),
+        _Shuffle(seed=seed, rank=rank, buffer=shuffle_buffer, initial=initial),
         _Batches(seed=seed, rank=rank, batch_size=batch_size, max_views=max_views,
                  shuffle_prob=shuffle_prob, self_view_prob=self_view_prob, relative=relative,
                  image_size=manifest["image_size"], skip=skip_batches),
