@@ -137,7 +137,7 @@ def tar_samples(shards):
     for shard in shards:
         verify_shard(shard["url"], shard)
         for sample in _samples(shard["url"]):
-            check_sample(sample)
+            _check_sample(sample)
             yield sample
 
 
@@ -145,7 +145,7 @@ def member_where(sample: dict, view: int) -> str:
     return f"{sample.get('__url__')}: {sample['__key__']}.{view:04d}.png"
 
 
-def check_sample(sample: dict) -> None:
+def _check_sample(sample: dict) -> None:
     missing = [name for name in VIEW_MEMBERS if name not in sample]
     if missing:
         raise ViewFusionError(f"{sample.get('__url__')}: object {sample.get('__key__')} lacks "
@@ -163,7 +163,7 @@ def _read_shard(path: Path, image_size: int, wanted=None) -> Iterator[ObjectReco
 
 
 def _record(sample: dict, image_size: int) -> ObjectRecord:
-    check_sample(sample)
+    _check_sample(sample)
     key = sample["__key__"]
     if "cameras.npz" not in sample:
         raise ViewFusionError(f"{sample['__url__']}: object {key} lacks cameras.npz: a truncated or foreign shard")
