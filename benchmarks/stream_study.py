@@ -43,6 +43,8 @@ ARMS = {
     "warmup0": {**TODAY, "train.warmup_offset": "0"},
     "epoch_shards": {**TODAY, "data.shard_order": "epoch"},
 }
+# The official code's own trainer (benchmarks/official_train.py) on its own shards of the same zip.
+OFFICIAL_CODE = "official_code"
 # name -> (split, heldout options, summary key): the issue's three held-out measures.
 MEASURES = {
     "test_eps": ("test", ["--draws", "520"], "eps_mse"),
@@ -57,14 +59,25 @@ def viewfusion(*argv: str, log: Path) -> None:
                        stdout=fh, stderr=subprocess.STDOUT)
 
 
-def run_seed(shards: Path, out: Path, arm: str, seed: int) -> None:
+def train_official(official: list[Path], run: Path, seed: int) -> None:
+    """benchmarks/official_train.py: official = [checkout, its dataset_prep.py shard folder]."""
+    with (run / "train.log").open("w") as fh:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks/official_train.py"), "--official", str(official[0]),
+                        "--shards", str(official[1]), "--seed", str(seed), "--out", str(run)],
+                       check=True, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def run_seed(shards: Path, out: Path, arm: str, seed: int, official: list[Path] | None = None) -> None:
     """Train one arm at one seed (unless done) and measure its final.pt (unless done)."""
     run = out / arm / f"seed{seed}"
-    sets = [*BASE, *(f"{k}={v}" for k, v in ARMS[arm].items()), f"train.seed={seed}"]
     if not (run / "final.pt").exists():
         run.mkdir(parents=True, exist_ok=True)
-        viewfusion("train", "--config", "config/experiments/tiny.yaml", "--shards", str(shards),
-                   "--out", str(run), *(x for s in sets for x in ("--set", s)), log=run / "train.log")
+        if arm == OFFICIAL_CODE:
+            train_official(official, run, seed)
+        else:
+            sets = [*BASE, *(f"{k}={v}" for k, v in ARMS[arm].items()), f"train.seed={seed}"]
+            viewfusion("train", "--config", "config/experiments/tiny.yaml", "--shards", str(shards),
+                       "--out", str(run), *(x for s in sets for x in ("--set", s)), log=run / "train.log")
     for name, (split, options, _) in MEASURES.items():
         if not (run / f"{name}.json").exists():
             viewfusion("heldout", "--checkpoint", str(run / "final.pt"), "--shards", str(shards),
@@ -92,7 +105,7 @@ def table(out: Path) -> str:
     head = ("| arm | seeds | train loss 1001-1500 | test eps-MSE (520) | train eps-MSE (546) | "
             "x0 PSNR t=1000, 3 views (26) |")
     lines = [head, "|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in [*ARMS, OFFICIAL_CODE]:
         runs = sorted(p for p in (out / arm).glob("seed*") if (p / "x0_psnr_t1000.json").exists())
         if not runs:
             continue
@@ -108,7 +121,9 @@ def main() -> None:
     parser.add_argument("action", choices=["run", "table"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--shards", type=Path)
-    parser.add_argument("--arm", choices=sorted(ARMS))
+    parser.add_argument("--arm", choices=sorted([*ARMS, OFFICIAL_CODE]))
+    parser.add_argument("--official", type=Path, nargs=2, metavar=("CHECKOUT", "SHARDS"),
+                        help=f"for --arm {OFFICIAL_CODE}: the official checkout and its dataset_prep.py shards")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     args = parser.parse_args()
     if args.action == "table":
@@ -116,8 +131,10 @@ def main() -> None:
         return
     if args.shards is None or args.arm is None:
         parser.error("run needs --shards and --arm")
+    if args.arm == OFFICIAL_CODE and args.official is None:
+        parser.error(f"--arm {OFFICIAL_CODE} needs --official CHECKOUT SHARDS")
     for seed in args.seeds:
-        run_seed(args.shards, args.out, args.arm, seed)
+        run_seed(args.shards, args.out, args.arm, seed, args.official)
 
 
 if __name__ == "__main__":
