@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from viewfusion.cli import main
-from viewfusion.data import nmr, shapes, synth
+from viewfusion.data import nmr, primitives, render, synth
 from viewfusion.data.verify import verify_zip
 
 
@@ -96,7 +96,7 @@ def test_projected_vertices_land_on_object_pixels(synth_zip, index):
     (within one pixel: parts thinner than a pixel may fall between the supersamples)."""
     obj = synth.make_object(index)
     images, cams = _images(synth_zip, obj), _cameras(synth_zip, obj)
-    points = synth.surface_points(obj, per_primitive=100)
+    points = primitives.surface_points(obj, per_primitive=100)
     for view in range(0, 24, 5):
         mask = (images[view] < 250).any(-1)
         col, row = _project(points, cams, view, 64)
@@ -126,9 +126,9 @@ def _hull(points: np.ndarray) -> np.ndarray:
 def test_box_silhouette_is_exactly_its_projected_corners():
     """A lone box: pixels whose centre lies 0.4 px inside the projected hull are object, 0.4 px
     outside pure white. A half-pixel or flipped-axis convention error would break this."""
-    box = shapes.Primitive("box", np.array([0.05, -0.02, 0.03]), shapes.rotation(yaw=0.5, roll=0.2),
+    box = primitives.Primitive("box", np.array([0.05, -0.02, 0.03]), primitives.rotation(yaw=0.5, roll=0.2),
                           np.array([0.35, 0.2, 0.25]), np.array([0.5, 0.3, 0.2]))
-    images = synth.render(shapes.SynthObject("02933112", "x", (box,)), image_size=64)
+    images = render.render(primitives.SynthObject("02933112", "x", (box,)), image_size=64)
     cams = nmr.load_cameras(synth.cameras_npz(), member="c")
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
     corners = box.center + (signs * box.half) @ box.rotation.T
@@ -165,7 +165,7 @@ def test_shading_varies_with_view_and_parts_have_colours(synth_zip):
 def test_same_category_objects_differ():
     a, b = synth.make_object(0), synth.make_object(13)
     assert a.synset == b.synset and a.object_id != b.object_id
-    assert not np.array_equal(synth.render(a, image_size=32), synth.render(b, image_size=32))
+    assert not np.array_equal(render.render(a, image_size=32), render.render(b, image_size=32))
 
 
 def test_cli_synth(tmp_path, capsys):

@@ -10,68 +10,11 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from viewfusion.data import nmr
-
-
-@dataclass(frozen=True)
-class Primitive:
-    """A solid in its local frame scaled by `half`: box [-1,1]^3, unit sphere, or a frustum
-    around local y (radius 1 at y=-1, `taper` at y=+1); `rotation` maps local to world axes."""
-
-    kind: str
-    center: np.ndarray
-    rotation: np.ndarray
-    half: np.ndarray
-    color: np.ndarray
-    taper: float = 1.0
-
-
-@dataclass(frozen=True)
-class SynthObject:
-    synset: str
-    object_id: str
-    primitives: tuple[Primitive, ...]
-
-
-
-def rotation(*, yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
-    """R_y(yaw) @ R_z(pitch) @ R_x(roll): yaw turns about the up axis."""
-    cy, sy, cz, sz, cx, sx = (math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch),
-                              math.cos(roll), math.sin(roll))
-    r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    r_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    return r_y @ r_z @ r_x
-
-
-# Rotations taking a cylinder's local y axis onto world x, y or z.
-_AXES = {"x": rotation(pitch=-math.pi / 2), "y": np.eye(3), "z": rotation(roll=math.pi / 2)}
-
-
-class _Parts:
-    """Collects primitives while a category generator builds one object."""
-
-    def __init__(self):
-        self.items: list[Primitive] = []
-
-    def box(self, center, half, color, **angles) -> None:
-        self.items.append(Primitive("box", np.asarray(center, float), rotation(**angles),
-                                    np.asarray(half, float), np.asarray(color, float)))
-
-    def ellipsoid(self, center, half, color, **angles) -> None:
-        self.items.append(Primitive("ellipsoid", np.asarray(center, float), rotation(**angles),
-                                    np.asarray(half, float), np.asarray(color, float)))
-
-    def cylinder(self, center, radius, half_height, color, *, axis="y", taper=1.0, radius2=None,
-                 **angles) -> None:
-        """A cylinder (taper 1) or cone frustum (top radius = taper * radius) along `axis`."""
-        half = np.array([radius, half_height, radius if radius2 is None else radius2], float)
-        self.items.append(Primitive("frustum", np.asarray(center, float), rotation(**angles) @ _AXES[axis],
-                                    half, np.asarray(color, float), float(taper)))
+from viewfusion.data.primitives import Parts, Primitive
 
 
 def _hue(rng, *, sat=(0.35, 0.85), val=(0.35, 0.85)) -> np.ndarray:
@@ -92,7 +35,7 @@ def _material(rng) -> np.ndarray:
     return _hue(rng) if pick == 0 else _gray(rng) if pick == 1 else _wood(rng)
 
 
-def _airplane(rng, p: _Parts) -> None:
+def _airplane(rng, p: Parts) -> None:
     length, radius = rng.uniform(0.9, 1.2), rng.uniform(0.045, 0.08)
     body = _gray(rng, 0.55, 0.85) if rng.random() < 0.6 else _hue(rng)
     accent = _hue(rng)
@@ -119,7 +62,7 @@ def _airplane(rng, p: _Parts) -> None:
                            _gray(rng, 0.2, 0.6), axis="x", taper=0.8)
 
 
-def _bench(rng, p: _Parts) -> None:
+def _bench(rng, p: Parts) -> None:
     length, depth, height = rng.uniform(0.9, 1.3), rng.uniform(0.28, 0.42), rng.uniform(0.35, 0.5)
     seat, frame = _material(rng), _gray(rng, 0.1, 0.5) if rng.random() < 0.5 else _wood(rng)
     slats = rng.integers(1, 5)
@@ -139,7 +82,7 @@ def _bench(rng, p: _Parts) -> None:
               (length / 2, back_h / 2, 0.02), seat, roll=tilt)
 
 
-def _cabinet(rng, p: _Parts) -> None:
+def _cabinet(rng, p: Parts) -> None:
     width, height, depth = rng.uniform(0.45, 0.9), rng.uniform(0.5, 1.1), rng.uniform(0.3, 0.5)
     lift = rng.uniform(0.04, 0.1) if rng.random() < 0.3 else 0.0
     body, front, handle = _material(rng), _material(rng), _gray(rng, 0.1, 0.7)
@@ -165,7 +108,7 @@ def _cabinet(rng, p: _Parts) -> None:
                 p.cylinder((x * (width / 2 - 0.05), lift / 2, z * (depth / 2 - 0.05)), 0.025, lift / 2, handle)
 
 
-def _car(rng, p: _Parts) -> None:
+def _car(rng, p: Parts) -> None:
     length, width = 1.0, rng.uniform(0.4, 0.5)
     body_h, wheel_r = rng.uniform(0.15, 0.24), rng.uniform(0.09, 0.13)
     paint, glass, tyre = (_hue(rng, sat=(0.2, 0.9), val=(0.25, 0.85)), _hue(rng, sat=(0.1, 0.4), val=(0.15, 0.35)),
@@ -189,7 +132,7 @@ def _car(rng, p: _Parts) -> None:
         p.box((length / 2 + 0.005, top - 0.04, z * width * 0.32), (0.008, 0.02, 0.04), light)
 
 
-def _chair(rng, p: _Parts) -> None:
+def _chair(rng, p: Parts) -> None:
     height, width, depth = rng.uniform(0.4, 0.5), rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.5)
     thick = rng.uniform(0.03, 0.07)
     fabric, frame = _material(rng), _material(rng)
@@ -224,7 +167,7 @@ def _chair(rng, p: _Parts) -> None:
             p.box((x * width / 2, height + 0.1, -depth / 2 + 0.04), (0.02, 0.1, 0.02), frame)
 
 
-def _display(rng, p: _Parts) -> None:
+def _display(rng, p: Parts) -> None:
     width = rng.uniform(0.75, 1.0)
     height, depth = width * rng.uniform(0.55, 0.8), rng.uniform(0.03, 0.06)
     bezel, screen, stand = _gray(rng, 0.08, 0.6), _hue(rng, sat=(0.2, 0.7), val=(0.15, 0.5)), _gray(rng, 0.1, 0.7)
@@ -242,7 +185,7 @@ def _display(rng, p: _Parts) -> None:
         p.ellipsoid((0, 0.01, 0.05), (width * 0.25, 0.015, 0.14), stand)
 
 
-def _lamp(rng, p: _Parts) -> None:
+def _lamp(rng, p: Parts) -> None:
     metal, shade = _gray(rng, 0.1, 0.7), _hue(rng, sat=(0.1, 0.7), val=(0.55, 0.85))
     base_r = rng.uniform(0.1, 0.2)
     p.cylinder((0, 0.025, 0), base_r, 0.025, metal, taper=rng.uniform(0.5, 1.0))
@@ -267,7 +210,7 @@ def _lamp(rng, p: _Parts) -> None:
         p.cylinder((0, top - half * 0.4, 0), rng.uniform(0.13, 0.25), half, shade, taper=rng.uniform(0.4, 0.85))
 
 
-def _loudspeaker(rng, p: _Parts) -> None:
+def _loudspeaker(rng, p: Parts) -> None:
     width, height, depth = rng.uniform(0.35, 0.6), rng.uniform(0.55, 1.1), rng.uniform(0.35, 0.6)
     body, cone = _material(rng), _gray(rng, 0.05, 0.3)
     lift = 0.04 if rng.random() < 0.3 else 0.0
@@ -289,7 +232,7 @@ def _loudspeaker(rng, p: _Parts) -> None:
         p.ellipsoid((0, y, -depth / 2 - 0.016), (radius * 0.3, radius * 0.3, 0.012), _gray(rng, 0.3, 0.8))
 
 
-def _rifle(rng, p: _Parts) -> None:
+def _rifle(rng, p: Parts) -> None:
     metal, stock = _gray(rng, 0.06, 0.35), _wood(rng) if rng.random() < 0.5 else _gray(rng, 0.05, 0.3)
     barrel_len = rng.uniform(0.35, 0.5)
     recv_half = rng.uniform(0.12, 0.18)
@@ -308,7 +251,7 @@ def _rifle(rng, p: _Parts) -> None:
         p.cylinder((0, 0.075, 0), 0.022, scope, metal, axis="x", taper=rng.uniform(1.0, 1.5))
 
 
-def _sofa(rng, p: _Parts) -> None:
+def _sofa(rng, p: Parts) -> None:
     length, depth = rng.uniform(1.0, 1.5), rng.uniform(0.5, 0.7)
     seat_h, legs = rng.uniform(0.18, 0.28), rng.uniform(0.03, 0.08) if rng.random() < 0.5 else 0.0
     fabric, cushion, foot = _hue(rng), _hue(rng) if rng.random() < 0.3 else None, _wood(rng)
@@ -337,7 +280,7 @@ def _sofa(rng, p: _Parts) -> None:
                 p.box((x * (length / 2 - 0.05), legs / 2, z * (depth / 2 - 0.05)), (0.02, legs / 2, 0.02), foot)
 
 
-def _table(rng, p: _Parts) -> None:
+def _table(rng, p: Parts) -> None:
     height, top_color = rng.uniform(0.5, 0.8), _material(rng)
     legs = top_color if rng.random() < 0.5 else _material(rng)
     thick = rng.uniform(0.03, 0.06)
@@ -365,7 +308,7 @@ def _table(rng, p: _Parts) -> None:
             p.box((x * reach[0], leg_h / 2, 0), (0.02, leg_h / 2, reach[1]), legs)
 
 
-def _telephone(rng, p: _Parts) -> None:
+def _telephone(rng, p: Parts) -> None:
     shell, glass = (_gray(rng, 0.08, 0.8) if rng.random() < 0.6 else _hue(rng),
                     _hue(rng, sat=(0.1, 0.5), val=(0.08, 0.3)))
     style = rng.choice(["smartphone", "desk", "feature"], p=[0.55, 0.25, 0.2])
@@ -397,7 +340,7 @@ def _telephone(rng, p: _Parts) -> None:
             p.cylinder((width * 0.35, height + 0.08, 0), 0.012, 0.08, shell)
 
 
-def _vessel(rng, p: _Parts) -> None:
+def _vessel(rng, p: Parts) -> None:
     length, width, hull_h = 1.0, rng.uniform(0.18, 0.3), rng.uniform(0.08, 0.16)
     hull, deck = _hue(rng, val=(0.2, 0.7)) if rng.random() < 0.6 else _gray(rng, 0.1, 0.5), _gray(rng, 0.55, 0.85)
     bow = rng.uniform(0.18, 0.3) * length
@@ -444,6 +387,6 @@ def draw_object(index: int, *, seed: int = 0) -> tuple[str, str, list[Primitive]
     rng = np.random.default_rng([seed, index])
     oid = rng.bytes(16).hex()  # drawn first (as object_id does), so ids never depend on the shape code
     synset = object_synset(index)
-    parts = _Parts()
+    parts = Parts()
     GENERATORS[nmr.SYNSETS[synset]](rng, parts)
     return synset, oid, parts.items
