@@ -299,7 +299,7 @@ def test_sampling_angles_are_the_training_loaders_bit_for_bit():
     float32 product put 6 of the 24 views one ulp off before."""
     from viewfusion.data.loader import relative_angle
     from viewfusion.data.nmr import view_angle
-    from viewfusion.sample import target_angles
+    from viewfusion.targets import target_angles
 
     items = [{"target_view": t, "cond_views": [(5 * t + 3) % 24, 1]} for t in range(24)]
     absolute = target_angles(items, relative=False)

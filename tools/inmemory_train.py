@@ -36,7 +36,7 @@ from viewfusion.data import nmr
 from viewfusion.data.loader import relative_angle, select_views
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.reader import load_objects
-from viewfusion.sample import build_batch, nearest_view_images
+from viewfusion.targets import build_batch, nearest_view_images
 
 
 def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg, *, self_view_prob: float,

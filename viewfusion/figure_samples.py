@@ -30,12 +30,11 @@ from viewfusion.sample import (
     SamplerSpec,
     check_options,
     encode_png,
-    generate_batch,
     load_sampling_model,
     sample_chunk,
-    target_angles,
 )
 from viewfusion.samplers import SAMPLER_KINDS
+from viewfusion.targets import generate_batch, target_angles
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
 FIGURE_TARGET_STRIDE = 2  # targets every 30 degrees: the weights shift smoothly enough to follow

@@ -36,7 +36,8 @@ from viewfusion.diffusion import add_noise
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_bytes
 from viewfusion.metrics import psnr as image_psnr
-from viewfusion.sample import build_batch, load_sampling_model, nearest_view_images
+from viewfusion.sample import load_sampling_model
+from viewfusion.targets import build_batch, nearest_view_images
 
 
 def psnr(image: torch.Tensor, target: torch.Tensor) -> float:

@@ -39,9 +39,7 @@ from viewfusion.checkpoint import (
     load_state,
     weights_sha256,
 )
-from viewfusion.data.loader import relative_angle
 from viewfusion.data.manifest import read_manifest
-from viewfusion.data.nmr import view_angle, view_distance
 from viewfusion.data.reader import load_objects
 from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.distributed import resolve_device
@@ -49,6 +47,7 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
 from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS
 from viewfusion.samplestore import CHUNK_MARKER, ChunkStore
+from viewfusion.targets import build_batch, generate_batch, nearest_view_images
 
 
 @dataclass(frozen=True)
@@ -163,34 +162,6 @@ def item_members(it: dict, *, weights: bool) -> list[str]:
     return [it["item"] + samplestore.IMAGE] + ([it["item"] + samplestore.WEIGHTS] if weights else [])
 
 
-def build_batch(items: list[dict], objects: dict, *, relative: bool, device: torch.device) -> dict:
-    """Stack targets with possibly different view counts; padding views are zeros (masked)."""
-    n_max = max(len(it["cond_views"]) for it in items)
-    first = objects[items[0]["key"]].images
-    y_cond = torch.zeros(len(items), n_max, *first.shape[1:])
-    for row, it in enumerate(items):
-        views = objects[it["key"]].images
-        y_cond[row, : len(it["cond_views"])] = views[it["cond_views"]]
-    batch = {
-        "y_cond": y_cond.to(device),
-        "view_count": torch.tensor([len(it["cond_views"]) for it in items], device=device),
-        "seeds": torch.tensor([int(it["seed"]) for it in items]),
-    }
-    batch["angle"] = target_angles(items, relative=relative).to(device)
-    if relative:
-        batch["y_ref"] = torch.stack([objects[it["key"]].images[it["cond_views"][0]] for it in items]).to(device)
-    return batch
-
-
-def target_angles(items: list[dict], *, relative: bool) -> torch.Tensor:
-    """(B,) float32 angles exactly as the training loader computes them (data.loader): the target
-    azimuth, or for the relative variant the azimuth relative to the first conditioning view.
-    (Multiplying in float32 here put 6 of the 24 views one ulp off the trained angles.)"""
-    angles = [relative_angle(it["target_view"], it["cond_views"][0]) if relative else view_angle(it["target_view"])
-              for it in items]
-    return torch.tensor(np.asarray(angles, dtype=np.float32))
-
-
 def _save_item(store: ChunkStore, it: dict, made_by: str, image: torch.Tensor, weights=None, steps=None) -> None:
     if weights is not None:
         n = len(it["cond_views"])
@@ -206,27 +177,6 @@ def _save_item(store: ChunkStore, it: dict, made_by: str, image: torch.Tensor, w
         )
         store.put(it["item"] + samplestore.WEIGHTS, buffer.getvalue())
     store.put(it["item"] + samplestore.IMAGE, encode_png(image, made_by))
-
-
-def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool, weights_every: int):
-    kwargs = dict(sampler=spec.name, steps=spec.steps, eta=spec.eta, seeds=batch["seeds"])
-    if "y_ref" in batch:
-        kwargs["y_ref"] = batch["y_ref"]
-    with torch.inference_mode():
-        result = model.generate(
-            batch["y_cond"], batch["view_count"], batch["angle"],
-            return_weights=save_weights, weights_every=weights_every, **kwargs,
-        )
-    if save_weights:
-        return result.images.cpu(), result.weights.cpu(), result.weight_steps
-    return result.cpu(), None, None
-
-
-def nearest_view_images(items: list[dict], objects: dict) -> torch.Tensor:
-    """(B,3,H,W): per target, the conditioning view at the smallest circular azimuth distance
-    (ties: the first listed, so the result is deterministic)."""
-    picks = [min(it["cond_views"], key=lambda v, t=it["target_view"]: view_distance(v, t)) for it in items]
-    return torch.stack([objects[it["key"]].images[v] for it, v in zip(items, picks)])
 
 
 def _progress_path(out: Path, stem: str) -> Path:

@@ -160,7 +160,7 @@ class Validator:
         from torchmetrics import MeanMetric
 
         from viewfusion.metrics import psnr, ssim
-        from viewfusion.sample import build_batch
+        from viewfusion.targets import build_batch
 
         device = self.d.device
         # float64 sums (set after .to(), which would cast the inputs back to float32)
