@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_utils import TINY_UNET, batch, tiny_model
 
 from viewfusion import checkpoint
+from viewfusion.checkpoint import load_official
 from viewfusion.cli import main as cli
 from viewfusion.config import build_model, to_dict
 from viewfusion.configfile import load_config
@@ -273,3 +276,84 @@ def test_weights_sha256_covers_dtype_and_shape_and_is_stable():
     # Artefacts store this fingerprint: a change of the recipe would orphan all of them.
     mixed = {"a": torch.arange(3, dtype=torch.float32), "b": torch.tensor(2.5, dtype=torch.bfloat16)}
     assert checkpoint.weights_sha256(mixed) == "4e2320258d561596c8324efc35e13cfc1962b460ee704f7cce61bb0cfff2d642"
+
+
+def test_load_official_round_trip_and_errors(tmp_path):
+    model = tiny_model(weighting=False)
+    path = tmp_path / "official.pt"
+    torch.save({"model": model.state_dict(), "it": 1}, path)  # the official layout, not ours
+    loaded = load_official(path, TINY_UNET)
+    assert not loaded.weighting and loaded.denoiser.config["out_channel"] == 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)
+    bare = load_official(model.state_dict(), TINY_UNET, weighting=False)
+    assert bare.num_timesteps == 2000
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    for bad, match in [(truncated, r"truncated\.pt is not a PyTorch checkpoint .*truncated"),
+                       (tmp_path / "missing.pt", "does not exist")]:
+        with pytest.raises(ViewFusionError, match=match):
+            load_official(bad, TINY_UNET)
+    with pytest.raises(ViewFusionError, match="neither"):
+        load_official({"model": 3, "x": "y"}, TINY_UNET)
+    with pytest.raises(ViewFusionError, match=r"\(unet_kwargs .*\): weights do not fit the model .* of another shape"):
+        load_official(model.state_dict(), {**TINY_UNET, "inner_channel": 32})
+    # our format without its config is refused, never given the official settings
+    torch.save({"format": "viewfusion-checkpoint", "model": model.state_dict(), "step": 1}, path)
+    with pytest.raises(ViewFusionError, match=r"official\.pt: checkpoint format_version None"):
+        load_official(path, TINY_UNET)
+
+
+def tiny_v_checkpoint(path):
+    """A checkpoint of ours whose config differs from the official settings where sampling
+    notices: v-prediction, no clamp, a 50-step cosine schedule."""
+    from viewfusion import checkpoint
+    from viewfusion.config import build_model, from_dict, to_dict
+
+    cfg = from_dict({"name": "tiny_v", "model": {
+        "image_size": 16, "inner_channel": 8, "channel_mults": [1, 2], "attn_res": [8], "res_blocks": 1,
+        "norm_groups": 4, "clamp": None}, "diffusion": {"prediction": "v", "schedule": "cosine", "n_timestep": 50}})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.denoiser.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised layer hides the output
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+                           "model": model.state_dict(), "optimizer": None, "scheduler": None, "ema": None,
+                           "step": 3, "config": to_dict(cfg), "rng": None, "world_size": None})
+    return cfg
+
+
+def test_load_official_builds_our_checkpoint_from_its_own_config(tmp_path):
+    """It used to wrap a v-prediction model in the official eps/clamp settings: samples off by up
+    to 1.0. Now it samples exactly as checkpoint.load_model, whose config it uses."""
+    from viewfusion import checkpoint
+    path = tmp_path / "ours.pt"
+    cfg = tiny_v_checkpoint(path)
+    want, _, ckpt = checkpoint.load_model(path)
+    _, y_cond, angle, _ = batch(b=2, n=3)
+    view_count = torch.tensor([3, 1])
+    expected = want.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2])
+    official_settings = copy.deepcopy(want)  # what it used to build around these weights
+    official_settings.prediction, official_settings.clamp = "eps", (-1.0, 1.0)
+    old = official_settings.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2])
+    assert (old - expected).abs().max() > 0.5
+    for got in (load_official(path), load_official(path, cfg.model.unet_kwargs(), True, clamp=None),
+                load_official(ckpt)):
+        assert (got.prediction, got.clamp, got.training) == ("v", None, False)
+        assert torch.equal(got.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2]), expected)
+
+
+@pytest.mark.parametrize("args, kwargs, named", [
+    (({"inner_channel": 16, "res_blocks": 1},), {}, r"unet_kwargs\['inner_channel'\]=16, its config: 8"),
+    ((None, False), {"clamp": None}, r"weighting=False, its config: True"),
+    ((), {"clamp": (-1, 1)}, r"clamp=\(-1.0, 1.0\), its config: None"),
+    (({"channels_last": False},), {}, r"unet_kwargs\['channels_last'\]=False, its config: 'not set'"),
+])
+def test_load_official_refuses_arguments_that_contradict_our_checkpoint(tmp_path, args, kwargs, named):
+    path = tmp_path / "ours.pt"
+    tiny_v_checkpoint(path)
+    with pytest.raises(ViewFusionError, match=r"ours\.pt is a viewfusion checkpoint with its own config 'tiny_v', "
+                                              rf"which the arguments contradict \({named}\); leave them out, "
+                                              r"or load it with viewfusion\.checkpoint\.load_model$"):
+        load_official(path, *args, **kwargs)

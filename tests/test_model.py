@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
+from model_utils import SCHEDULE, TINY_UNET, batch, tiny_model
 
-from viewfusion.checkpoint import load_official
-from viewfusion.config import unet_channels
 from viewfusion.diffusion import Schedule, add_noise, sample_continuous_gamma
-from viewfusion.errors import ViewFusionError
-from viewfusion.model.unet import Block, SelfAttention, UNet, _GroupNormSiLU
+from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import ViewFusion, count_unet_evals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-TINY = dict(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
-SCHEDULE = Schedule.make()
-
-
-def tiny_model(*, weighting=True, relative=False, seed=0, **unet) -> ViewFusion:
-    torch.manual_seed(seed)
-    in_channel, out_channel = unet_channels(relative=relative, weighting=weighting)
-    denoiser = UNet(in_channel=in_channel, out_channel=out_channel, **{**TINY, **unet})
-    return ViewFusion(denoiser, SCHEDULE, weighting=weighting, relative=relative).eval()
-
-
-def batch(b=4, n=5, size=16, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    y_t = torch.randn(b, 3, size, size, generator=gen)
-    y_cond = torch.rand(b, n, 3, size, size, generator=gen)
-    angle = torch.rand(b, generator=gen) * 2 * math.pi
-    gamma = torch.rand(b, generator=gen)
-    return y_t, y_cond, angle, gamma
 
 
 def reference_compose(model, y_t, y_cond, view_count, angle, gamma):
@@ -157,11 +132,11 @@ def test_bad_view_counts_and_shapes_raise():
     with pytest.raises(ValueError, match="y_ref"):
         model.compose(y_t, y_cond, torch.tensor([1, 2]), angle, gamma, y_ref=y_t)
     with pytest.raises(ValueError, match="in_channel"):
-        ViewFusion(UNet(in_channel=6, **TINY), SCHEDULE, relative=True)
+        ViewFusion(UNet(in_channel=6, **TINY_UNET), SCHEDULE, relative=True)
     with pytest.raises(ValueError, match="out_channel"):
-        ViewFusion(UNet(out_channel=3, **TINY), SCHEDULE, weighting=True)
+        ViewFusion(UNet(out_channel=3, **TINY_UNET), SCHEDULE, weighting=True)
     with pytest.raises(ValueError, match="clamp"):
-        ViewFusion(UNet(**TINY), SCHEDULE, clamp=(1.0, 0.0))
+        ViewFusion(UNet(**TINY_UNET), SCHEDULE, clamp=(1.0, 0.0))
     with pytest.raises(ValueError, match="noise_level"):
         model.denoiser(torch.zeros(2, 6, 16, 16), angle, gamma[:1])
 
@@ -186,59 +161,6 @@ def test_relative_variant_concatenates_view_reference_target():
         model.compose(y_t, y_cond, torch.tensor([2, 1]), angle, gamma)
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_fused_groupnorm_silu_gradients_equal_autograd(layout):
-    torch.manual_seed(0)
-    block = Block(16, 8, groups=4).double()
-    with torch.no_grad():
-        block.block[0].weight.uniform_(0.5, 1.5)
-        block.block[0].bias.uniform_(-0.5, 0.5)
-    x = (torch.randn(3, 16, 6, 6, dtype=torch.float64) * 2 + 1).contiguous(memory_format=layout)
-    x.requires_grad_()
-    out = block(x)
-    grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
-    norm, _, _, conv = block.block
-    ref = conv(F.silu(norm(x)))
-    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *block.parameters()])
-    torch.testing.assert_close(out, ref)
-    for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want)
-
-
-def test_fused_groupnorm_silu_in_bf16_stays_close_to_fp32():
-    torch.manual_seed(0)
-    norm = torch.nn.GroupNorm(4, 16)
-    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(2, 16, 8, 8)
-    results = []
-    for dtype in (torch.float32, torch.bfloat16):
-        leaf = x.to(dtype).detach().requires_grad_()
-        out = _GroupNormSiLU.apply(leaf, norm.weight, norm.bias, 4, 1e-5)
-        (out.float() * grad).sum().backward()
-        results.append((out.float(), leaf.grad.float()))
-    assert results[1][0].dtype == torch.float32  # compared in fp32; bf16 in, bf16 out
-    torch.testing.assert_close(results[1][0], results[0][0], atol=0.05, rtol=0.02)
-    torch.testing.assert_close(results[1][1], results[0][1], atol=0.05, rtol=0.05)
-
-
-def test_channels_last_layout_changes_no_value_or_gradient():
-    torch.manual_seed(0)
-    fast = UNet(**TINY)
-    plain = UNet(**TINY, channels_last=False)
-    plain.load_state_dict(fast.state_dict())
-    x, angle, gamma = torch.randn(3, 6, 16, 16), torch.rand(3), torch.rand(3)
-    outs, grads = [], []
-    for net in (fast, plain):
-        out = net(x, angle, gamma)
-        out.square().mean().backward()
-        outs.append(out)
-        grads.append({name: p.grad for name, p in net.named_parameters()})
-    assert fast.downs[0].weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
-    for name, grad in grads[1].items():
-        torch.testing.assert_close(grads[0][name], grad, atol=1e-5, rtol=1e-3, msg=name)
-
-
 def test_bf16_autocast_training_step_runs():
     model = tiny_model().train()
     y_0, y_cond, angle, _ = batch(b=2, n=2)
@@ -247,18 +169,6 @@ def test_bf16_autocast_training_step_runs():
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and bool(g.isfinite().all()) for g in grads)
-
-
-def test_attention_equals_the_official_einsum():
-    torch.manual_seed(0)
-    attn = SelfAttention(32, norm_groups=8)
-    x = torch.randn(2, 32, 6, 5)
-    b, c, h, w = x.shape
-    q, k, v = attn.qkv(attn.norm(x)).view(b, 1, 3 * c, h, w).chunk(3, dim=2)
-    scores = torch.einsum("bnchw, bncyx -> bnhwyx", q, k) / math.sqrt(c)
-    probs = torch.softmax(scores.reshape(b, 1, h, w, -1), -1).view(b, 1, h, w, h, w)
-    ref = attn.out(torch.einsum("bnhwyx, bncyx -> bnchw", probs, v).reshape(b, c, h, w)) + x
-    torch.testing.assert_close(attn(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_loss_is_seeded_and_accepts_column_angles():
@@ -317,7 +227,7 @@ def test_per_target_seeds_are_batch_invariant(sampler, steps, eta):
 
 def test_tiny_model_overfits_one_scene():
     torch.manual_seed(0)
-    model = ViewFusion(UNet(**{**TINY, "image_size": 32}), SCHEDULE).train()
+    model = ViewFusion(UNet(**{**TINY_UNET, "image_size": 32}), SCHEDULE).train()
     scene = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y_0, y_cond = scene[:, 0].expand(4, -1, -1, -1), scene[:, 1:].expand(4, -1, -1, -1, -1)
     view_count, angle = torch.tensor([1, 2, 2, 1]), torch.full((4,), 0.5)
@@ -332,85 +242,3 @@ def test_tiny_model_overfits_one_scene():
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     print(f"overfit: loss {first:.3f} -> {last:.3f}")
     assert last * 5 <= first, f"loss fell from {first:.3f} to {last:.3f} only"
-
-
-def test_load_official_round_trip_and_errors(tmp_path):
-    model = tiny_model(weighting=False)
-    path = tmp_path / "official.pt"
-    torch.save({"model": model.state_dict(), "it": 1}, path)  # the official layout, not ours
-    loaded = load_official(path, TINY)
-    assert not loaded.weighting and loaded.denoiser.config["out_channel"] == 3
-    for name, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], value)
-    bare = load_official(model.state_dict(), TINY, weighting=False)
-    assert bare.num_timesteps == 2000
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(path.read_bytes()[:1000])
-    for bad, match in [(truncated, r"truncated\.pt is not a PyTorch checkpoint .*truncated"),
-                       (tmp_path / "missing.pt", "does not exist")]:
-        with pytest.raises(ViewFusionError, match=match):
-            load_official(bad, TINY)
-    with pytest.raises(ViewFusionError, match="neither"):
-        load_official({"model": 3, "x": "y"}, TINY)
-    with pytest.raises(ViewFusionError, match=r"\(unet_kwargs .*\): weights do not fit the model .* of another shape"):
-        load_official(model.state_dict(), {**TINY, "inner_channel": 32})
-    # our format without its config is refused, never given the official settings
-    torch.save({"format": "viewfusion-checkpoint", "model": model.state_dict(), "step": 1}, path)
-    with pytest.raises(ViewFusionError, match=r"official\.pt: checkpoint format_version None"):
-        load_official(path, TINY)
-
-
-def tiny_v_checkpoint(path):
-    """A checkpoint of ours whose config differs from the official settings where sampling
-    notices: v-prediction, no clamp, a 50-step cosine schedule."""
-    from viewfusion import checkpoint
-    from viewfusion.config import build_model, from_dict, to_dict
-
-    cfg = from_dict({"name": "tiny_v", "model": {
-        "image_size": 16, "inner_channel": 8, "channel_mults": [1, 2], "attn_res": [8], "res_blocks": 1,
-        "norm_groups": 4, "clamp": None}, "diffusion": {"prediction": "v", "schedule": "cosine", "n_timestep": 50}})
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.denoiser.parameters():
-            p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised layer hides the output
-    checkpoint.save(path, {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
-                           "model": model.state_dict(), "optimizer": None, "scheduler": None, "ema": None,
-                           "step": 3, "config": to_dict(cfg), "rng": None, "world_size": None})
-    return cfg
-
-
-def test_load_official_builds_our_checkpoint_from_its_own_config(tmp_path):
-    """It used to wrap a v-prediction model in the official eps/clamp settings: samples off by up
-    to 1.0. Now it samples exactly as checkpoint.load_model, whose config it uses."""
-    from viewfusion import checkpoint
-
-    path = tmp_path / "ours.pt"
-    cfg = tiny_v_checkpoint(path)
-    want, _, ckpt = checkpoint.load_model(path)
-    _, y_cond, angle, _ = batch(b=2, n=3)
-    view_count = torch.tensor([3, 1])
-    expected = want.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2])
-    official_settings = copy.deepcopy(want)  # what it used to build around these weights
-    official_settings.prediction, official_settings.clamp = "eps", (-1.0, 1.0)
-    old = official_settings.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2])
-    assert (old - expected).abs().max() > 0.5
-    for got in (load_official(path), load_official(path, cfg.model.unet_kwargs(), True, clamp=None),
-                load_official(ckpt)):
-        assert (got.prediction, got.clamp, got.training) == ("v", None, False)
-        assert torch.equal(got.generate(y_cond, view_count, angle, sampler="ddim", steps=2, seeds=[1, 2]), expected)
-
-
-@pytest.mark.parametrize("args, kwargs, named", [
-    (({"inner_channel": 16, "res_blocks": 1},), {}, r"unet_kwargs\['inner_channel'\]=16, its config: 8"),
-    ((None, False), {"clamp": None}, r"weighting=False, its config: True"),
-    ((), {"clamp": (-1, 1)}, r"clamp=\(-1.0, 1.0\), its config: None"),
-    (({"channels_last": False},), {}, r"unet_kwargs\['channels_last'\]=False, its config: 'not set'"),
-])
-def test_load_official_refuses_arguments_that_contradict_our_checkpoint(tmp_path, args, kwargs, named):
-    path = tmp_path / "ours.pt"
-    tiny_v_checkpoint(path)
-    with pytest.raises(ViewFusionError, match=r"ours\.pt is a viewfusion checkpoint with its own config 'tiny_v', "
-                                              rf"which the arguments contradict \({named}\); leave them out, "
-                                              r"or load it with viewfusion\.checkpoint\.load_model$"):
-        load_official(path, *args, **kwargs)
