@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 
-# Model samplers: the paper's ancestral sampler, DDIM and the few-step solvers.
-SAMPLER_KINDS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
+# Model samplers: the paper's ancestral sampler, DDIM and the few-step solvers (viewfusion.solvers).
+SOLVER_KINDS = ("dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
+SAMPLER_KINDS = ("ddpm", "ddim", *SOLVER_KINDS)
 BASELINE = "nearest"  # the copy baseline: the conditioning view nearest the target, no network
 ALL_SAMPLERS = (*SAMPLER_KINDS, BASELINE)
 # Steps when none are given ("ddpm" always runs the whole trained schedule).
