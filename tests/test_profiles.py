@@ -219,6 +219,26 @@ def test_nodes_must_divide_the_shards(tmp_path):
     assert len(lines) == 1 and "training.nodes 3 x training.nproc 4" in lines[0], proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("profile, configfiles, extra, gpus", [
+    ("slurm", ["config/paper_workflow.yaml", "nproc.yaml"], [],
+     "nproc 2, but the profile gives each training node 4 GPUs"),
+    ("slurm", [], ["--set-resources", "train:gres=gpu:v100:2"],
+     "nproc 1, but the profile gives each training node 2 GPUs"),
+    ("local", [], ["--set-resources", "train:gpu=3"], "nproc 1, but the profile gives each training node 3 GPUs"),
+])
+def test_nproc_must_equal_the_profiles_gpus_per_node(tmp_path, profile, configfiles, extra, gpus):
+    """One process per GPU: a profile asking for other GPUs than training.nproc is refused when
+    the DAG is built (before the queue wait after which train.sh would refuse it)."""
+    work = _copy(tmp_path)
+    (work / "nproc.yaml").write_text("training: {nproc: 2}\n")
+    args = ["--configfile", *configfiles] if configfiles else []
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", f"profiles/{profile}", *args, *extra],
+                          cwd=work, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(lines) == 1 and gpus in lines[0], proc.stderr[-2000:]
+
+
 def test_ci_profile_keeps_the_real_profiles_settings(tmp_path):
     """profiles/slurm-ci differs only in sizes: the same arrays, requeue and early signal."""
     work = _copy(tmp_path)

@@ -76,6 +76,10 @@ def check_config():
         if spec.get("eta", 0) and spec["name"] != "ddim":
             config_error(f"sampler {spec['name']!r} takes no eta (only ddim does); remove it")
     nproc = config["training"]["nproc"]
+    gpus = profile_train_gpus()
+    if gpus is not None and gpus != nproc:
+        config_error(f"training.nproc {nproc}, but the profile gives each training node {gpus} GPUs "
+                     "(set-resources: train: gres; profiles/slurm: GPUS_PER_NODE): make them equal")
     for name, spec in config["shard_sets"].items():
         check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
                        source=f"shard_sets.{name} with training.nproc {nproc}")
@@ -99,6 +103,19 @@ def check_config():
         if missing:
             config_error(f"evaluation.checkpoints {missing} are not in experiment {exp}'s train.snapshot_steps "
                          f"{list(cfg.train.snapshot_steps)}: those snapshots are never written")
+
+
+def profile_train_gpus():
+    """GPUs per training node that the profile's set-resources give the train rule (gres
+    `gpu[:type]:N`, else `gpu`), None when it names none: training.nproc processes per node must
+    match them, and this check says so before the queue wait that train.sh's own check comes after."""
+    train = workflow.resource_settings.overwrite_resources.get("train")
+    # snakemake Resources: .raw is the profile's value itself (.value refuses unevaluated ones).
+    gres, gpu = (None, None) if train is None else (train.get("gres").raw, train.get("gpu").raw)
+    count = re.fullmatch(r"gpu(?::[^:,]+)?:(\d+)", str(gres))
+    if count:
+        return int(count.group(1))
+    return int(gpu) if isinstance(gpu, int) and gpu > 0 else None
 
 
 def check_imported(exp):

@@ -44,7 +44,7 @@ rule train:
         cpus_per_gpu=8,
         mem_mb=8000,
         runtime=60,
-        nproc=TRAIN["nproc"],  # processes per node when gpu is 0 (GPUs then come from gres)
+        nproc=TRAIN["nproc"],  # processes per node; common.smk refuses a profile whose GPUs differ
         nodes=TRAIN["nodes"],  # --nodes=N of the Slurm plugin (1: a single node, always)
         max_train_minutes=round(TRAIN["max_hours"] * 60),  # over all requeued allocations
     conda:
@@ -53,7 +53,7 @@ rule train:
         f"{LOGS}/train/{{exp}}.log",
     shell:
         "bash workflow/scripts/train.sh --run-dir {params.run_dir} --nodes {resources.nodes}"
-        " --nproc $(( {resources.gpu} > 0 ? {resources.gpu} : {resources.nproc} )) --threads {threads}"
+        " --nproc {resources.nproc} --threads {threads}"
         " --max-minutes {resources.max_train_minutes}"
         " -- --config {params.config} --shards {input.shards} --out {params.run_dir}"
         " {params.overrides} --on-config-change restart >> {log} 2>&1"
