@@ -56,3 +56,13 @@ def test_draw_batch_near_views_and_relative_angle():
     assert torch.equal(extra["y_ref"], y_cond[:, 0])
     expected = torch.tensor([((t - r) % 24) * 2 * np.pi / 24 for t, r in zip(target, views[:, 0])])
     assert torch.allclose(angle, expected.float(), atol=1e-5)
+
+
+def test_learning_rate_is_the_trainers_unless_annealed():
+    from viewfusion.trainstate import lr_factor
+
+    tc = load_config(TINY).train
+    steps = [0, 1, tc.warmup_steps - 1, tc.warmup_steps, 1000, 1499]
+    assert [inmemory_train.lr_factor(s, tc, 1500, False) for s in steps] == [lr_factor(s, tc) for s in steps]
+    annealed = [inmemory_train.lr_factor(s, tc, 1500, True) for s in (0, tc.warmup_steps, 1500)]
+    assert annealed == [lr_factor(0, tc), 1.0, 0.0]

@@ -7,9 +7,9 @@ its loader, checkpoints or DDP, on a train split held in memory. Prints one JSON
 
 Batches are drawn as `train_loader` draws them (`select_views` with the config's max_views,
 shuffle_prob and self_view_prob; the relative variant's reference view and angle), objects
-uniformly with replacement; the learning rate warms up linearly and stays flat (the tiny
-config's decay is negligible within its steps) or, with --anneal, decays linearly to 0; the EMA
-is the config's. Experiments not in the trainer: --self-view-end (a self_view_prob curriculum)
+uniformly with replacement; the learning rate follows the trainer's schedule
+(`trainstate.lr_factor`) or, with --anneal, decays linearly to 0 after its warm-up; the EMA is
+the config's. Experiments not in the trainer: --self-view-end (a self_view_prob curriculum)
 and --near (the self-view trick with a neighbouring view instead of the target itself).
 
 Each eval scores the EMA weights on the manifest's targets: the clamped x0 estimate at t = T-1
@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from viewfusion import probe
+from viewfusion import probe, trainstate
 from viewfusion.config import build_model
 from viewfusion.configfile import load_config
 from viewfusion.data import nmr
@@ -66,11 +66,12 @@ def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg, *, self_view
     return (images[objects, target], y_cond, torch.from_numpy(count), angle), extra
 
 
-def lr_factor(step: int, warmup: int, total: int, anneal: bool) -> float:
-    """Linear warm-up, then flat or (anneal) linear decay to 0 at `total`."""
-    if step < warmup:
-        return step / warmup
-    return (total - step) / max(1, total - warmup) if anneal else 1.0
+def lr_factor(step: int, tc, total: int, anneal: bool) -> float:
+    """The trainer's schedule (`trainstate.lr_factor`), or with `anneal` its warm-up, then a linear
+    decay to 0 at `total` (an experiment the trainer does not have)."""
+    if not anneal or step < tc.warmup_steps:
+        return trainstate.lr_factor(step, tc)
+    return (total - step) / max(1, total - tc.warmup_steps)
 
 
 @torch.inference_mode()
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     end_p = start_p if args.self_view_end is None else args.self_view_end
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, args.steps, args.anneal)
+            group["lr"] = cfg.train.lr * lr_factor(step, cfg.train, args.steps, args.anneal)
         self_view_prob = start_p + (end_p - start_p) * step / args.steps
         tensors, extra = draw_batch(images, rng, cfg, self_view_prob=self_view_prob, near=args.near)
         loss = model.loss(*tensors, **extra)
