@@ -4,6 +4,9 @@ setting (an "arm") at several seeds, measure every final.pt on fixed held-out dr
     OMP_NUM_THREADS=1 python benchmarks/stream_study.py run --shards SHARDS --out DIR \
         --arm today --seeds 0 1 2 3
     python benchmarks/stream_study.py table --out DIR          # markdown: mean and 95% CI
+    # the official code's own trainer (benchmarks/official_train.py) on its own shards of the zip:
+    PYTHONPATH=/tmp/offlib OMP_NUM_THREADS=1 python benchmarks/stream_study.py run --shards SHARDS \
+        --out DIR --arm official_code --official /tmp/official DATA/NMR_sharded_100_2 --seeds 0 1 2 3
 
 SHARDS: the demo's data (`viewfusion data synth --objects 260 --seed 0`, then `viewfusion data
 shard --shards 2 --percent 100 --lists viewfusion`). The settings are the issue's, on both sides of
