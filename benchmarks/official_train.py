@@ -31,14 +31,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from stream_study import BASE  # the settings for both sides (eps prediction, ...)
 
 from viewfusion import checkpoint
 from viewfusion.configfile import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# The settings for both sides (benchmarks/stream_study.py BASE): eps prediction.
-OVERRIDES = ["diffusion.prediction=eps", "data.self_view_prob=0.0", "train.ema_decay=null",
-             "train.grad_clip=null", "train.validate_every=null"]
 LOG_EVERY = 25
 
 
@@ -61,7 +59,7 @@ def official_config(cfg, shards: Path, shard_count: int, steps: int) -> dict:
 
 
 def run(official: Path, shards: Path, shard_count: int, seed: int, out: Path, steps: int = 1500) -> None:
-    cfg = load_config(ROOT / "config/experiments/tiny.yaml", [*OVERRIDES, f"train.seed={seed}"])
+    cfg = load_config(ROOT / "config/experiments/tiny.yaml", [*BASE, f"train.seed={seed}"])
     work = out / "official"
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(official_config(cfg, shards, shard_count, steps)))
@@ -79,7 +77,7 @@ def run(official: Path, shards: Path, shard_count: int, seed: int, out: Path, st
     torch.manual_seed(seed)
     exp = experiment.Experiment(args)
     losses: list[float] = []
-    exp.model.register_forward_hook(lambda _m, _a, loss: losses.append(float(loss)))
+    exp.model.register_forward_hook(lambda _m, _a, loss: losses.append(loss.detach().item()))
     try:
         exp.train()
     except SystemExit:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_official_config_carries_the_issues_settings(tmp_path):
-    cfg = load_config(ROOT / "config/experiments/tiny.yaml", official_train.OVERRIDES)
+    cfg = load_config(ROOT / "config/experiments/tiny.yaml", official_train.BASE)
     got = official_train.official_config(cfg, tmp_path, 2, 1500)
     # Its loop steps it = 0, 1, ... and exits after the step with it > max_it: 1500 steps.
     assert got["model"]["max_it"] == 1498 and got["model"]["validate_from"] > 1500
