@@ -144,9 +144,12 @@ def _run(cmd: list[str], cwd: Path, log_path: Path, timeout: int) -> tuple[int, 
 def test_slurm_profiles_dry_run(tmp_path):
     """Both Slurm profiles parse and map the portable resources as documented (no cluster)."""
     wf = _copy_workflow(tmp_path)
-    for profile, train_gpu, sample_gpu in (("slurm", 4, 1), ("slurm-ci", 0, 1)):
+    # Each with the config it is documented with: the real profile's 4 GPUs per training node
+    # need training.nproc 4 (the paper's config; the demo config's 1 is refused at DAG build).
+    for profile, configs, train_gpu, sample_gpu in (("slurm", ["--configfile", "config/paper_workflow.yaml"], 4, 1),
+                                                   ("slurm-ci", [], 0, 1)):
         verbose = subprocess.run(
-            [*_snakemake(), "--profile", f"profiles/{profile}", "-n"],
+            [*_snakemake(), "--profile", f"profiles/{profile}", *configs, "-n"],
             cwd=wf, env=_env(), capture_output=True, text=True,
         )
         assert verbose.returncode == 0, verbose.stdout + verbose.stderr

@@ -79,7 +79,8 @@ def check_config():
     gpus = profile_train_gpus()
     if gpus is not None and gpus != nproc:
         config_error(f"training.nproc {nproc}, but the profile gives each training node {gpus} GPUs "
-                     "(set-resources: train: gres; profiles/slurm: GPUS_PER_NODE): make them equal")
+                     f"(set-resources: train: gres; profiles/slurm: GPUS_PER_NODE): set training.nproc to {gpus} "
+                     "(config/paper_workflow.yaml sets 4) or the profile's GPUs to match")
     for name, spec in config["shard_sets"].items():
         check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
                        source=f"shard_sets.{name} with training.nproc {nproc}")
