@@ -16,7 +16,7 @@ a 100-step warm-up and a peak lr of 1e-3 (`experiment.py` hard-codes 1e-4: its `
 wrapped), 1500 steps, no validation; `torch.manual_seed(seed)` before the model is built (the
 stream stays unseeded, as in the official code). wandb is only imported, never used: a stand-in
 module is registered when it is not installed. Writes RUN/final.pt (ours, eps prediction, with
-`imported_from`), RUN/metrics.jsonl (mean loss per 25 steps, as `viewfusion train` logs) and
+`imported_from`), RUN/metrics.jsonl (mean loss per train.log_every steps, as `viewfusion train` logs) and
 RUN/official/ (its model.pt and config.yaml).
 """
 
@@ -37,7 +37,6 @@ from viewfusion import checkpoint
 from viewfusion.configfile import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-LOG_EVERY = 25
 
 
 def official_config(cfg, shards: Path, shard_count: int, steps: int) -> dict:
@@ -86,8 +85,8 @@ def run(official: Path, shards: Path, shard_count: int, seed: int, out: Path, st
     official_ckpt = torch.load(saved, map_location="cpu", weights_only=True)
     ours = checkpoint.convert_official({**official_ckpt, "it": len(losses)}, cfg=cfg, source=str(saved))
     checkpoint.save(out / "final.pt", ours)
-    rows = [{"step": end, "loss": sum(losses[end - LOG_EVERY:end]) / LOG_EVERY}
-            for end in range(LOG_EVERY, len(losses) + 1, LOG_EVERY)]
+    every = cfg.train.log_every
+    rows = [{"step": end, "loss": sum(losses[end - every:end]) / every} for end in range(every, len(losses) + 1, every)]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"{len(losses)} steps; mean loss of the last 500: {sum(losses[-500:]) / len(losses[-500:]):.4f}")
 
