@@ -80,7 +80,7 @@ def check_config():
     if gpus is not None and gpus != nproc:
         config_error(f"training.nproc {nproc}, but the profile gives each training node {gpus} GPUs "
                      f"(set-resources: train: gres; profiles/slurm: GPUS_PER_NODE): set training.nproc to {gpus} "
-                     "(config/paper_workflow.yaml sets 4) or the profile's GPUs to match")
+                     "or the profile's GPUs to match")
     for name, spec in config["shard_sets"].items():
         check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
                        source=f"shard_sets.{name} with training.nproc {nproc}")
