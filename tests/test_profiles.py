@@ -208,15 +208,22 @@ def test_partition_account_and_gpu_model_come_from_the_one_place(cluster):
     assert "--nodes 2" in jobs["train"].shell
 
 
+def refused(work: Path, *args: str) -> str:
+    """`snakemake -n ARGS` refused when the DAG is built: exit 2 and exactly one `config error:`
+    line, which is returned."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=work, env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
 def test_nodes_must_divide_the_shards(tmp_path):
     work = _copy(tmp_path)
     (work / "nodes.yaml").write_text("training: {nodes: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile",
-                           "config/paper_workflow.yaml", "nodes.yaml"],
-                          cwd=work, env=_env(), capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
-    assert len(lines) == 1 and "training.nodes 3 x training.nproc 4" in lines[0], proc.stderr[-2000:]
+    line = refused(work, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml", "nodes.yaml")
+    assert "training.nodes 3 x training.nproc 4" in line, line
 
 
 @pytest.mark.parametrize("profile, configfiles, extra, gpus", [
@@ -232,17 +239,31 @@ def test_nproc_must_equal_the_profiles_gpus_per_node(tmp_path, profile, configfi
     work = _copy(tmp_path)
     (work / "nproc.yaml").write_text("training: {nproc: 2}\n")
     args = ["--configfile", *configfiles] if configfiles else []
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", f"profiles/{profile}", *args, *extra],
-                          cwd=work, env=_env(), capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
-    assert len(lines) == 1 and gpus in lines[0], proc.stderr[-2000:]
+    line = refused(work, "--profile", f"profiles/{profile}", *args, *extra)
+    assert gpus in line, line
 
 
-def test_ci_profile_keeps_the_real_profiles_settings(tmp_path):
+@pytest.fixture(scope="module")
+def ci(tmp_path_factory):
+    """profiles/slurm-ci with the default (demo) config, as tests/test_slurm.py runs it."""
+    return dry_run(_copy(tmp_path_factory.mktemp("ci")), "--profile", "profiles/slurm-ci")
+
+
+def test_both_slurm_profiles_map_the_portable_resources(paper, ci):
+    """Both Slurm profiles parse and map the portable resources as documented (no cluster), each
+    with the config it is documented with: the real profile's 4 GPUs per training node need
+    training.nproc 4 (the paper's config; the demo config's 1 is refused at DAG build). Training
+    GPUs come as a per-node gres (the rule's portable `gpu` stays 0), sampling's as `gpu`."""
+    for (jobs, _, _), train_gres, sample_gpu in ((paper, "gpu:4", 1), (ci, None, 1)):
+        train, sample = jobs["train"].resources, jobs["sample"].resources
+        assert train["gpu"] == 0 and train.get("gres") == train_gres, train
+        assert sample["gpu"] == sample_gpu, sample
+        assert "runtime" in train and "mem_mb" in train, train
+
+
+def test_ci_profile_keeps_the_real_profiles_settings(ci):
     """profiles/slurm-ci differs only in sizes: the same arrays, requeue and early signal."""
-    work = _copy(tmp_path)
-    jobs, _, _ = dry_run(work, "--profile", "profiles/slurm-ci")
+    jobs, _, _ = ci
     train = flags(sbatch(jobs["train"]))
     assert {"--nodes=1", "--requeue", "--signal=URG@60", "-t 20", "--ntasks=1", "--cpus-per-task=2"} <= train, train
     assert {"--gpus=1", "--cpus-per-gpu=1"} <= flags(sbatch(jobs["sample"]))
