@@ -3,10 +3,12 @@ hand, and the command (torch-free, one line per bad input)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
 import sys
+import tempfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -17,6 +19,16 @@ from viewfusion import plan as P
 from viewfusion.errors import ViewFusionError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def clean_root() -> Path:
+    """The repository's config, profiles and workflow without its results/ and data/: a checkout
+    after `make demo` has manifests there, which the plan counts (as it should) instead of NMR's."""
+    root = Path(tempfile.mkdtemp(prefix="plan-root-"))
+    for name in ("config", "profiles", "workflow"):
+        (root / name).symlink_to(REPO / name)
+    return root
 N_TEST = 8751  # ViewFusion's NMR test.lst, the default before the dataset is verified
 VIEWS = [1, 2, 3, 4, 5, 6, 8, 12]  # config/paper_workflow.yaml evaluation.view_counts: they sum to 41
 
@@ -29,7 +41,7 @@ def paper_config() -> dict:
 def make(rates: dict, profile: dict | None = None, **kw) -> P.Plan:
     profile = profile or {"profile": None, "sample": 240, "train": 2880, "warning_s": 0}
     return P.make_plan(paper_config(), rates={"gpu": "v100", "source": "test", **rates}, profile=profile,
-                       root=REPO, **kw)
+                       root=clean_root(), **kw)
 
 
 def test_paper_arithmetic_by_hand():
@@ -140,8 +152,9 @@ _CLI = ("import sys; from viewfusion.cli import main; rc = main(); "
         "assert 'torch' not in sys.modules, 'plan imported torch'; sys.exit(rc)")
 
 
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _CLI, "plan", *args], cwd=cwd, capture_output=True, text=True,
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _CLI, "plan", *args], cwd=cwd or clean_root(), capture_output=True,
+                          text=True,
                           timeout=120, check=False)
 
 
