@@ -166,6 +166,27 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     assert all(packed_images(shared)[name] != png for name, png in packed_images(fresh).items())
 
 
+def test_another_spacing_is_another_fingerprint_and_the_default_keeps_the_old_one(ckpt, manifest, synth_shards,
+                                                                                 tmp_path):
+    """The same sampler, steps and weights on another grid of timesteps makes other images: they
+    are regenerated, never relabelled; naming the default spacing changes nothing."""
+    out = tmp_path / "s"
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, spec=SamplerSpec("ddim", 3, 1.0),
+                 device="cpu")
+    default = json.loads((out / "chunks/1-of-1.json").read_text())
+    assert default["spacing"] == "linspace" and "spacing" not in default["settings"]
+    old = packed_images(out)
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out,
+                 spec=SamplerSpec("ddim", 3, 1.0, "lambda"), device="cpu")
+    marker = json.loads((out / "chunks/1-of-1.json").read_text())
+    assert marker["spacing"] == "lambda" and marker["fingerprint"] != default["fingerprint"]
+    assert all(packed_images(out)[name] != png for name, png in old.items())
+    sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=tmp_path / "d",
+                 spec=SamplerSpec("ddim", 3, 1.0, "linspace"), device="cpu")
+    assert json.loads((tmp_path / "d/chunks/1-of-1.json").read_text())["fingerprint"] == default["fingerprint"]
+    assert packed_images(tmp_path / "d") == old
+
+
 def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_shards, tmp_path):
     from viewfusion.errors import ViewFusionError
     from viewfusion.metrics import compute_metrics
@@ -220,7 +241,9 @@ def test_nan_weights_and_nan_eta_are_refused_not_written_black(manifest, synth_s
 
 @pytest.mark.parametrize("flags", [["--steps", "0"], ["--steps", "-5"], ["--steps", "5000"], ["--batch-size", "0"],
                                    ["--eta", "-1"], ["--eta", "nan"], ["--eta", "2"], ["--weights-every", "0"],
-                                   ["--row-batch", "0"], ["--device", "cuda:7"], ["--device", "tpu"]])
+                                   ["--row-batch", "0"], ["--device", "cuda:7"], ["--device", "tpu"],
+                                   ["--spacing", "lambda", "--sampler", "ddpm"],
+                                   ["--spacing", "karras", "--sampler", "nearest"]])
 def test_bad_sampler_flags_are_one_line_errors(flags, ckpt, manifest, synth_shards, tmp_path, capsys):
     from viewfusion.cli import main
 

@@ -34,12 +34,13 @@ def views(batch=3, n=3, size=16):
             torch.rand(batch, generator=gen) * 2 * math.pi)
 
 
-@pytest.mark.parametrize("kind", SOLVERS)
-def test_generate_is_batch_invariant_for_every_solver(tiny_model, kind):
+@pytest.mark.parametrize("kind, spacing", [*((k, None) for k in SOLVERS), ("ddim", "lambda"),
+                                           ("dpmpp-2m-sde", "karras")])
+def test_generate_is_batch_invariant_for_every_solver(tiny_model, kind, spacing):
     """A target with a given seed gets the same image alone, in a batch of 3, or reordered."""
     y_cond, view_count, angle = views()
     seeds = torch.tensor([11, 12, 13])
-    kw = {"sampler": kind, "steps": 3}
+    kw = {"sampler": kind, "steps": 3, "spacing": spacing, **({"eta": 1.0} if kind == "ddim" else {})}
     together = tiny_model.generate(y_cond, view_count, angle, seeds=seeds, **kw)
     alone = tiny_model.generate(y_cond[1:2, :1], view_count[1:2], angle[1:2], seeds=seeds[1:2], **kw)
     swapped = tiny_model.generate(y_cond.flip(0), view_count.flip(0), angle.flip(0), seeds=seeds.flip(0), **kw)

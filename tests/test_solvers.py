@@ -115,22 +115,6 @@ def test_make_sampler_for_checks_its_arguments(buffers):
         make_sampler_for("unipc", buffers, steps=5, clamp=(1.0, 0.0))
 
 
-def test_spaced_timesteps_closed_forms():
-    assert spaced_timesteps(T, 10, "trailing").tolist() == list(range(1999, 0, -200))
-    assert spaced_timesteps(T, 3, "trailing").tolist() == [1999, 1332, 666]  # round(2000 k / 3) - 1
-    assert spaced_timesteps(T, 1, "trailing").tolist() == [1999]
-    assert spaced_timesteps(T, 10).tolist() == [1999, 1777, 1555, 1333, 1111, 888, 666, 444, 222, 0]
-    for spacing in ("linspace", "trailing"):
-        assert spaced_timesteps(T, T, spacing).tolist() == list(range(T - 1, -1, -1))
-        for n in (2, 3, 7, 50, 333, 1999):
-            ts = spaced_timesteps(T, n, spacing)
-            assert len(ts) == n and ts[0] == T - 1 and bool((ts[1:] < ts[:-1]).all()) and ts[-1] >= 0
-    with pytest.raises(ValueError, match="spacing"):
-        spaced_timesteps(T, 10, "leading")
-    with pytest.raises(ValueError, match="steps"):
-        spaced_timesteps(T, 0)
-
-
 def test_every_solver_uses_the_trailing_grid_and_heun_repeats_its_interior_points(buffers):
     grid = spaced_timesteps(T, 6, "trailing").tolist()
     for kind in SOLVERS:

@@ -142,6 +142,14 @@ def test_evaluation_change_reruns_only_evaluation(pipeline):
 
 
 @pytest.mark.slow
+def test_a_spacing_reaches_the_sampler_command_and_its_own_folder(pipeline):
+    text = "evaluation:\n  samplers: [{name: ddim, steps: 10, eta: 1.0, spacing: karras}]\n"
+    proc = snakemake(pipeline, "-n", "-p", "--configfile", overlay(pipeline, "spacing.yaml", text))
+    out = proc.stdout + proc.stderr
+    assert "/ddim-10-eta1-karras/v1" in out and "--sampler ddim --steps 10 --eta 1 --spacing karras" in out, out[-3000:]
+
+
+@pytest.mark.slow
 def test_complete_pipeline_has_nothing_to_do(pipeline):
     proc = snakemake(pipeline, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
@@ -169,6 +177,10 @@ RERUNS = {
     "evaluation.batch_size": ("evaluation: {batch_size: 3}\n", set()),
     "training.nproc": ("training: {nproc: 2}\n", set()),
     "sampler steps": ("evaluation: {samplers: [{name: ddim, steps: 20}, {name: nearest}]}\n", EVALUATION),
+    "sampler spacing": ("evaluation: {samplers: [{name: ddim, steps: 10, spacing: lambda}, {name: nearest}]}\n",
+                        EVALUATION),
+    "default spacing named": ("evaluation: {samplers: [{name: ddim, steps: 10, spacing: linspace}, {name: nearest}]}\n",
+                              set()),
     "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", "ground_truth", NEAREST,
                                                                       *EVALUATION}),
     "view count dropped": ("evaluation: {view_counts: [1, 2]}\n", {"tables", "figures"}),
@@ -224,6 +236,8 @@ def test_config_given_on_the_command_line_is_typed_by_the_schema(pipeline):
     ("shard_sets: {all: {shards: 2, withhold: [spaceship]}}\n", "spaceship"),
     ("evaluation: {checkpoints: [final, 17]}\n", "evaluation.checkpoints [17]"),
     ("shard_sets: {all: {shards: 2, withhold: [car]}}\n", "withholds"),
+    ("evaluation: {samplers: [{name: ddpm, spacing: lambda}]}\n", "takes no spacing"),
+    ("figures: {sampler: {name: ddim, spacing: leading}}\n", "spacing must be one of"),
 ])
 def test_bad_settings_stop_the_dag_before_any_job_deletes_outputs(pipeline, text, message):
     shards = pipeline / "results/shards/all/manifest.json"

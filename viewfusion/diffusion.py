@@ -17,9 +17,11 @@ Equation numbers refer to DDPM (Ho et al. 2020), SR3 (Saharia et al. 2021) and D
   target and view (`unet_calls`) are owned by the torch-free `viewfusion.samplers` and
   re-exported here.
 
-Timesteps (`spaced_timesteps`): DDIM keeps its "linspace" spacing (T-1 down to 0); every
-few-step solver uses "trailing" spacing (T-1 down to T/steps - 1, `SOLVER_SPACING`). The last
-step of each goes to gamma = 1 (sigma = 0), where it returns its (clamped) prediction of x0.
+Timesteps (`spaced_timesteps`, a setting of every sampler but the ancestral one): by default
+DDIM keeps its "linspace" spacing (T-1 down to 0) and every few-step solver uses "trailing"
+spacing (T-1 down to T/steps - 1); "karras" and "lambda" put most steps at low noise
+(`viewfusion.samplers.DEFAULT_SPACING`, `SPACINGS`). The last step of each goes to gamma = 1
+(sigma = 0), where it returns its (clamped) prediction of x0.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from torch import Tensor
 from viewfusion.config import SCHEDULES, check_clamp
 
 # Names, default steps and costs have one torch-free owner, viewfusion.samplers (re-exported).
-from viewfusion.samplers import DEFAULT_STEPS, SAMPLER_KINDS, unet_calls
+from viewfusion.samplers import DEFAULT_SPACING, DEFAULT_STEPS, SAMPLER_KINDS, SPACINGS, unet_calls
 
 __all__ = [
     "BUFFER_NAMES",
+    "DEFAULT_SPACING",
     "DEFAULT_STEPS",
     "SAMPLER_KINDS",
+    "SPACINGS",
     "AncestralSampler",
     "DDIMSampler",
     "Schedule",
@@ -234,16 +238,18 @@ class AncestralSampler:
         return StepOutput(mean + (0.5 * log_var).exp() * noise, y_0)
 
 
-SPACINGS = ("linspace", "trailing")
-
-
-def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> Tensor:
-    """`steps` timesteps of the trained schedule, descending; distinct for steps <= T.
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace", gammas: Tensor | None = None) -> Tensor:
+    """`steps` distinct timesteps of the trained schedule, descending from T-1 (`SPACINGS`).
 
     "linspace" (DDIM's): evenly spaced from T-1 down to 0, rounded. "trailing" (Lin et al. 2024,
     "Common diffusion noise schedules and sample steps are flawed", Table 2): round(T k / steps)
     - 1 for k = steps..1, so T-1 down to T/steps - 1; the last step then jumps from there to
     gamma = 1 instead of spending a call at t = 0 (gamma = 1 - 1e-6 on the paper's schedule).
+    "karras" and "lambda" need the schedule's `gammas`: even in s^(1/7) (Karras et al. 2022 eq. 5,
+    rho = 7) or in log s (even log-SNR: Lu et al. 2022, diffusers' use_lu_lambdas), from s(T-1)
+    down to s(0), where s = sigma / alpha = sqrt((1 - gamma) / gamma); each level goes to the
+    trained timestep nearest in log s. Both spend most steps at low noise, where a sample's
+    detail forms: the paper schedule's linear betas put t = 0..199 in s = 0.001..0.16.
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in 1..{num_timesteps} (the trained schedule), got {steps}")
@@ -252,20 +258,47 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") 
     if spacing == "trailing":
         k = torch.arange(steps, 0, -1, dtype=torch.float64)
         return (k * num_timesteps / steps).round().long() - 1
-    raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if gammas is None or gammas.shape != (num_timesteps,):
+        raise ValueError(f"spacing {spacing!r} needs the schedule's {num_timesteps} gammas")
+    log_s = (0.5 * ((1 - gammas.double()) / gammas.double()).log()).cpu()  # increasing in t
+    if steps == 1:
+        return torch.tensor([num_timesteps - 1])
+    frac = torch.linspace(0, 1, steps, dtype=torch.float64)
+    if spacing == "lambda":
+        levels = log_s[-1] + frac * (log_s[0] - log_s[-1])
+    else:  # karras, EDM eq. 5 with rho = 7
+        top, bottom = (log_s[-1] / 7).exp(), (log_s[0] / 7).exp()
+        levels = 7 * (top + frac * (bottom - top)).log()
+    return _distinct_descending((levels[:, None] - log_s[None, :]).abs().argmin(dim=1), num_timesteps)
+
+
+def _distinct_descending(ts: Tensor, num_timesteps: int) -> Tensor:
+    """Nearest-level timesteps made strictly decreasing within [0, T-1]: where rounding put two
+    levels on one timestep (at low noise, for many steps) the later moves down, then up again
+    if it would pass 0. Possible for any steps <= T; levels already distinct are kept."""
+    out = ts.tolist()
+    out[0] = num_timesteps - 1
+    for i in range(1, len(out)):
+        out[i] = min(out[i], out[i - 1] - 1)
+    out[-1] = max(out[-1], 0)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = max(out[i], out[i + 1] + 1)
+    return torch.tensor(out, dtype=torch.long)
 
 
 class DDIMSampler:
     """DDIM (Song et al. 2021) over the trained schedule with any number of steps and any eta.
 
-    Timesteps are `steps` evenly spaced values from T-1 down to 0 (`spaced_timesteps`, spacing
-    "linspace"; "trailing" on request); eta=0 is deterministic, eta=1 with all T steps is the
-    ancestral sampler (same mean, same variance).
+    Timesteps are `steps` values from T-1 down (`spaced_timesteps`; by default "linspace", evenly
+    spaced down to 0); eta=0 is deterministic, eta=1 with all T steps is the ancestral sampler
+    (same mean, same variance).
     """
 
     def __init__(
         self, gammas: Tensor, *, steps: int = 50, eta: float = 0.0, clamp: tuple[float, float] | None = (-1.0, 1.0),
-        spacing: str = "linspace",
+        spacing: str = DEFAULT_SPACING["ddim"],
     ) -> None:
         total = gammas.shape[0]
         if not 1 <= steps <= total:
@@ -276,7 +309,7 @@ class DDIMSampler:
         self.num_timesteps = total
         # Python floats (float64) of the trained gammas: no device sync per step.
         self._abar = gammas.detach().double().cpu().tolist()
-        self.timesteps = spaced_timesteps(total, steps, spacing)
+        self.timesteps = spaced_timesteps(total, steps, spacing, gammas)
         # Step i goes from timesteps[i] to timesteps[i+1]; the last one to "t = -1" (gamma = 1).
         self._prev = dict(zip(self.timesteps.tolist(), self.timesteps.tolist()[1:] + [-1]))
 

@@ -28,12 +28,14 @@ from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
 from viewfusion.groundtruth import write_ground_truth
 from viewfusion.sample import (
     SamplerSpec,
+    add_sampler_arguments,
     check_options,
     encode_png,
     load_sampling_model,
     sample_chunk,
+    spec_of,
 )
-from viewfusion.samplers import SAMPLER_KINDS
+from viewfusion.samplers import SAMPLER_KINDS, spacing_of
 from viewfusion.targets import generate_batch, target_angles
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
@@ -116,7 +118,7 @@ def sample_figures(*, checkpoint: str, shards: str, split: str, out: str, spec: 
     atomic_write_json(done, {"experiment": experiment, "checkpoint_step": info.get("step"),
                              "weights": info["weights"], "weights_sha256": info["weights_sha256"],
                              "config_sha256": info["config_sha256"], "sampler": spec.name, "steps": spec.steps,
-                             "eta": spec.eta, "key": key})
+                             "eta": spec.eta, "spacing": spacing_of(spec.name, spec.spacing), "key": key})
     return done
 
 
@@ -128,9 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object", default=None, help="object key synset_objectid (default: drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stride", type=int, default=3, help="views between autoregressive targets")
-    parser.add_argument("--sampler", choices=SAMPLER_KINDS, default="ddim")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--eta", type=float, default=0.0)
+    add_sampler_arguments(parser, SAMPLER_KINDS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--experiment", default="")
     parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
@@ -140,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     done = sample_figures(
         checkpoint=args.checkpoint, shards=args.shards, split=args.split, out=args.out,
-        spec=SamplerSpec(args.sampler, args.steps, args.eta), seed=args.seed, key=args.object,
+        spec=spec_of(args), seed=args.seed, key=args.object,
         stride=args.stride, device=args.device, experiment=args.experiment, weights=args.weights,
     )
     print(f"figure samples complete: {done}")

@@ -189,10 +189,6 @@ class Plan:
         return sum(r.jobs for r in self.rows if r.rule == rule)
 
 
-def _sampler_name(spec: dict) -> str:
-    return samplers.tag(spec["name"], spec.get("steps"), spec.get("eta", 0) or 0)
-
-
 def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], margin: float = DEFAULT_MARGIN,
               root: Path = Path("."), objects: int | None = None, sources: list[str] | None = None) -> Plan:
     if not 0 < margin <= 1:
@@ -220,7 +216,7 @@ def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], m
                                  f"{training['max_hours']}: requeueing stops before final.pt")
         for ckpt in ev["checkpoints"]:
             for sampler in ev["samplers"]:
-                tag = _sampler_name(sampler)
+                tag = samplers.tag_of(sampler)
                 calls = 0 if sampler["name"] == samplers.BASELINE else samplers.unet_calls(
                     sampler["name"], sampler.get("steps"), cfg.diffusion.n_timestep)
                 for views in ev["view_counts"]:
@@ -251,7 +247,7 @@ def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], m
         for ckpt in ev["checkpoints"]:
             for sampler in ev["samplers"]:
                 for views in ev["view_counts"]:
-                    plan.rows.append(Row("metrics", f"{exp}/{ckpt}/{_sampler_name(sampler)}/v{views}", 1, 0, 0.0,
+                    plan.rows.append(Row("metrics", f"{exp}/{ckpt}/{samplers.tag_of(sampler)}/v{views}", 1, 0, 0.0,
                                          note="CPU"))
     plan.chunks_needed = needed
     return plan

@@ -2,8 +2,10 @@
 
 A sample directory is reused only where its fingerprint matches (docs/FORMATS.md, Samples):
 
-    settings     {format, sampler, steps, eta, row_batch, weights, weights_sha256, config_sha256,
-                  data_sha256}: everything that changes an image's bytes; the copy baseline
+    settings     {format, sampler, steps, eta, [spacing], row_batch, weights, weights_sha256,
+                  config_sha256, data_sha256}: everything that changes an image's bytes; spacing
+                  only where it is not the sampler's default (viewfusion.samplers.DEFAULT_SPACING),
+                  so fingerprints made before it was a setting still hold; the copy baseline
                   (`nearest`) runs no network, so its settings leave out weights and config
     fingerprint  sha256 of the settings' canonical JSON
     item tag     sha256 of the manifest entry (item, key, target_view, cond_views, seed)
@@ -24,6 +26,7 @@ from typing import BinaryIO
 from PIL import Image, PngImagePlugin
 
 from viewfusion.fsutil import sha256_json
+from viewfusion.samplers import spacing_of
 
 # Bumped whenever the sampling code changes an image's bytes for the same settings, so that
 # images of the old code are regenerated, not reused (2: angles exactly as in training).
@@ -34,11 +37,14 @@ NETWORK_FIELDS = ("weights", "weights_sha256", "config_sha256")  # absent for th
 
 
 def sample_settings(*, sampler: str, steps: int, eta: float, row_batch: int | None, weights: str,
-                    weights_sha256: str | None, config_sha256: str | None, data_sha256: str) -> dict:
+                    weights_sha256: str | None, config_sha256: str | None, data_sha256: str,
+                    spacing: str | None = None) -> dict:
     """The settings that decide an image's bytes (see the module docstring)."""
     settings = {"format": FORMAT, "sampler": sampler, "steps": steps, "eta": eta, "row_batch": row_batch,
                 "weights": weights, "weights_sha256": weights_sha256, "config_sha256": config_sha256,
                 "data_sha256": data_sha256}
+    if spacing_of(sampler, spacing) != spacing_of(sampler):
+        settings["spacing"] = spacing
     if sampler == "nearest":  # a copied view depends on the data and the manifest only
         settings = {k: v for k, v in settings.items() if k not in (*NETWORK_FIELDS, "row_batch")}
     return settings

@@ -45,7 +45,7 @@ from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
-from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_STEPS
+from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, spacing_of
 from viewfusion.samplestore import CHUNK_MARKER, ChunkStore
 from viewfusion.targets import build_batch, generate_batch, nearest_view_images
 
@@ -55,6 +55,7 @@ class SamplerSpec:
     name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
     steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
     eta: float = 0.0
+    spacing: str | None = None  # viewfusion.samplers.SPACINGS; None: the sampler's default
 
 
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,
@@ -66,21 +67,30 @@ def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int 
         raise ViewFusionError(f"--steps {spec.steps}: need at least 1 sampling step")
     if not (math.isfinite(spec.eta) and 0.0 <= spec.eta <= 1.0):
         raise ViewFusionError(f"--eta {spec.eta}: DDIM eta must be in [0, 1] (0 deterministic, 1 ancestral)")
+    try:
+        spacing_of(spec.name, spec.spacing)
+    except ValueError as err:
+        raise ViewFusionError(f"--spacing {spec.spacing}: {err}") from None
     for flag, value in (("--batch-size", batch_size), ("--weights-every", weights_every),
                         ("--row-batch", 1 if row_batch is None else row_batch)):
         if value < 1:
             raise ViewFusionError(f"{flag} {value}: must be at least 1")
 
 
+def _flags(spec: SamplerSpec) -> str:
+    return (f"--sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g}"
+            + (f" --spacing {spec.spacing}" if spec.spacing else ""))
+
+
 def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> tuple[int, int]:
     """(steps, U-Net calls per target and view) of `spec` on `model` (its schedule bounds them);
     they differ for Heun, whose 2nd-order corrections are extra calls."""
     try:
-        calls = len(model.make_sampler(spec.name, steps=spec.steps, eta=spec.eta).timesteps)
+        calls = len(model.make_sampler(spec.name, steps=spec.steps, eta=spec.eta, spacing=spec.spacing).timesteps)
         steps = model.num_timesteps if spec.name == "ddpm" else spec.steps or DEFAULT_STEPS[spec.name]
         return steps, calls
     except ValueError as err:
-        raise ViewFusionError(f"--sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g} on {checkpoint}: "
+        raise ViewFusionError(f"{_flags(spec)} on {checkpoint}: "
                               f"{err}") from None
 
 
@@ -257,7 +267,8 @@ def _settle(checkpoint: str, spec: SamplerSpec, dev: torch.device, *, weights: s
         model, info = load_sampling_model(checkpoint, device=dev, weights=weights, row_batch=row_batch)
         steps, calls = _settled_steps(model, spec, checkpoint)
     settings = provenance.sample_settings(
-        sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, row_batch=info["row_batch"],
+        sampler=spec.name, steps=steps, eta=spec.eta if model else 0.0, spacing=spec.spacing,
+        row_batch=info["row_batch"],
         weights=info["weights"], weights_sha256=info["weights_sha256"], config_sha256=info["config_sha256"],
         data_sha256=data)
     return model, info, settings, calls
@@ -302,7 +313,7 @@ def _check_finite(images: torch.Tensor, part: list[dict], checkpoint: str, spec:
     """NaN/inf would be written as black pixels and scored as a (bad) image: refuse instead."""
     bad = [it["item"] for it, ok in zip(part, images.flatten(1).isfinite().all(1).tolist()) if not ok]
     if bad:
-        raise ViewFusionError(f"{checkpoint} with --sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g} gave "
+        raise ViewFusionError(f"{checkpoint} with {_flags(spec)} gave "
                               f"NaN/inf pixels for {len(bad)} items (first {bad[0]}); nothing of them was written")
 
 
@@ -311,6 +322,7 @@ def _write_marker(marker: Path, *, items, i, n, progress, info, settings, fp, ex
     atomic_write_json(marker, {
         "chunk": i, "of": n, "items": [it["item"] for it in items],
         "sampler": settings["sampler"], "steps": settings["steps"], "eta": settings["eta"],
+        "spacing": spacing_of(settings["sampler"], settings.get("spacing")),
         "checkpoint_step": info.get("step"), "weights": info["weights"], "row_batch": info["row_batch"],
         "max_train_views": info.get("max_train_views"), "weights_sha256": info["weights_sha256"],
         "config_sha256": info["config_sha256"], "data_sha256": settings["data_sha256"],
@@ -320,16 +332,28 @@ def _write_marker(marker: Path, *, items, i, n, progress, info, settings, fp, ex
     })
 
 
+def add_sampler_arguments(parser: argparse.ArgumentParser, choices) -> None:
+    """--sampler, --steps, --eta, --spacing: the flags of a SamplerSpec (`spec_of(args)`)."""
+    parser.add_argument("--sampler", choices=choices, default="ddim")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampling steps (ddpm: the training schedule; defaults {DEFAULT_STEPS})")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; DDIM only)")
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help=f"where the steps sit on the trained schedule (default per sampler: {DEFAULT_SPACING}); "
+                             "karras and lambda put most of them at low noise")
+
+
+def spec_of(args: argparse.Namespace) -> SamplerSpec:
+    return SamplerSpec(args.sampler, args.steps, args.eta, args.spacing)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="our checkpoint or the official best_model_all.pt")
     parser.add_argument("--manifest", required=True, help="evaluation manifest (viewfusion data manifest)")
     parser.add_argument("--shards", required=True, help="shard directory holding the manifest's split")
     parser.add_argument("--out", required=True, help="sample directory (chunks/: packs and markers)")
     parser.add_argument("--chunk", default="1/1", help="i/N: the i-th of N contiguous blocks (1-based)")
-    parser.add_argument("--sampler", choices=ALL_SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"sampling steps (ddpm: the training schedule; defaults {DEFAULT_STEPS})")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; DDIM only)")
+    add_sampler_arguments(parser, ALL_SAMPLERS)
     parser.add_argument("--batch-size", type=int, default=16, help="targets per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--save-weights", action="store_true", help="also save the per-step view weights")
@@ -343,7 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = SamplerSpec(args.sampler, args.steps, args.eta)
+    spec = spec_of(args)
     with disk_errors(args.out):
         marker = sample_chunk(
             checkpoint=args.checkpoint, manifest=args.manifest, shards=args.shards, out=args.out,

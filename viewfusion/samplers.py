@@ -2,11 +2,14 @@
 samplers (viewfusion.diffusion), the CLI, the workflow (Snakefile wildcards, schema check), the
 markers and the tables ask.
 
-    tag(name, steps, eta)  -> "ddim-50", "ddim-50-eta1", "ddpm-full", "dpmpp-2m-10", "nearest"
-    parse_tag(tag)         -> (name, steps | None, eta)          (inverse of tag)
+    tag(name, steps, eta, spacing) -> "ddim-50", "ddim-50-eta1", "ddpm-full", "dpmpp-2m-10",
+                                      "ddim-10-eta1-lambda" (a spacing not the sampler's default), "nearest"
+    parse_tag(tag)         -> (name, steps | None, eta, spacing | None)   (inverse of tag)
+    spacing_of(name, spacing) -> the spacing a sampler runs with (None: its default)
     TAG_PATTERN            the regular expression of every tag (a Snakemake wildcard constraint)
     unet_calls(name, steps, num_timesteps) -> U-Net calls per target and conditioning view
-    sampler_name(marker)   -> the name a chunk marker's setting has in metrics rows: "ddim-eta1"
+    sampler_name(marker)   -> the name a chunk marker's setting has in metrics rows: "ddim-eta1",
+                              "ddim-eta1-lambda"
     label(name, steps)     -> how tables and figures print a setting: "ddim-eta1-50", "ddpm-full"
 """
 
@@ -21,10 +24,19 @@ BASELINE = "nearest"  # the copy baseline: the conditioning view nearest the tar
 ALL_SAMPLERS = (*SAMPLER_KINDS, BASELINE)
 # Steps when none are given ("ddpm" always runs the whole trained schedule).
 DEFAULT_STEPS = {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20, "unipc": 20, "euler": 20, "heun": 20}
+# Where the steps sit on the trained schedule (viewfusion.diffusion.spaced_timesteps):
+# "linspace" even in t down to 0 (DDIM's published spacing), "trailing" even in t down to T/steps - 1
+# (Lin et al. 2024), "karras" even in sigma^(1/7) (Karras et al. 2022 eq. 5), "lambda" even in
+# log-SNR (Lu et al. 2022). The ancestral sampler runs every step and has none.
+SPACINGS = ("linspace", "trailing", "karras", "lambda")
+# Each sampler's spacing when none is given. Changing one changes what a tag without a spacing
+# means: bump viewfusion.provenance.FORMAT with it, so old images are regenerated, not relabelled.
+DEFAULT_SPACING = {"ddim": "linspace", **{kind: "trailing" for kind in SOLVER_KINDS}}
 
 _NAMES = "|".join(re.escape(k) for k in sorted(SAMPLER_KINDS, key=len, reverse=True))
-TAG_PATTERN = rf"{BASELINE}|(?:{_NAMES})-(?:full|[0-9]+)(?:-eta[0-9.]+)?"
-_TAG = re.compile(rf"(?P<name>{_NAMES})-(?P<steps>full|[0-9]+)(?:-eta(?P<eta>[0-9.]+))?")
+_SPACES = "|".join(SPACINGS)
+TAG_PATTERN = rf"{BASELINE}|(?:{_NAMES})-(?:full|[0-9]+)(?:-eta[0-9.]+)?(?:-(?:{_SPACES}))?"
+_TAG = re.compile(rf"(?P<name>{_NAMES})-(?P<steps>full|[0-9]+)(?:-eta(?P<eta>[0-9.]+))?(?:-(?P<spacing>{_SPACES}))?")
 
 
 def check_kind(kind: str) -> None:
@@ -47,20 +59,50 @@ def unet_calls(kind: str, steps: int | None, num_timesteps: int) -> int:
     return 2 * steps - 1 if kind == "heun" else steps
 
 
-def tag(name: str, steps: int | None = None, eta: float = 0.0) -> str:
+def spacing_of(name: str, spacing: str | None = None) -> str | None:
+    """The spacing sampler `name` runs with: `spacing`, or its default when None; None for the
+    ancestral sampler and the copy baseline, which take none (a ValueError if one is given)."""
+    if name == BASELINE or name == "ddpm":
+        if spacing is not None:
+            raise ValueError(f"sampler {name!r} takes no spacing (it runs every trained step or none); "
+                             f"got spacing={spacing!r}")
+        return None
+    check_kind(name)
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    return spacing or DEFAULT_SPACING[name]
+
+
+def _suffix(name: str, spacing: str | None) -> str:
+    """"-<spacing>" when it is not the sampler's default: tags, fingerprints and metrics names
+    made before spacings were a setting keep their meaning."""
+    spacing = spacing_of(name, spacing)
+    return "" if spacing is None or spacing == DEFAULT_SPACING[name] else f"-{spacing}"
+
+
+def tag(name: str, steps: int | None = None, eta: float = 0.0, spacing: str | None = None) -> str:
     """A path-safe tag of a sampler setting; `steps` None is "full" (the sampler's default)."""
     if name == BASELINE:
+        spacing_of(name, spacing)
         return BASELINE
     check_kind(name)
-    return f"{name}-{'full' if steps is None else int(steps)}" + (f"-eta{eta:g}" if eta else "")
+    return (f"{name}-{'full' if steps is None else int(steps)}" + (f"-eta{eta:g}" if eta else "")
+            + _suffix(name, spacing))
+
+
+def tag_of(spec: dict) -> str:
+    """The tag of a config's sampler entry {name, steps, eta, spacing} (the workflow's paths, plan)."""
+    return tag(spec["name"], spec.get("steps"), spec.get("eta") or 0.0, spec.get("spacing"))
 
 
 def sampler_name(marker: dict) -> str | None:
-    """The sampler of a chunk marker (or any dict with sampler and eta) as metrics rows name it:
-    "ddim", or "ddim-eta1" when eta > 0, so that DDIM runs differing only in eta stay apart in
-    every table and figure."""
+    """The sampler of a chunk marker (or any dict with sampler, eta and spacing) as metrics rows
+    name it: "ddim", "ddim-eta1" when eta > 0, "ddim-eta1-lambda" with a spacing not the
+    sampler's default, so that runs differing only in eta or spacing stay apart in every table
+    and figure."""
     name, eta = marker.get("sampler"), marker.get("eta") or 0
-    return f"{name}-eta{eta:g}" if name == "ddim" and eta else name
+    full = f"{name}-eta{eta:g}" if name == "ddim" and eta else name
+    return full + _suffix(name, marker.get("spacing")) if name in SAMPLER_KINDS else full
 
 
 def label(name: str, steps) -> str:
@@ -71,12 +113,12 @@ def label(name: str, steps) -> str:
     return f"{name}-{'full' if steps is None or steps != steps else int(steps)}"  # NaN != NaN
 
 
-def parse_tag(text: str) -> tuple[str, int | None, float]:
-    """Inverse of `tag`: (name, steps or None, eta)."""
+def parse_tag(text: str) -> tuple[str, int | None, float, str | None]:
+    """Inverse of `tag`: (name, steps or None, eta, spacing or None: the sampler's default)."""
     if text == BASELINE:
-        return BASELINE, None, 0.0
+        return BASELINE, None, 0.0, None
     match = _TAG.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a sampler tag ({TAG_PATTERN})")
     steps = None if match["steps"] == "full" else int(match["steps"])
-    return match["name"], steps, float(match["eta"] or 0.0)
+    return match["name"], steps, float(match["eta"] or 0.0), match["spacing"]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from viewfusion.diffusion import (
+    DEFAULT_SPACING,
     DEFAULT_STEPS,
     AncestralSampler,
     DDIMSampler,
@@ -28,6 +29,7 @@ from viewfusion.diffusion import (
     spaced_timesteps,
 )
 from viewfusion.samplers import check_kind as _check_kind
+from viewfusion.samplers import spacing_of
 
 __all__ = ["SOLVER_SPACING", "DPMSolverPP", "EulerSolver", "HeunSolver", "UniPC", "make_sampler_for"]
 
@@ -47,11 +49,12 @@ __all__ = ["SOLVER_SPACING", "DPMSolverPP", "EulerSolver", "HeunSolver", "UniPC"
 # ---------------------------------------------------------------------------------------------
 
 
-# The timesteps of every few-step solver (DDIM keeps "linspace", its published spacing). On the
-# paper's schedule (beta from 1e-6) t = 0 is ~noise-free (lambda 6.9 against 1.0 at t = T/10), so
-# ending at t = 0 makes the second-order solvers extrapolate over one long last step in lambda;
-# "trailing" avoids it (docs/NOTES.md, "Few-step solvers": Gaussian-data errors by spacing).
-SOLVER_SPACING = "trailing"
+# The default timesteps of every few-step solver (DDIM keeps "linspace", its published spacing).
+# On the paper's schedule (beta from 1e-6) t = 0 is ~noise-free (lambda 6.9 against 1.0 at t =
+# T/10), so an even grid ending at t = 0 makes the second-order solvers extrapolate over one long
+# last step in lambda; "trailing" avoids it (docs/NOTES.md, "Few-step solvers": Gaussian-data
+# errors by spacing). "karras" and "lambda" grids step through low noise in short steps instead.
+SOLVER_SPACING = DEFAULT_SPACING["dpmpp-2m"]
 
 
 class _GridSolver:
@@ -63,7 +66,7 @@ class _GridSolver:
                  spacing: str = SOLVER_SPACING) -> None:
         self.gammas, self.clamp, self.spacing = gammas, check_clamp(clamp), spacing
         self.num_timesteps = gammas.shape[0]
-        self.grid = spaced_timesteps(self.num_timesteps, steps, spacing).tolist()
+        self.grid = spaced_timesteps(self.num_timesteps, steps, spacing, gammas).tolist()
         self.steps = len(self.grid)
         table = gammas.detach().double().cpu().tolist()
         abar = [table[t] for t in self.grid] + [1.0]  # + the final point, gamma = 1
@@ -289,11 +292,13 @@ class HeunSolver(_GridSolver):
 
 def make_sampler_for(
     kind: str, buffers: Mapping[str, Tensor], *, steps: int | None = None, eta: float = 0.0,
-    clamp: tuple[float, float] | None = (-1.0, 1.0),
+    clamp: tuple[float, float] | None = (-1.0, 1.0), spacing: str | None = None,
 ):
     """A fresh sampler of `kind` over the schedule `buffers` (the six official tensors; the
-    solvers read only "gammas"). eta is DDIM's; the other kinds take none (0)."""
+    solvers read only "gammas"). eta is DDIM's; the other kinds take none (0). spacing: where
+    the steps sit (viewfusion.samplers.SPACINGS; None: the kind's default; ddpm takes none)."""
     _check_kind(kind)
+    spacing = spacing_of(kind, spacing)
     num_timesteps = buffers["gammas"].shape[0]
     if kind == "ddpm":
         if steps not in (None, num_timesteps) or eta != 0:
@@ -304,10 +309,11 @@ def make_sampler_for(
         return AncestralSampler(buffers, clamp=clamp)
     steps = DEFAULT_STEPS[kind] if steps is None else steps
     if kind == "ddim":
-        return DDIMSampler(buffers["gammas"], steps=steps, eta=eta, clamp=clamp)
+        return DDIMSampler(buffers["gammas"], steps=steps, eta=eta, clamp=clamp, spacing=spacing)
     if eta != 0:
         raise ValueError(f"eta is DDIM's setting; sampler {kind!r} takes none (got eta={eta})")
     gammas = buffers["gammas"]
     if kind in ("dpmpp-2m", "dpmpp-2m-sde"):
-        return DPMSolverPP(gammas, steps=steps, clamp=clamp, sde=kind == "dpmpp-2m-sde")
-    return {"unipc": UniPC, "euler": EulerSolver, "heun": HeunSolver}[kind](gammas, steps=steps, clamp=clamp)
+        return DPMSolverPP(gammas, steps=steps, clamp=clamp, spacing=spacing, sde=kind == "dpmpp-2m-sde")
+    solver = {"unipc": UniPC, "euler": EulerSolver, "heun": HeunSolver}[kind]
+    return solver(gammas, steps=steps, clamp=clamp, spacing=spacing)

@@ -48,7 +48,7 @@ def target_angles(items: list[dict], *, relative: bool) -> torch.Tensor:
 
 
 def generate_batch(model, batch: dict, spec: SamplerSpec, *, save_weights: bool, weights_every: int):
-    kwargs = dict(sampler=spec.name, steps=spec.steps, eta=spec.eta, seeds=batch["seeds"])
+    kwargs = dict(sampler=spec.name, steps=spec.steps, eta=spec.eta, spacing=spec.spacing, seeds=batch["seeds"])
     if "y_ref" in batch:
         kwargs["y_ref"] = batch["y_ref"]
     with torch.inference_mode():

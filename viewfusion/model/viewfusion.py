@@ -215,20 +215,23 @@ class ViewFusion(nn.Module):
         mean, log_var, _ = sampler.mean_variance(eps, y_t, t)
         return mean, log_var, weights
 
-    def make_sampler(self, kind: str = "ddpm", *, steps: int | None = None, eta: float = 0.0):
+    def make_sampler(self, kind: str = "ddpm", *, steps: int | None = None, eta: float = 0.0,
+                     spacing: str | None = None):
         """A fresh sampler over this model's schedule and clamp; kinds: `SAMPLER_KINDS`.
 
         "ddpm": the paper's ancestral sampler over all trained steps; "ddim": `steps` (50) DDIM
         steps with `eta`; "dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun": the few-step
-        solvers (`steps`, default 20). Its `timesteps` list one U-Net call each (see `unet_calls`).
+        solvers (`steps`, default 20); `spacing` where the steps sit (None: the kind's default).
+        Its `timesteps` list one U-Net call each (see `unet_calls`).
         """
-        return make_sampler_for(kind, self.schedule_buffers(), steps=steps, eta=eta, clamp=self.clamp)
+        return make_sampler_for(kind, self.schedule_buffers(), steps=steps, eta=eta, clamp=self.clamp,
+                                spacing=spacing)
 
     @torch.no_grad()
     def iter_sample(
         self, y_cond: Tensor, view_count: Tensor, angle: Tensor, *, sampler: str = "ddpm",
         steps: int | None = None, eta: float = 0.0, seeds: Tensor | Sequence[int] | None = None,
-        y_ref: Tensor | None = None,
+        y_ref: Tensor | None = None, spacing: str | None = None,
     ) -> Iterator[SampleStep]:
         """The sampling loop one step at a time: yields SampleStep(t, y_prev, view_weights).
 
@@ -236,7 +239,7 @@ class ViewFusion(nn.Module):
         so a target with a given seed gets the same image whatever batch it sits in. One
         SampleStep per U-Net call: Heun's 2nd-order calls yield its Euler proposal as y_prev.
         """
-        smp = self.make_sampler(sampler, steps=steps, eta=eta)
+        smp = self.make_sampler(sampler, steps=steps, eta=eta, spacing=spacing)
         batch, _, channels, height, width = y_cond.shape
         generators = _generators(seeds, batch)
         y_t = _randn(generators, (batch, channels, height, width), y_cond)
@@ -251,6 +254,7 @@ class ViewFusion(nn.Module):
         self, y_cond: Tensor, view_count: Tensor, angle: Tensor, *, sampler: str = "ddpm",
         steps: int | None = None, eta: float = 0.0, seeds: Tensor | Sequence[int] | None = None,
         y_ref: Tensor | None = None, return_weights: bool = False, weights_every: int = 1, progress: bool = False,
+        spacing: str | None = None,
     ) -> Tensor | GenerationResult:
         """Sample targets (B, C, H, W) in [0, 1]; with return_weights a GenerationResult.
 
@@ -260,10 +264,11 @@ class ViewFusion(nn.Module):
         """
         if weights_every < 1:
             raise ValueError(f"weights_every must be >= 1, got {weights_every}")
-        timesteps = self.make_sampler(sampler, steps=steps, eta=eta).timesteps.tolist()
+        timesteps = self.make_sampler(sampler, steps=steps, eta=eta, spacing=spacing).timesteps.tolist()
         recorded = set(range(len(timesteps) - 1, -1, -weights_every)) if return_weights else set()
         loop = self.iter_sample(
-            y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, seeds=seeds, y_ref=y_ref
+            y_cond, view_count, angle, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seeds=seeds,
+            y_ref=y_ref,
         )
         weights, weight_steps = [], []
         for position, step in enumerate(_progress(loop, progress, total=len(timesteps))):

@@ -75,6 +75,10 @@ def check_config():
             config_error(f"sampler {spec['name']!r}: use one of {', '.join(samplers.ALL_SAMPLERS)}")
         if spec.get("eta", 0) and spec["name"] != "ddim":
             config_error(f"sampler {spec['name']!r} takes no eta (only ddim does); remove it")
+        try:
+            samplers.spacing_of(spec["name"], spec.get("spacing"))
+        except ValueError as err:
+            config_error(f"sampler {spec['name']!r}: {err}")
     nproc = config["training"]["nproc"]
     gpus = profile_train_gpus()
     if gpus is not None and gpus != nproc:
@@ -177,14 +181,15 @@ wildcard_constraints:
 
 
 def sampler_tag(spec):
-    """{name, steps, eta} of the config -> a path-safe tag (viewfusion.samplers.tag)."""
-    return samplers.tag(spec["name"], spec.get("steps"), spec.get("eta", 0))
+    """{name, steps, eta, spacing} of the config -> a path-safe tag (viewfusion.samplers.tag_of)."""
+    return samplers.tag_of(spec)
 
 
 def parse_sampler(tag):
     """A sampler tag -> the CLI flags of `viewfusion sample`."""
-    name, steps, eta = samplers.parse_tag(tag)
-    return f"--sampler {name}" + (f" --steps {steps}" if steps else "") + (f" --eta {eta:g}" if eta else "")
+    name, steps, eta, spacing = samplers.parse_tag(tag)
+    return (f"--sampler {name}" + (f" --steps {steps}" if steps else "") + (f" --eta {eta:g}" if eta else "")
+            + (f" --spacing {spacing}" if spacing else ""))
 
 
 def ckpt_tag(ckpt):
