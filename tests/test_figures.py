@@ -174,6 +174,11 @@ def test_figure_inputs_never_name_files_outside_their_folder(tmp_path, capsys, f
     assert "not a plain name" in capsys.readouterr().err
 
 
+def test_every_sampler_series_has_its_own_style():
+    styles = figures.series_styles([f"s{i}" for i in range(20)])
+    assert len(set(styles.values())) == 20 and len({color for color, _ in styles.values()}) == 20
+
+
 def test_quality_against_unet_calls_is_drawn_for_several_samplers(tmp_path):
     from test_tables import hand_made
 

@@ -81,6 +81,12 @@ def metrics_vs_views(frame: pd.DataFrame, out: Path, *, max_train_views: int = 6
     return save_figure(fig, out / "metrics_vs_views.png")
 
 
+def series_styles(names: list[str]) -> dict[str, tuple]:
+    """A (colour, marker) per name, distinct for up to 20 names: matplotlib's default 10-colour
+    cycle repeats beyond 10 series, and the samplers overlay draws 13."""
+    return {name: (plt.cm.tab20(i % 20), "osD^vPX*<>"[i % 10]) for i, name in enumerate(names)}
+
+
 def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
     """PSNR and LPIPS against U-Net calls per target (log x), one point per sampler setting, on
     the targets every sampler scored (the speed table's selection); None with < 2 settings."""
@@ -92,11 +98,13 @@ def quality_vs_cost(frame: pd.DataFrame, out: Path) -> Path | None:
     summary = summarize(model, ["sampler", "steps"], means=("unet_evals_per_target",))
     metrics = [m for m in ("psnr", "lpips") if summary[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    style = series_styles(sorted(summary["sampler"].unique()))
     for ax, metric in zip(axes[0], metrics):
         for sampler, group in summary.groupby("sampler", sort=True):
             group = group.sort_values("unet_evals_per_target")
+            color, marker = style[sampler]
             ax.errorbar(group["unet_evals_per_target"], group[metric], yerr=group[f"{metric}_ci95"].fillna(0),
-                        marker="o", capsize=3, label=sampler)
+                        color=color, marker=marker, capsize=3, label=sampler)
         base = selected[selected["sampler"] == BASELINE]
         if not base.empty:
             ax.axhline(base[metric].mean(), color="0.5", linestyle="--", label="nearest view copied")
