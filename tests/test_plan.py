@@ -65,14 +65,14 @@ def test_paper_arithmetic_by_hand():
     # The longest of 64 chunks holds ceil(8751 / 64) = 137 targets: 3 288 000 evaluations.
     assert v12.per_job_hours == pytest.approx(137 * 12 * 2000 / 1000 / 3600)  # 0.913 h
     assert "needs >= 20 chunks" in v12.note  # 58.3 h / (0.75 x 4 h)
-    ddim = rows[("sample", "paper/final/ddim-50/v3")]
-    assert ddim.unet_evals == 8751 * 3 * 50 == 1_312_650
+    ddim = rows[("sample", "paper/final/ddim-10-eta1-lambda/v3")]
+    assert ddim.unet_evals == 8751 * 3 * 10 == 262_530
 
     # Per rule, all experiments: ancestral 8751 x 41 x 2000 = 717.6 M per experiment (2.87e9 for
-    # the paper's four), DDIM-50 17.9 M, the copy baseline none.
+    # the paper's four), DDIM-10 3.59 M, the copy baseline none.
     anc = sum(r.unet_evals for r in plan.rows if r.rule == "sample" and "/ddpm-full/" in r.setting)
     assert anc == n_exp * 8751 * 41 * 2000 and 8751 * 41 * 2000 == 717_582_000
-    assert sum(r.unet_evals for r in plan.rows if "/ddim-50/" in r.setting) == n_exp * 17_939_550
+    assert sum(r.unet_evals for r in plan.rows if "/ddim-10-eta1-lambda/" in r.setting) == n_exp * 3_587_910
     assert plan.jobs("sample") == n_exp * 2 * 8 * 64 and plan.jobs("sample_nearest") == n_exp * 8 * 64
     assert plan.jobs("train") == n_exp and plan.jobs("metrics") == n_exp * 3 * 8
     assert plan.total("sample_nearest") == 0 and plan.total("metrics") == 0

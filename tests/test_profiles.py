@@ -122,9 +122,9 @@ def cluster(tmp_path_factory):
         assert n == 1, name
     profile.write_text(text)
     (work / "nodes.yaml").write_text("training: {nodes: 2}\n")
-    targets = ["results/runs/paper/final.pt", "results/samples/paper/final/ddim-50/v3/chunks/1-of-64.json",
-               "results/samples/paper/final/nearest/v3/chunks/1-of-64.json",
-               "results/samples/paper/final/ddim-50/v3/metrics.parquet"]
+    fast = "results/samples/paper/final/ddim-10-eta1-lambda/v3"
+    targets = ["results/runs/paper/final.pt", f"{fast}/chunks/1-of-64.json",
+               "results/samples/paper/final/nearest/v3/chunks/1-of-64.json", f"{fast}/metrics.parquet"]
     return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml",
                    "nodes.yaml")
 
