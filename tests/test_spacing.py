@@ -3,12 +3,14 @@ karras, lambda) and how a spacing is named in tags, metrics names and the sample
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from viewfusion.diffusion import DEFAULT_SPACING, SAMPLER_KINDS, Schedule, spaced_timesteps
+from viewfusion.diffusion import DEFAULT_SPACING, SAMPLER_KINDS, SPACINGS, Schedule, spaced_timesteps
 from viewfusion.samplers import SOLVER_KINDS as SOLVERS
 from viewfusion.solvers import make_sampler_for
 
@@ -100,3 +102,14 @@ def test_every_sampler_but_the_ancestral_takes_a_spacing(buffers):
         make_sampler_for("ddpm", buffers, spacing="karras")
     with pytest.raises(ValueError, match="spacing"):
         make_sampler_for("unipc", buffers, steps=6, spacing="leading")
+
+
+def test_every_spacing_is_diffusers_grid_on_the_paper_schedule():
+    """Golden file of diffusers 0.42.1's timesteps (tools/diffusers_timesteps.py): DDIMScheduler's
+    linspace / trailing and DPMSolverMultistepScheduler's use_karras_sigmas / use_lu_lambdas."""
+    golden = json.loads((Path(__file__).parent / "reference/diffusers_timesteps.json").read_text())
+    gammas = Schedule.make().buffers(torch.float32)["gammas"]  # as a model stores them
+    assert {name.rsplit("-", 1)[0] for name in golden["timesteps"]} == set(SPACINGS)
+    for name, want in golden["timesteps"].items():
+        spacing, steps = name.rsplit("-", 1)
+        assert spaced_timesteps(T, int(steps), spacing, gammas).tolist() == want, name
