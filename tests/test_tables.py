@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import pytest
 
-from viewfusion import cli, tables
+from viewfusion import cli, speedtable, tables
 from viewfusion.errors import ViewFusionError
 
 T_975 = {1: 12.706204736174707, 2: 4.302652729911275}  # Student t, 97.5% quantile, by degrees of freedom
@@ -268,3 +268,41 @@ def test_two_trainings_at_the_same_step_are_never_pooled(tmp_path):
     assert sorted(set(table["checkpoint"])) == ["b" * 12, "paper" + "a" * 7]
     per = table.set_index(["checkpoint", "view_count"])["psnr"]
     assert per.loc[("b" * 12, 1)] == pytest.approx(per.loc[("paper" + "a" * 7, 1)] + 10)
+
+
+def test_copies_pair_with_samples_of_the_ema_weights(tmp_path):
+    """The pipeline's copy rows name the checkpoint's raw weights, its samplers' the EMA weights
+    (`--weights auto`): the copies must still be the paired baseline and sit in the speed table
+    (they were dropped from both, and the demo's speed table showed the copy alone)."""
+    frame = hand_made()
+    copies = [row(r["item"], r["key"], r["category"], 1, 21.0, 0.55, 0.25, sampler="nearest", steps=0, seconds=0.0)
+              for r in frame.iloc[:3].to_dict("records")]
+    raw = pd.DataFrame(copies).assign(weights_sha256="r" * 64)
+    path = tmp_path / "metrics.csv"
+    pd.concat([frame, raw]).to_csv(path, index=False)
+    assert cli.main(["tables", "--metrics", str(path), "--out", str(tmp_path / "t"), "--no-reference"]) == 0
+    against = pd.read_csv(tmp_path / "t" / "against_nearest.csv")
+    assert sorted(zip(against.sampler, against.view_count, against.n)) == [("ddim", 1, 3), ("ddpm", 1, 3)]
+    speed = pd.read_csv(tmp_path / "t" / "sampler_speed_quality.csv")
+    assert sorted(speed.sampler) == ["ddim", "ddpm", "nearest"]
+    # one sampler beside the copies (the demo): the sampler's setting, with the copies
+    demo = pd.concat([frame[(frame.sampler == "ddim") & (frame.experiment == "paper")], raw])
+    selected = speedtable.speed_selection(_loaded(demo, tmp_path), view_count=1)
+    assert sorted(set(selected.sampler)) == ["ddim", "nearest"] and len(selected) == 6
+
+
+def test_two_different_copies_of_one_target_are_refused(tmp_path):
+    frame = hand_made()
+    copies = [row(r["item"], r["key"], r["category"], 1, 21.0, 0.55, 0.25, sampler="nearest", steps=0, seconds=0.0)
+              for r in frame.iloc[:3].to_dict("records")]
+    other = [{**c, "psnr": 30.0, "checkpoint_step": 200} for c in copies]
+    path = tmp_path / "metrics.csv"
+    pd.concat([frame, pd.DataFrame(copies + other)]).to_csv(path, index=False)
+    with pytest.raises(ViewFusionError, match="two different `nearest` copies"):
+        tables.table_against_baseline(tables.load_metrics([path]))
+
+
+def _loaded(frame: pd.DataFrame, tmp_path) -> pd.DataFrame:
+    path = tmp_path / "loaded.csv"
+    frame.to_csv(path, index=False)
+    return tables.load_metrics([path])

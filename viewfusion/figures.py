@@ -32,12 +32,11 @@ import pandas as pd
 
 from viewfusion.errors import ViewFusionError
 from viewfusion.plotting import open_sample_dir, plt, sample_image, save_figure, show, truth_image
+from viewfusion.samplers import BASELINE, sampler_name
 from viewfusion.samplers import label as sampler_label
-from viewfusion.samplers import sampler_name
 from viewfusion.speedtable import speed_selection
 from viewfusion.tablefiles import summarize
 from viewfusion.tables import (
-    BASELINE,
     CONFIG,
     PIXELNERF_NUMBERS,
     baseline_once,

@@ -6,29 +6,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from viewfusion.tablefiles import ci_half_width, summarize, with_source
+from viewfusion.samplers import BASELINE
+from viewfusion.tablefiles import ci_half_width, copy_rows, summarize, with_source
+
+SETTING = ["protocol", "experiment", "view_count"]  # what the copies of a checkpoint's targets share with it
 
 
 def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=None, view_count=None,
                     preferred: str | None = None) -> pd.DataFrame:
     """The rows of one experiment, checkpoint and view count: the ones given, else the setting
     with the most samplers (the `preferred` experiment when present; on ties the latest
-    checkpoint, the trained model a speed/quality trade-off is about, then sort order)."""
+    checkpoint, the trained model a speed/quality trade-off is about, then sort order), with the
+    copy baseline's rows of the same targets (`copy_rows`: they name no weights of their own)."""
     if experiment is None and preferred in set(frame["experiment"]):
         experiment = preferred
-    for column, value in (("experiment", experiment), ("checkpoint_step", checkpoint_step), ("view_count", view_count)):
+    for column, value in (("experiment", experiment), ("view_count", view_count)):
         if value is not None:
             frame = frame[frame[column] == value]
-    if frame.empty:
-        return frame
-    grouped = frame.groupby(["protocol", "experiment", "checkpoint_step", "checkpoint", "view_count"], dropna=False,
-                            sort=True)
+    copies = copy_rows(frame)
+    models = frame[frame["sampler"] != BASELINE] if len(copies) < len(frame) else frame
+    if checkpoint_step is not None:
+        models = models[models["checkpoint_step"] == checkpoint_step]
+    if models.empty:
+        return models
+    grouped = models.groupby(["protocol", "experiment", "checkpoint_step", "checkpoint", "view_count"], dropna=False,
+                             sort=True)
     # One row per setting, row i being group i of ngroup (both in sort order).
     settings = grouped[["sampler", "steps"]].apply(lambda g: len(g.drop_duplicates())).rename("samplers")
     settings = settings.reset_index()
     best = settings.sort_values(["samplers", "checkpoint_step"], ascending=[False, False],
                                 na_position="last", kind="stable").index[0]
-    selected = frame[grouped.ngroup() == best]
+    selected = models[grouped.ngroup() == best]
+    if not (selected["sampler"] == BASELINE).all():
+        setting = selected.iloc[0][SETTING]
+        same = (copies[SETTING] == setting).all(axis=1)
+        selected = pd.concat([selected, copies[same]], ignore_index=True)
     # Same targets for every sampler, so quality differences are the samplers' alone.
     per_sampler = selected.groupby(["sampler", "steps"], dropna=False)["item"].apply(set)
     common = set.intersection(*per_sampler)

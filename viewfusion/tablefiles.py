@@ -13,11 +13,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
+from viewfusion.samplers import BASELINE
 
 METRICS = ("psnr", "ssim", "lpips")
 MEASURED = "measured"  # the source of every measured row; published rows name their paper
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "seconds_per_target": 3}
+
+
+# What identifies a copy-baseline target: a copied view depends on the manifest entry and the
+# data, not on the checkpoint beside which it was sampled.
+COPY_KEYS = ["protocol", "experiment", "view_count", "item"]
 
 
 # ---------------------------------------------------------------- statistics
@@ -99,6 +106,21 @@ def write_table(out_dir: Path, name: str, table: pd.DataFrame, *, title: str, no
     markdown = display.to_markdown(index=False, disable_numparse=True)
     write_text(out_dir / f"{name}.md", f"# {title}\n\n{note + chr(10) + chr(10) if note else ''}{markdown}\n")
     write_text(out_dir / f"{name}.tex", to_latex(display, title=f"{title}. {note}".strip(". ")))
+
+
+def copy_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The copy baseline's rows, once per target (COPY_KEYS), to pair with every checkpoint's
+    samples of the same targets. Its markers name the checkpoint's raw weights while the samplers'
+    usually name the EMA ones, so pairing on the weights found no copy at all (issue 19's overlay
+    and the demo lost the baseline from against_nearest and the speed table)."""
+    base = frame[frame["sampler"] == BASELINE].drop_duplicates([*COPY_KEYS, *METRICS])
+    twice = base[base.duplicated(COPY_KEYS)]
+    if len(twice):
+        first = twice.iloc[0]
+        raise ViewFusionError(f"target {first['item']!r} of experiment {first['experiment']!r} has two different "
+                              f"`{BASELINE}` copies: the metrics files come from different data; pass one "
+                              "evaluation's files")
+    return base
 
 
 def with_source(measured: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:

@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 
 from viewfusion.errors import ViewFusionError
+from viewfusion.samplers import BASELINE
 from viewfusion.speedtable import table_speed
-from viewfusion.tablefiles import METRICS, summarize, with_source, write_table, write_text
+from viewfusion.tablefiles import COPY_KEYS, METRICS, copy_rows, summarize, with_source, write_table, write_text
 
 # A setting is an experiment's checkpoint (its step and the first 12 hex digits of its weights'
 # sha256, so two trainings that reached the same step are never pooled) and a sampler.
@@ -77,7 +78,6 @@ PIXELNERF_NUMBERS = {
     "vessel": (29.18, 0.939, 0.111), "overall": (26.80, 0.910, 0.108),
 }
 SRT_PSNR = 27.28
-BASELINE = "nearest"  # `viewfusion sample --sampler nearest`: the conditioning view nearest the target
 
 
 # ---------------------------------------------------------------- input
@@ -166,16 +166,11 @@ def table_views(frame: pd.DataFrame, *, reference: bool, max_train_views: int = 
 
 def table_against_baseline(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
     """Per sampler setting: its metrics minus the copy baseline's on the same targets (paired)."""
-    keys = ["protocol", "experiment", "checkpoint_step", "checkpoint", "view_count"]
-    base = frame[frame["sampler"] == BASELINE]
+    base = copy_rows(frame)
     if base.empty:
         return None, f"no `{BASELINE}` baseline rows (add {{name: {BASELINE}}} to evaluation.samplers)"
-    on = [*keys, "item"]
-    twice = base[base.duplicated(on)]
-    if len(twice):
-        raise ViewFusionError(f"target {twice['item'].iloc[0]!r} scored twice by `{BASELINE}` in one experiment, "
-                              "checkpoint and view count; pass each metrics file once")
-    pairs = frame[frame["sampler"] != BASELINE].merge(base[[*on, *METRICS]], on=on, suffixes=("", "_base"))
+    pairs = frame[frame["sampler"] != BASELINE].merge(base[[*COPY_KEYS, *METRICS]], on=COPY_KEYS,
+                                                        suffixes=("", "_base"))
     if pairs.empty:
         return None, f"no sampled target was also scored by the `{BASELINE}` baseline"
     diff = pairs[[*CONFIG, "view_count"]].assign(**{m: pairs[m] - pairs[f"{m}_base"] for m in METRICS})
