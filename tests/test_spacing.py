@@ -56,6 +56,12 @@ def test_sampler_tags_round_trip_and_name_a_spacing_only_when_it_is_not_the_defa
         assert samplers.sampler_name(marker).endswith(f"-{spacing}") == (tag.endswith(f"-{spacing}"))
     assert samplers.sampler_name({"sampler": "ddim", "eta": 1.0, "spacing": "karras"}) == "ddim-eta1-karras"
     assert samplers.sampler_name({"sampler": "ddim", "eta": 1.0, "spacing": "linspace"}) == "ddim-eta1"
+    for text, canonical in (("ddim-10-linspace", "ddim-10"), ("ddim-10-eta0", "ddim-10"),
+                            ("ddim-10-eta1.0-lambda", "ddim-10-eta1-lambda"), ("unipc-5-trailing", "unipc-5")):
+        assert re.fullmatch(samplers.TAG_PATTERN, text)  # a path Snakemake matches, refused when parsed
+        with pytest.raises(ValueError, match="use that tag"):
+            samplers.parse_tag(text)
+        assert samplers.tag(*samplers.parse_tag(canonical)) == canonical
     for name, spacing in (("ddpm", "lambda"), ("nearest", "karras"), ("ddim", "leading")):
         with pytest.raises(ValueError, match="spacing"):
             samplers.tag(name, None, 0.0, spacing)

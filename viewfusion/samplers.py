@@ -121,4 +121,8 @@ def parse_tag(text: str) -> tuple[str, int | None, float, str | None]:
     if match is None:
         raise ValueError(f"{text!r} is not a sampler tag ({TAG_PATTERN})")
     steps = None if match["steps"] == "full" else int(match["steps"])
-    return match["name"], steps, float(match["eta"] or 0.0), match["spacing"]
+    parsed = match["name"], steps, float(match["eta"] or 0.0), match["spacing"]
+    canonical = tag(*parsed)
+    if canonical != text:  # one folder per setting: "ddim-10-linspace" and "ddim-10-eta0" are "ddim-10"
+        raise ValueError(f"{text!r} names the setting of {canonical!r}; use that tag")
+    return parsed
