@@ -103,6 +103,10 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     ("train:\n  lr: 1e999\n", r"train.lr must be finite, got inf"),  # a string to YAML 1.1
     ("train:\n  adam_betas: [0.9, .nan]\n", r"train.adam_betas must be finite"),
     ("diffusion:\n  linear_start: .nan\n", r"diffusion.linear_start must be finite, got nan"),
+    ("diffusion:\n  linear_start: 0.0\n", r"must satisfy 0 < linear_start <= linear_end < 1"),
+    ("diffusion:\n  linear_start: -1.0e-6\n", r"must satisfy 0 < linear_start <= linear_end < 1"),
+    ("diffusion:\n  linear_end: 1.0\n", r"must satisfy 0 < linear_start <= linear_end < 1"),
+    ("diffusion:\n  linear_start: 0.02\n", r"diffusion.linear_start 0.02 and linear_end 0.01 must satisfy"),
     ("diffusion:\n  linear_end: -.inf\n", r"diffusion.linear_end must be finite, got -inf"),
     ("data:\n  shuffle_prob: .nan\n", r"data.shuffle_prob must be finite, got nan"),
     ("data:\n  shuffle_buffer: 0\n", r"data.shuffle_buffer must be at least 1 \(1: no shuffling\)"),

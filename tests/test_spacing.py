@@ -93,6 +93,11 @@ def test_karras_and_lambda_grids_are_the_nearest_timesteps_to_their_noise_levels
     assert spaced_timesteps(T, T, spacing, gammas).tolist() == list(range(T - 1, -1, -1))
     with pytest.raises(ValueError, match="gammas"):
         spaced_timesteps(T, 10, spacing)
+    # A stored table with gamma = 1 at t = 0 (s = 0): the grid spans the finite levels, t = 1 up.
+    noise_free = gammas.clone()
+    noise_free[0] = 1.0
+    grid = spaced_timesteps(T, 10, spacing, noise_free).tolist()
+    assert grid[0] == T - 1 and grid[1] > T // 2 and grid[-1] == 1 and grid == sorted(set(grid), reverse=True)
 
 
 def test_every_sampler_but_the_ancestral_takes_a_spacing(buffers):

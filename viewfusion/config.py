@@ -118,6 +118,11 @@ class DiffusionConfig:
         _require(self.schedule in SCHEDULES,
                  f"diffusion.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         _require(self.n_timestep >= 2, "diffusion.n_timestep must be at least 2")
+        # Betas are variances in (0, 1): a zero beta at t = 0 makes gamma_0 = 1 (the samplers divide by
+        # sqrt(1 - gamma)), a negative one gamma > 1 (NaN noise levels), one >= 1 a zero gamma.
+        _require(0 < self.linear_start <= self.linear_end < 1,
+                 f"diffusion.linear_start {self.linear_start!r} and linear_end {self.linear_end!r} must satisfy "
+                 "0 < linear_start <= linear_end < 1 (the first and last beta)")
         _require(self.prediction in PREDICTIONS,
                  f"diffusion.prediction {self.prediction!r} is not one of {', '.join(PREDICTIONS)}")
 

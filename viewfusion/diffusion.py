@@ -265,11 +265,13 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace", 
     log_s = (0.5 * ((1 - gammas.double()) / gammas.double()).log()).cpu()  # increasing in t
     if steps == 1:
         return torch.tensor([num_timesteps - 1])
+    # The ends of the grid: the finite levels (a stored table may hold gamma = 1 at t = 0: s = 0).
+    high, low = log_s[log_s.isfinite()].max(), log_s[log_s.isfinite()].min()
     frac = torch.linspace(0, 1, steps, dtype=torch.float64)
     if spacing == "lambda":
-        levels = log_s[-1] + frac * (log_s[0] - log_s[-1])
+        levels = high + frac * (low - high)
     else:  # karras, EDM eq. 5 with rho = 7
-        top, bottom = (log_s[-1] / 7).exp(), (log_s[0] / 7).exp()
+        top, bottom = (high / 7).exp(), (low / 7).exp()
         levels = 7 * (top + frac * (bottom - top)).log()
     return _distinct_descending((levels[:, None] - log_s[None, :]).abs().argmin(dim=1), num_timesteps)
 
