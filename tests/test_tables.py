@@ -289,6 +289,9 @@ def test_copies_pair_with_samples_of_the_ema_weights(tmp_path):
     demo = pd.concat([frame[(frame.sampler == "ddim") & (frame.experiment == "paper")], raw])
     selected = speedtable.speed_selection(_loaded(demo, tmp_path), view_count=1)
     assert sorted(set(selected.sampler)) == ["ddim", "nearest"] and len(selected) == 6
+    # copies alone, scored beside two checkpoints: still their table
+    alone = pd.concat([raw, raw.assign(checkpoint_step=200)])
+    assert len(speedtable.speed_selection(_loaded(alone, tmp_path), view_count=1)) == 3
 
 
 def test_two_different_copies_of_one_target_are_refused(tmp_path):

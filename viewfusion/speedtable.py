@@ -24,7 +24,8 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
         if value is not None:
             frame = frame[frame[column] == value]
     copies = copy_rows(frame)
-    models = frame[frame["sampler"] != BASELINE] if len(copies) < len(frame) else frame
+    is_model = frame["sampler"] != BASELINE
+    models = frame[is_model] if is_model.any() else frame  # copies alone: their own table
     if checkpoint_step is not None:
         models = models[models["checkpoint_step"] == checkpoint_step]
     if models.empty:
