@@ -266,7 +266,8 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace", 
     if steps == 1:
         return torch.tensor([num_timesteps - 1])
     # The ends of the grid: the finite levels (a stored table may hold gamma = 1 at t = 0: s = 0).
-    high, low = log_s[log_s.isfinite()].max(), log_s[log_s.isfinite()].min()
+    finite = log_s[log_s.isfinite()]
+    high, low = finite.max(), finite.min()
     frac = torch.linspace(0, 1, steps, dtype=torch.float64)
     if spacing == "lambda":
         levels = high + frac * (low - high)

@@ -26,7 +26,7 @@ from typing import BinaryIO
 from PIL import Image, PngImagePlugin
 
 from viewfusion.fsutil import sha256_json
-from viewfusion.samplers import spacing_of
+from viewfusion.samplers import chosen_spacing
 
 # Bumped whenever the sampling code changes an image's bytes for the same settings, so that
 # images of the old code are regenerated, not reused (2: angles exactly as in training).
@@ -43,7 +43,7 @@ def sample_settings(*, sampler: str, steps: int, eta: float, row_batch: int | No
     settings = {"format": FORMAT, "sampler": sampler, "steps": steps, "eta": eta, "row_batch": row_batch,
                 "weights": weights, "weights_sha256": weights_sha256, "config_sha256": config_sha256,
                 "data_sha256": data_sha256}
-    if spacing_of(sampler, spacing) != spacing_of(sampler):
+    if chosen_spacing(sampler, spacing):
         settings["spacing"] = spacing
     if sampler == "nearest":  # a copied view depends on the data and the manifest only
         settings = {k: v for k, v in settings.items() if k not in (*NETWORK_FIELDS, "row_batch")}

@@ -45,7 +45,7 @@ from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.distributed import resolve_device
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
-from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, spacing_of
+from viewfusion.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, cli_flags, spacing_of
 from viewfusion.samplestore import CHUNK_MARKER, ChunkStore
 from viewfusion.targets import build_batch, generate_batch, nearest_view_images
 
@@ -56,6 +56,9 @@ class SamplerSpec:
     steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
     eta: float = 0.0
     spacing: str | None = None  # viewfusion.samplers.SPACINGS; None: the sampler's default
+
+    def flags(self) -> str:
+        return cli_flags(self.name, self.steps, self.eta, self.spacing)
 
 
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,
@@ -77,11 +80,6 @@ def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int 
             raise ViewFusionError(f"{flag} {value}: must be at least 1")
 
 
-def _flags(spec: SamplerSpec) -> str:
-    return (f"--sampler {spec.name} --steps {spec.steps} --eta {spec.eta:g}"
-            + (f" --spacing {spec.spacing}" if spec.spacing else ""))
-
-
 def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> tuple[int, int]:
     """(steps, U-Net calls per target and view) of `spec` on `model` (its schedule bounds them);
     they differ for Heun, whose 2nd-order corrections are extra calls."""
@@ -90,7 +88,7 @@ def _settled_steps(model, spec: SamplerSpec, checkpoint: str) -> tuple[int, int]
         steps = model.num_timesteps if spec.name == "ddpm" else spec.steps or DEFAULT_STEPS[spec.name]
         return steps, calls
     except ValueError as err:
-        raise ViewFusionError(f"{_flags(spec)} on {checkpoint}: "
+        raise ViewFusionError(f"{spec.flags()} on {checkpoint}: "
                               f"{err}") from None
 
 
@@ -313,7 +311,7 @@ def _check_finite(images: torch.Tensor, part: list[dict], checkpoint: str, spec:
     """NaN/inf would be written as black pixels and scored as a (bad) image: refuse instead."""
     bad = [it["item"] for it, ok in zip(part, images.flatten(1).isfinite().all(1).tolist()) if not ok]
     if bad:
-        raise ViewFusionError(f"{checkpoint} with {_flags(spec)} gave "
+        raise ViewFusionError(f"{checkpoint} with {spec.flags()} gave "
                               f"NaN/inf pixels for {len(bad)} items (first {bad[0]}); nothing of them was written")
 
 

@@ -6,6 +6,7 @@ markers and the tables ask.
                                       "ddim-10-eta1-lambda" (a spacing not the sampler's default), "nearest"
     parse_tag(tag)         -> (name, steps | None, eta, spacing | None)   (inverse of tag)
     spacing_of(name, spacing) -> the spacing a sampler runs with (None: its default)
+    cli_flags(name, steps, eta, spacing) -> "--sampler ddim --steps 10 --eta 1 --spacing lambda"
     TAG_PATTERN            the regular expression of every tag (a Snakemake wildcard constraint)
     unet_calls(name, steps, num_timesteps) -> U-Net calls per target and conditioning view
     sampler_name(marker)   -> the name a chunk marker's setting has in metrics rows: "ddim-eta1",
@@ -73,11 +74,23 @@ def spacing_of(name: str, spacing: str | None = None) -> str | None:
     return spacing or DEFAULT_SPACING[name]
 
 
-def _suffix(name: str, spacing: str | None) -> str:
-    """"-<spacing>" when it is not the sampler's default: tags, fingerprints and metrics names
-    made before spacings were a setting keep their meaning."""
+def chosen_spacing(name: str, spacing: str | None) -> str | None:
+    """`spacing` if it is not sampler `name`'s default, else None: what tags, fingerprints and
+    metrics names carry, so that those made before spacings were a setting keep their meaning."""
     spacing = spacing_of(name, spacing)
-    return "" if spacing is None or spacing == DEFAULT_SPACING[name] else f"-{spacing}"
+    return None if spacing is None or spacing == DEFAULT_SPACING[name] else spacing
+
+
+def _suffix(name: str, spacing: str | None) -> str:
+    chosen = chosen_spacing(name, spacing)
+    return f"-{chosen}" if chosen else ""
+
+
+def cli_flags(name: str, steps: int | None = None, eta: float = 0.0, spacing: str | None = None) -> str:
+    """A setting as `viewfusion sample` flags: "--sampler ddim --steps 10 --eta 1 --spacing lambda"
+    (a flag only where its value is given)."""
+    return (f"--sampler {name}" + (f" --steps {steps}" if steps else "") + (f" --eta {eta:g}" if eta else "")
+            + (f" --spacing {spacing}" if spacing else ""))
 
 
 def tag(name: str, steps: int | None = None, eta: float = 0.0, spacing: str | None = None) -> str:

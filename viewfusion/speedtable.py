@@ -38,7 +38,7 @@ def speed_selection(frame: pd.DataFrame, *, experiment=None, checkpoint_step=Non
     best = settings.sort_values(["samplers", "checkpoint_step"], ascending=[False, False],
                                 na_position="last", kind="stable").index[0]
     selected = models[grouped.ngroup() == best]
-    if not (selected["sampler"] == BASELINE).all():
+    if is_model.any():
         setting = selected.iloc[0][SETTING]
         same = (copies[SETTING] == setting).all(axis=1)
         selected = pd.concat([selected, copies[same]], ignore_index=True)

@@ -187,9 +187,7 @@ def sampler_tag(spec):
 
 def parse_sampler(tag):
     """A sampler tag -> the CLI flags of `viewfusion sample`."""
-    name, steps, eta, spacing = samplers.parse_tag(tag)
-    return (f"--sampler {name}" + (f" --steps {steps}" if steps else "") + (f" --eta {eta:g}" if eta else "")
-            + (f" --spacing {spacing}" if spacing else ""))
+    return samplers.cli_flags(*samplers.parse_tag(tag))
 
 
 def ckpt_tag(ckpt):
