@@ -309,3 +309,13 @@ def _loaded(frame: pd.DataFrame, tmp_path) -> pd.DataFrame:
     path = tmp_path / "loaded.csv"
     frame.to_csv(path, index=False)
     return tables.load_metrics([path])
+
+
+def test_a_metrics_file_passed_twice_is_refused(tmp_path, capsys):
+    """Every mean would count its targets twice; before, only a copy file passed twice was caught."""
+    path = tmp_path / "m.csv"
+    hand_made().to_csv(path, index=False)
+    assert cli.main(["tables", "--metrics", str(path), str(path), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scored twice" in err and str(path) in err, err
+    assert not (tmp_path / "t").exists()

@@ -82,6 +82,11 @@ SRT_PSNR = 27.28
 
 # ---------------------------------------------------------------- input
 
+# One row per target and setting: the same file passed twice would double its weight in every mean.
+SCORED_ONCE = ["item", "protocol", "experiment", "checkpoint_step", "weights_sha256", "sampler", "steps",
+               "view_count"]
+
+
 def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
     """Concatenate per-image metrics files (parquet or CSV), checking columns and LPIPS net."""
     frames = []
@@ -93,11 +98,18 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
         missing = REQUIRED - set(frame.columns)
         if missing:
             raise ViewFusionError(f"metrics file {path}: missing columns {sorted(missing)}; rerun `viewfusion metrics`")
-        frames.append(frame)
+        frames.append(frame.assign(_file=str(path)))
     frame = pd.concat(frames, ignore_index=True)
     nets = set(frame["lpips_net"].dropna()) if "lpips_net" in frame else set()
     if len(nets) > 1:
         raise ViewFusionError(f"metrics files mix LPIPS nets {sorted(nets)}; tabulate one net at a time")
+    twice = frame[frame.duplicated(SCORED_ONCE, keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        files = sorted(set(twice[twice["item"] == first["item"]]["_file"]))
+        raise ViewFusionError(f"target {first['item']!r} is scored twice by one setting ({first['sampler']}, "
+                              f"experiment {first['experiment']!r}) in {', '.join(files)}; pass each metrics file once")
+    frame = frame.drop(columns="_file")
     frame["experiment"] = frame["experiment"].fillna("").astype(str)
     frame["sampler"] = frame["sampler"].astype(str)
     frame["checkpoint"] = frame["weights_sha256"].astype(str).str[:12]
