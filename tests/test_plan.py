@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from viewfusion import chunking
 from viewfusion import plan as P
 from viewfusion.errors import ViewFusionError
 
@@ -23,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def clean_root() -> Path:
-    """The repository's config, profiles and workflow without its results/ and data/: a checkout
-    after `make demo` has manifests there, which the plan counts (as it should) instead of NMR's."""
+    """The repository's config, profiles and workflow without its results/ and data/: what a clean
+    checkout holds (the demo's results must not change the paper's plan; see the test below)."""
     root = Path(tempfile.mkdtemp(prefix="plan-root-"))
     for name in ("config", "profiles", "workflow"):
         (root / name).symlink_to(REPO / name)
@@ -44,6 +45,15 @@ def make(rates: dict, profile: dict | None = None, **kw) -> P.Plan:
                        root=clean_root(), **kw)
 
 
+V100 = P.default_rates("v100")["sample"]  # the paper config's evaluation.sample_gpu sizes its chunks
+STARTUP_MIN = P.JOB_STARTUP_SECONDS / 60
+
+
+def chunks_for(evals: float, budget_min: float, rate: float = V100) -> int:
+    """By hand: the fewest chunks whose share of `evals` plus the start-up fits the budget."""
+    return math.ceil(evals / rate / 60 / (budget_min - STARTUP_MIN))
+
+
 def test_paper_arithmetic_by_hand():
     config = paper_config()
     n_exp = len(config["active_experiments"])
@@ -58,37 +68,36 @@ def test_paper_arithmetic_by_hand():
     assert train.per_job_hours == pytest.approx(773.111 / 4, rel=1e-4)  # 4 GPUs: 193.3 h wall
     assert "5 allocation(s)" in train.note  # 48 h allocations
 
-    # Ancestral sampling: 2000 U-Net calls per view; 8751 targets; 12 views.
+    # Ancestral sampling: 2000 U-Net calls per view; 8751 targets; 12 views. Chunks are the
+    # workflow's: sized on the config's V100 rate to fill 0.75 x 240 min each.
     v12 = rows[("sample", "paper/final/ddpm-full/v12")]
     assert v12.unet_evals == 8751 * 12 * 2000 == 210_024_000
-    assert v12.jobs == 64
-    # The longest of 64 chunks holds ceil(8751 / 64) = 137 targets: 3 288 000 evaluations.
-    assert v12.per_job_hours == pytest.approx(137 * 12 * 2000 / 1000 / 3600)  # 0.913 h
-    assert "needs >= 20 chunks" in v12.note  # 58.3 h / (0.75 x 4 h)
-    ddim = rows[("sample", "paper/final/ddim-10-eta1-lambda/v3")]
-    assert ddim.unet_evals == 8751 * 3 * 10 == 262_530
+    assert v12.jobs == chunks_for(210_024_000, 180) == 54
+    # At the plan's 1000/s the longest of 54 chunks holds ceil(8751 / 54) = 163 targets, plus the start-up.
+    assert v12.per_job_hours == pytest.approx(163 * 12 * 2000 / 1000 / 3600 + P.JOB_STARTUP_SECONDS / 3600)
+    # DDIM-10's whole sweep (8751 x 41 x 10 at 365/s: 164 min, + 8 start-ups) fits one 180 min job.
+    sweep = rows[("sample_sweep", "paper/final/ddim-10-eta1-lambda/v*")]
+    assert sweep.jobs == 1 and sweep.unet_evals == 8751 * 41 * 10 == 3_587_910
+    assert plan.sizing.swept == {"ddim-10-eta1-lambda"}
 
-    # Per rule, all experiments: ancestral 8751 x 41 x 2000 = 717.6 M per experiment (2.87e9 for
-    # the paper's four), DDIM-10 3.59 M, the copy baseline none.
     anc = sum(r.unet_evals for r in plan.rows if r.rule == "sample" and "/ddpm-full/" in r.setting)
     assert anc == n_exp * 8751 * 41 * 2000 and 8751 * 41 * 2000 == 717_582_000
-    assert sum(r.unet_evals for r in plan.rows if "/ddim-10-eta1-lambda/" in r.setting) == n_exp * 3_587_910
-    assert plan.jobs("sample") == n_exp * 2 * 8 * 64 and plan.jobs("sample_nearest") == n_exp * 8 * 64
+    chunks = {v: chunks_for(8751 * v * 2000, 180) for v in VIEWS}
+    assert plan.jobs("sample") == n_exp * sum(chunks.values())
+    assert plan.jobs("sample_sweep") == n_exp and plan.jobs("sample_nearest") == n_exp * 8
     assert plan.jobs("train") == n_exp and plan.jobs("metrics") == n_exp * 3 * 8
     assert plan.total("sample_nearest") == 0 and plan.total("metrics") == 0
-    assert plan.chunks == 64 and plan.chunks_needed == 20 and not plan.warnings
+    assert not plan.warnings
 
-    # Files (issue 17): per setting 64 chunks x (marker, pack, progress) + a metrics file; per
-    # manifest (shard set x view count) the manifest and its ground-truth pack. Before packs:
-    # two PNGs per target (image and ground truth), a marker and a progress file per chunk.
-    settings = n_exp * 3 * 8
+    # Files (issue 17): per setting its chunks x (marker, pack, progress) + a metrics file; per
+    # manifest (shard set x view count) the manifest and its ground-truth pack.
     sets = {config["evaluation"].get("shard_set") or config["experiments"][e]["shard_set"]
             for e in config["active_experiments"]}
-    assert plan.files["packed"] == settings * (64 * 3 + 1) + len(sets) * 8 * 2
-    assert plan.files["one_png_per_image"] == n_exp * 3 * 2 * 8751 * 8 + settings * (2 * 64 + 1) + len(sets) * 8
+    per_exp = sum(c * 3 + 1 for c in chunks.values()) + 2 * 8 * (3 + 1)  # ancestral; DDIM and the copy: 1 chunk
+    assert plan.files["packed"] == n_exp * per_exp + len(sets) * 8 * 2
 
 
-def test_default_v100_rates_and_the_chunk_count_they_need():
+def test_default_v100_rates_and_the_paper_dag_on_the_slurm_profile():
     rates = P.default_rates("v100")
     # Calibrated on the paper: 710 k steps x 112 x 3.5 in 6.5 days on 4 V100 = 123.9 fwd+bwd/s.
     assert rates["train"]["fp32"] == pytest.approx(710_000 * 112 * 3.5 / (6.5 * 86_400 * 4)) == pytest.approx(123.89,
@@ -96,48 +105,91 @@ def test_default_v100_rates_and_the_chunk_count_they_need():
     # The same fraction of the fp32 peak for the forward pass: x 61.9 / 21.0 GFLOP.
     assert rates["sample"] == pytest.approx(123.89 * 61.9 / 21.0, rel=1e-4)  # 365.2 evaluations/s
     assert rates["train"]["fp16"] == pytest.approx(125e12 * 0.25 / 61.9e9)  # tensor cores, assumed 25%
-    plan = make(rates)
+    a100 = P.default_rates("a100")
+    assert a100["sample"] == pytest.approx(156e12 * 0.25 / 21e9) and a100["train"]["bf16"] > a100["train"]["fp32"]
+    plan = make(rates, P.profile_minutes(REPO / "profiles/slurm"))
     rows = {(r.rule, r.setting): r for r in plan.rows}
     # auto precision on a V100 trains in fp16: 278.32 M / 504.8 /s = 153.1 GPU h, 38.3 h on 4.
     assert "fp16" in rows[("train", "paper")].note
     assert rows[("train", "paper")].gpu_hours == pytest.approx(278_320_000 / (125e12 * 0.25 / 61.9e9) / 3600)
-    v12 = rows[("sample", "paper/final/ddpm-full/v12")]
-    assert v12.per_job_hours == pytest.approx(3_288_000 / 365.18 / 3600, rel=1e-3)  # 2.50 h: fits 0.75 x 4 h
-    assert plan.chunks_needed == math.ceil(210_024_000 / 365.18 / 3600 / 3) == 54
-    a100 = P.default_rates("a100")
-    assert a100["sample"] == pytest.approx(156e12 * 0.25 / 21e9) and a100["train"]["bf16"] > a100["train"]["fp32"]
+    # 720 min x 0.75: 159.7 GPU h of ancestral sampling at 12 views in 18 jobs of 8.9 h.
+    assert rows[("sample", "paper/final/ddpm-full/v12")].jobs == chunks_for(210_024_000, 540) == 18
+    n_exp = len(paper_config()["active_experiments"])
+    assert plan.jobs("sample") == n_exp * sum(chunks_for(8751 * v * 2000, 540) for v in VIEWS) == n_exp * 63
+    # Every GPU job is worth its queue wait; the whole DAG is a few hundred Slurm jobs.
+    assert plan.shortest_gpu_job_minutes() >= 10 and not plan.warnings
+    assert P.cluster_jobs(plan) <= 400
 
 
-def test_a_chunk_over_its_limit_is_a_warning_with_the_count_that_fits():
-    plan = make({"sample": 100.0, "train": 100.0})  # slow: 8751 x 12 x 2000 / 100 /s = 583 h
-    assert plan.chunks_needed == math.ceil(210_024_000 / 100 / 3600 / 3) == 195
+def test_a_chunk_over_its_limit_is_a_warning_and_a_ceiling_caps_the_chunks():
+    plan = make({"sample": 100.0, "train": 100.0})  # slower than the V100 rate the chunks were sized on
     warning = next(w for w in plan.warnings if "ddpm-full/v12" in w)
-    assert "a chunk takes 9.13 h, over 0.75 x the 240 min limit; set evaluation.chunks >= 195" in warning
-    assert "RAISE IT" in P.render(plan)
-
-
-def test_profile_runtimes_come_from_the_profile():
-    minutes = P.profile_minutes(REPO / "profiles/slurm")
-    assert minutes["sample"] == 240 and minutes["train"] == 48 * 60 and minutes["warning_s"] == 600
-
-
-def test_manifest_counts_win_over_estimates(tmp_path):
+    # 54 chunks of <= 163 targets: 163 x 12 x 2000 / 100 /s = 10.87 h
+    assert "a chunk takes 10.87 h at these rates, over 3.00 h (0.75 x the 240 min limit)" in warning
+    assert "WARNING: sample paper/final/ddpm-full/v12" in P.render(plan)
     config = paper_config()
-    manifest = tmp_path / "results/manifests/all/test-v3.json"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"items": [{}] * 5}))
-    assert P.targets(config, "paper", 3, tmp_path, None) == (5, str(manifest))
-    assert P.targets(config, "paper", 2, tmp_path, None)[0] == N_TEST
-    assert P.targets(config, "paper", 2, tmp_path, 7) == (7, "--objects")
+    config["evaluation"]["chunks"] = 10
+    capped = P.make_plan(config, rates={**P.default_rates("v100")}, profile=P.profile_minutes(None), root=clean_root())
+    assert capped.sizing.chunks("paper", "ddpm-full", 12) == 10 and capped.sizing.chunks("paper", "ddpm-full", 1) == 5
+    assert any("ddpm-full/v12" in w for w in capped.warnings)
+    config["evaluation"].update(chunks="auto", sample_evals_per_second=3651.8)  # 10x the V100 rate: 10x fewer
+    fast = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=clean_root())
+    assert fast.sizing.chunks("paper", "ddpm-full", 12) == chunks_for(210_024_000, 180, 3651.8) == 6
+
+
+def test_profile_runtimes_and_groups_come_from_the_profile():
+    minutes = P.profile_minutes(REPO / "profiles/slurm")
+    assert minutes["sample"] == 720 and minutes["train"] == 48 * 60 and minutes["warning_s"] == 600
+    assert minutes["groups"]["metrics"] == minutes["groups"]["sample_nearest"] == "cpu"
+    assert minutes["group_components"]["cpu"] == 25
+
+
+def _demo_results(root: Path) -> None:
+    """What `make demo` leaves that an older plan read for any config: the synthetic data's
+    dataset check and 26-target manifests of the shard set `all`."""
+    (root / "results/data").mkdir(parents=True)
+    (root / "results/data/dataset_check.json").write_text(json.dumps(
+        {"zip": "data/synth/NMR_Dataset.zip", "per_category": {"test": {"car": 4, "chair": 22}}}))
+    for v in (1, 2, 3):
+        manifest = root / f"results/manifests/all/test-v{v}.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"items": [{}] * 26}))
+
+
+def test_the_paper_plan_ignores_another_datasets_results(tmp_path):
+    """After `make demo` the paper plan counted the demo's 26 targets (781 GPU h) without a
+    word; it now reads the dataset its config names and prints the same as on a clean checkout."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    for name in ("config", "profiles", "workflow"):
+        (root / name).symlink_to(REPO / name)
+    _demo_results(root)
+    clean, demo = (_cli("--configfile", "config/paper_workflow.yaml", cwd=r) for r in (clean_root(), root))
+    assert clean.returncode == demo.returncode == 0, demo.stderr
+    assert demo.stdout == clean.stdout
+    assert "targets per view count: 8751 (NMR's documented test lists" in demo.stdout
+    assert demo.stdout.splitlines()[1].startswith("ESTIMATE:")
+
+
+def test_targets_come_from_the_configured_dataset(tmp_path, synth_zip):
+    config = paper_config()
+    count = chunking.setting_targets(config, "paper", tmp_path)
+    assert (count.targets, count.exact) == (N_TEST, False)
+    # The NMR zip at dataset.zip: its own split lists, counted (this synthetic one has 5 test objects).
+    (tmp_path / "data/nmr").mkdir(parents=True)
+    (tmp_path / "data/nmr/NMR_Dataset.zip").symlink_to(synth_zip)
+    count = chunking.setting_targets(config, "paper", tmp_path)
+    assert (count.targets, count.exact) == (5, True) and "data/nmr/NMR_Dataset.zip's split lists" in count.source
+    assert chunking.setting_targets(config, "paper", tmp_path, objects=7).targets == 7
 
 
 def test_the_synthetic_default_config_counts_its_split_exactly():
     config = P.load_workflow_config([], REPO / "config/config.yaml", REPO / "workflow/schemas/config.schema.yaml")
-    n, source = P.targets(config, "tiny", 1, Path("/nonexistent"), None)
+    count = chunking.setting_targets(config, "tiny", Path("/nonexistent"))
     # 260 objects, 2 of every 10 in test (synth._SPLIT_PATTERN), then max_objects 26.
-    assert (n, source) == (26, "the synthetic dataset's split")
+    assert (count.targets, count.source, count.exact) == (26, "the synthetic dataset's split", True)
     config["evaluation"]["max_objects"] = None
-    assert P.targets(config, "tiny", 1, Path("/nonexistent"), None)[0] == 52
+    assert chunking.setting_targets(config, "tiny", Path("/nonexistent")).targets == 52
 
 
 def test_figure_evaluations_match_the_figure_sampler():
@@ -163,24 +215,25 @@ def test_command_prints_per_rule_and_writes_json_without_torch(tmp_path):
     proc = _cli("--configfile", "config/paper_workflow.yaml", "--sample-evals-per-second", "1000",
                 "--train-evals-per-second", "100", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "per rule:" in proc.stdout and "evaluation.chunks >= 20" in proc.stdout
+    assert "per rule:" in proc.stdout and "cluster jobs on this profile: " in proc.stdout
     assert "sample_nearest" in proc.stdout and "(CPU)" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["chunks_needed"] == 20 and data["rates"]["sample"] == 1000.0
+    assert data["rates"]["sample"] == 1000.0 and data["sizing"]["swept"] == ["ddim-10-eta1-lambda"]
+    v12 = next(s for s in data["sizing"]["settings"] if (s["exp"], s["tag"], s["views"]) == ("paper", "ddpm-full", 12))
+    assert v12["chunks"] == 18 and data["cluster_jobs"] <= 400
 
 
 def test_rates_from_a_gpu_check_json(tmp_path):
     rates = tmp_path / "gpu_check.json"
     rates.write_text(json.dumps({"plan_rates": {"gpu": "h100", "sample": 2000.0, "train": 500.0}}))
     args = Namespace(gpu="v100", rates=rates, sample_evals_per_second=None, train_evals_per_second=None)
-    resolved = P.resolve_rates(args)
+    resolved = P.resolve_rates(args, paper_config())
     assert (resolved["sample"], resolved["train"], resolved["gpu"]) == (2000.0, 500.0, "h100")
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--gpu", "tpu"], "--gpu 'tpu': known classes are v100"),
+    (["--gpu", "tpu"], "GPU class 'tpu': known classes are v100"),
     (["--sample-evals-per-second", "0"], "sample rate must be a positive number"),
-    (["--margin", "1.5"], "--margin 1.5: need 0 < margin <= 1"),
     (["--objects", "0"], "--objects 0: need at least 1"),
 ])
 def test_bad_input_is_one_line(args, message):
@@ -191,5 +244,5 @@ def test_bad_input_is_one_line(args, message):
 def test_bad_profile_runtime_is_one_line(tmp_path):
     profile = tmp_path / "config.yaml"
     profile.write_text(yaml.safe_dump({"set-resources": {"sample": {"runtime": "four hours"}}}))
-    with pytest.raises(ViewFusionError, match="set-resources.sample.runtime 'four hours' is not a number"):
+    with pytest.raises(ViewFusionError, match="set-resources.sample.runtime 'four hours' is not a positive number"):
         P.profile_minutes(profile)

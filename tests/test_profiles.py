@@ -6,6 +6,7 @@ No cluster needed; tests/test_slurm.py runs the CI profile on a real one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -54,17 +55,41 @@ def _value(text: str):
     return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
+# `snakemake -n` in-process, printing what Snakemake computes for each group job it would submit
+# (GroupJob.resources: the members layered by toposort level and summed side by side).
+_DRY_RUN = """
+import json, sys
+import snakemake.jobs as J
+_log_info = J.GroupJob.log_info
+from snakemake.resources import GroupResources
+def log_info(self, *args, **kwargs):
+    # What the Slurm executor submits (run_local=False): a dry run itself computes it as if local.
+    res = GroupResources.basic_layered(toposorted_jobs=self.toposorted, constraints=self.global_resources,
+                                       run_local=False, additive_resources=["runtime"], sortby=["runtime"])
+    res = {k: v for k, v in res.items() if isinstance(v, (int, str))}
+    print("GROUP-JOB " + json.dumps({"group": self.groupid, "rules": sorted(j.rule.name for j in self.jobs),
+                                     "resources": res}), file=sys.stderr)
+    return _log_info(self, *args, **kwargs)
+J.GroupJob.log_info = log_info
+from snakemake.cli import main
+sys.argv = ["snakemake", "-n", *sys.argv[1:]]
+main()
+"""
+
+
 def dry_run(work: Path, *args: str) -> tuple[dict[str, SimpleNamespace], set[str], str]:
     """`snakemake -n` -> {rule: the first job's threads, resources and shell command}, the rules
-    that run locally (`localrule`), and the whole output."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=work, env=_env(),
+    that run locally (`localrule`), and the whole output (with a `GROUP-JOB {json}` line per group
+    job: its rules and the resources Snakemake submits it with)."""
+    proc = subprocess.run([sys.executable, "-c", _DRY_RUN, *args], cwd=work, env=_env(),
                           capture_output=True, text=True, timeout=600)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     jobs: dict[str, SimpleNamespace] = {}
     local = set()
-    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        head = re.search(r"^(local)?rule (\w+):", block, re.M)
+    # Members of a group job are printed indented inside it.
+    for block in re.split(r"\n\s*(?=\[[A-Z][a-z]{2} )", text):
+        head = re.search(r"^\s*(local)?rule (\w+):", block, re.M)
         if not head:
             continue
         kind, rule = head.groups()
@@ -74,13 +99,18 @@ def dry_run(work: Path, *args: str) -> tuple[dict[str, SimpleNamespace], set[str
             continue
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        shell = re.search(r"^\s*Shell command: (.*)$", block, re.M)
         pairs = (item.split("=", 1) for item in res.group(1).split(", ")) if res else ()
         jobs[rule] = SimpleNamespace(
             name=rule, threads=int(threads.group(1)) if threads else 1,
             resources=Resources({k: _value(v) for k, v in pairs}),
             shell=shell.group(1) if shell else "", is_group=lambda: False)
     return jobs, local, text
+
+
+def group_jobs(text: str) -> list[dict]:
+    """The group jobs of a dry run's output (see _DRY_RUN)."""
+    return [json.loads(line.split(" ", 1)[1]) for line in text.splitlines() if line.startswith("GROUP-JOB ")]
 
 
 def sbatch(job: SimpleNamespace) -> str:
@@ -123,8 +153,9 @@ def cluster(tmp_path_factory):
     profile.write_text(text)
     (work / "nodes.yaml").write_text("training: {nodes: 2}\n")
     fast = "results/samples/paper/final/ddim-10-eta1-lambda/v3"
-    targets = ["results/runs/paper/final.pt", f"{fast}/chunks/1-of-64.json",
-               "results/samples/paper/final/nearest/v3/chunks/1-of-64.json", f"{fast}/metrics.parquet"]
+    targets = ["results/runs/paper/final.pt", f"{fast}/chunks/1-of-1.json",
+               "results/samples/paper/final/ddpm-full/v3/chunks/1-of-5.json",
+               "results/samples/paper/final/nearest/v3/chunks/1-of-1.json", f"{fast}/metrics.parquet"]
     return dry_run(work, *targets, "--profile", "profiles/slurm", "--configfile", "config/paper_workflow.yaml",
                    "nodes.yaml")
 
@@ -146,28 +177,40 @@ def local_rules(work: Path, *configfiles: str) -> set[str]:
 def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     jobs, _, text = paper
     stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:", 1)[1], re.M)}
-    # Per experiment 8 view counts x 64 chunks: 2 model samplers on GPUs, the copy baseline on CPUs
-    # (the paper's 4 experiments: 4096 + 2048 chunks, 6271 jobs in all).
-    n = len(yaml.safe_load((REPO / "config/paper_workflow.yaml").read_text())["active_experiments"])
-    assert (stats["sample"], stats["sample_nearest"], stats["metrics"]) == (n * 2 * 8 * 64, n * 8 * 64, n * 3 * 8)
-    # `viewfusion plan` counts the same jobs.
-    from viewfusion import plan as P
-
-    config = P.load_workflow_config([REPO / "config/paper_workflow.yaml"], REPO / "config/config.yaml",
-                                    REPO / "workflow/schemas/config.schema.yaml")
-    planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(None), root=REPO)
-    for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
-        assert planned.jobs(rule) == stats[rule], rule
-    # Ground truth once per manifest (shard set x view count), not per sample directory.
-    assert stats["ground_truth"] == len(planned.manifests) == stats["eval_manifest"]
     # Internet, the login node's little work: never a cluster job.
     work = _copy(tmp_path)
     paper_local, synth_local = local_rules(work, "config/paper_workflow.yaml"), local_rules(work)
     assert {"download_dataset", "verify_dataset", "tables", "figures"} <= paper_local
     assert {"verify_dataset", "tables", "figures"} <= synth_local and "download_dataset" not in synth_local
-    compute = {"train", "sample", "sample_nearest", "sample_figures", "metrics", "shard", "eval_manifest",
-               "ground_truth"}
+    compute = {"train", "sample", "sample_sweep", "sample_nearest", "sample_figures", "metrics", "shard",
+               "eval_manifest", "ground_truth"}
     assert not (paper_local | synth_local) & compute
+    # Chunks sized per setting (viewfusion.chunking): per experiment 63 ancestral chunks of ~9 h on
+    # V100s, DDIM-10 swept (all 8 view counts in one job), the copy baseline one CPU chunk per setting.
+    n = len(yaml.safe_load((REPO / "config/paper_workflow.yaml").read_text())["active_experiments"])
+    assert (stats["sample"], stats["sample_sweep"], stats["sample_nearest"], stats["metrics"]) == (
+        n * 63, n, n * 8, n * 3 * 8)
+    # `viewfusion plan` counts the same jobs, and the same Slurm submissions.
+    from viewfusion import plan as P
+
+    config = P.load_workflow_config([REPO / "config/paper_workflow.yaml"], REPO / "config/config.yaml",
+                                    REPO / "workflow/schemas/config.schema.yaml")
+    planned = P.make_plan(config, rates=P.default_rates("v100"), profile=P.profile_minutes(REPO / "profiles/slurm"),
+                          root=REPO)
+    for rule in ("train", "sample", "sample_sweep", "sample_nearest", "sample_figures", "metrics"):
+        assert planned.jobs(rule) == stats[rule], rule
+    # What goes to Slurm: every job but the local rules and `all`, a group job per bundle of small
+    # CPU jobs. 7,849 submissions before chunks were sized per setting; a few hundred now.
+    groups = group_jobs(text)
+    grouped = {rule for g in groups for rule in g["rules"]}
+    assert grouped == {"sample_nearest", "metrics", "sample_figures", "eval_manifest", "ground_truth"}
+    submitted = sum(count for rule, count in stats.items() if rule not in grouped | paper_local | {"all", "total"})
+    cluster_jobs = submitted + len(groups)
+    assert cluster_jobs == P.cluster_jobs(planned) <= 400, (submitted, len(groups))
+    # Every GPU job is worth its queue wait (>= 10 min of estimated work).
+    assert planned.shortest_gpu_job_minutes() >= 10
+    # Ground truth once per manifest (shard set x view count), not per sample directory.
+    assert stats["ground_truth"] == len(planned.manifests) == stats["eval_manifest"]
 
 
 def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
@@ -186,14 +229,22 @@ def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
     assert "--max-minutes 14400" in train.shell
 
 
-def test_sampling_gets_a_gpu_and_the_copy_baseline_a_small_cpu_job(paper):
-    jobs, _, _ = paper
-    sample, nearest = flags(sbatch(jobs["sample"])), flags(sbatch(jobs["sample_nearest"]))
-    assert {"--gpus=1", "--cpus-per-gpu=4", "--mem 16000", "-t 240"} <= sample, sample
-    assert {"--ntasks=1", "--cpus-per-task=1", "--mem 2000", "-t 30"} <= nearest, nearest
-    assert not any(f.startswith(("--gpus", "--gres")) for f in nearest), nearest
-    metrics = flags(sbatch(jobs["metrics"]))
-    assert {"--cpus-per-task=4", "--mem 8000", "-t 60"} <= metrics and "--gpus=1" not in metrics
+def test_sampling_gets_a_gpu_and_small_cpu_jobs_go_in_bundles(paper):
+    jobs, _, text = paper
+    sample, sweep = flags(sbatch(jobs["sample"])), flags(sbatch(jobs["sample_sweep"]))
+    assert {"--gpus=1", "--cpus-per-gpu=4", "--mem 16000", "-t 720"} <= sample, sample
+    assert {"--gpus=1", "--cpus-per-gpu=4", "--mem 16000", "-t 720"} <= sweep, sweep
+    # The copy baseline, metrics and figure samples go to Slurm CPU_JOBS_PER_SUBMISSION (25)
+    # parts at a time: a group job on one node's CPUs (the profile's `cores`), no GPU, its members
+    # side by side and its runtime the sum of the rounds they need.
+    cpu = [g for g in group_jobs(text) if g["group"] == "cpu"]
+    assert cpu and all(set(g["rules"]) <= {"sample_nearest", "metrics", "sample_figures"} for g in cpu)
+    for g in cpu:
+        res = g["resources"]
+        assert res["_cores"] <= 32 and res.get("gpu", 0) == 0 and "gres" not in res, res
+        assert res["mem_mb"] <= 64000 and 60 <= res["runtime"] <= 12 * 60, res
+    prep = [g for g in group_jobs(text) if g["group"] == "prep"]
+    assert len(prep) == 1 and set(prep[0]["rules"]) == {"eval_manifest", "ground_truth"}
 
 
 def test_partition_account_and_gpu_model_come_from_the_one_place(cluster):
@@ -254,8 +305,9 @@ def test_both_slurm_profiles_map_the_portable_resources(paper, ci):
     with the config it is documented with: the real profile's 4 GPUs per training node need
     training.nproc 4 (the paper's config; the demo config's 1 is refused at DAG build). Training
     GPUs come as a per-node gres (the rule's portable `gpu` stays 0), sampling's as `gpu`."""
+    # (The demo config's DDIM is swept on the CI profile: one sample_sweep job, no `sample` job.)
     for (jobs, _, _), train_gres, sample_gpu in ((paper, "gpu:4", 1), (ci, None, 1)):
-        train, sample = jobs["train"].resources, jobs["sample"].resources
+        train, sample = jobs["train"].resources, (jobs.get("sample") or jobs["sample_sweep"]).resources
         assert train["gpu"] == 0 and train.get("gres") == train_gres, train
         assert sample["gpu"] == sample_gpu, sample
         assert "runtime" in train and "mem_mb" in train, train
@@ -266,9 +318,12 @@ def test_ci_profile_keeps_the_real_profiles_settings(ci):
     jobs, _, _ = ci
     train = flags(sbatch(jobs["train"]))
     assert {"--nodes=1", "--requeue", "--signal=URG@60", "-t 20", "--ntasks=1", "--cpus-per-task=2"} <= train, train
-    assert {"--gpus=1", "--cpus-per-gpu=1"} <= flags(sbatch(jobs["sample"]))
+    assert {"--gpus=1", "--cpus-per-gpu=1"} <= flags(sbatch(jobs["sample_sweep"]))
     assert not any(f.startswith("--gpus") for f in flags(sbatch(jobs["sample_nearest"])))
+    # Group jobs fit the one 2-CPU node (the profile's `cores`).
+    assert group_jobs(ci[2]) and all(g["resources"]["_cores"] <= 2 for g in group_jobs(ci[2]))
     for profile in ("slurm", "slurm-ci"):
         text = (REPO / "profiles" / profile / "config.yaml").read_text()
-        assert re.search(r"^slurm-array-jobs: sample,sample_nearest$", text, re.M), profile
+        assert re.search(r"^slurm-array-jobs: sample,sample_sweep$", text, re.M), profile
+        assert re.search(r"^  - metrics=cpu$", text, re.M), profile
         assert re.search(r"^slurm-requeue: true$", text, re.M), profile

@@ -35,6 +35,8 @@ from train_utils import TRAIN_SH
 REPO = Path(__file__).resolve().parents[1]
 # Rules the Snakefile runs where Snakemake runs (`localrules`), never as Slurm jobs.
 LOCAL_RULES = {"download_dataset", "verify_dataset", "tables", "figures"}
+# Rules profiles/slurm-ci bundles into group jobs (its `groups:`).
+GROUPED = {"sample_nearest", "metrics", "sample_figures", "eval_manifest", "ground_truth"}
 # What a copy of the workflow needs (the viewfusion package itself is installed in the venv).
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles")
 # The default config (config/config.yaml) made smaller still: Slurm adds ~5-20 s per job on top
@@ -51,9 +53,13 @@ CI_OVERRIDES = {
     "evaluation": {
         "view_counts": [1, 2],
         "max_objects": 4,
-        # Two chunks per setting: the sampling jobs go in as Slurm job arrays.
-        "chunks": 2,
-        "samplers": [{"name": "ddim", "steps": 10, "eta": 0.0}],
+        # Chunks sized on a slow made-up rate against the profile's 15 min (11.25 min per job):
+        # DDIM-10 needs 1 chunk at 1 view and 2 at 2 views (Slurm job arrays); DDIM-2's whole
+        # sweep fits one job (sample_sweep). The copy baseline, metrics, manifests and figure
+        # samples go in as group jobs of 4.
+        "chunks": "auto",
+        "sample_evals_per_second": 0.1,
+        "samplers": [{"name": "ddim", "steps": 10, "eta": 0.0}, {"name": "ddim", "steps": 2, "eta": 0.0}],
         "speed_view_count": None,
     },
     "metrics": {"lpips": False},
@@ -168,15 +174,20 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
     #    each of them complete with exit status 0.
     planned = _job_stats(log)
     planned.pop("all", None)
-    assert planned and planned["sample"] == 2 * 2, planned  # 2 view counts x 2 chunks
+    assert planned and (planned["sample"], planned["sample_sweep"]) == (1 + 2, 1), planned
     local = {rule: planned.pop(rule) for rule in LOCAL_RULES & set(planned)}
     assert set(local) == {"verify_dataset", "tables", "figures"}, local  # synthetic data: no download
+    grouped = {rule: planned.pop(rule) for rule in GROUPED & set(planned)}
+    assert set(grouped) == GROUPED, grouped
 
-    slurm_ids: dict[str, list[str]] = {}  # rule -> Slurm ids (array tasks as <job>_<task>)
+    slurm_ids: dict[str, list[str]] = {}  # rule or group_<name> -> Slurm ids (array tasks as <job>_<task>)
     for rule_dir in (wf / ".snakemake" / "slurm_logs").glob("rule_*"):
         slurm_ids[rule_dir.name.removeprefix("rule_")] = sorted(
             p.stem for p in rule_dir.rglob("*.log")
         )
+    for group_dir in (wf / ".snakemake" / "slurm_logs").glob("group_*"):  # group_<id>_<its rules>
+        group = "group_" + group_dir.name.removeprefix("group_").split("_")[0]
+        slurm_ids.setdefault(group, []).extend(sorted(p.stem for p in group_dir.rglob("*.log")))
     ctld = (state / "slurmctld.log").read_text()
     done_ok = set()
     for m in re.finditer(r"_job_complete: JobId=(\d+(?:_\d+)?)(?:\(\d+\))? WEXITSTATUS 0", ctld):
@@ -187,7 +198,14 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
         assert len(completed) >= n, (
             f"rule {rule}: {n} jobs planned, Slurm completed {completed} (logs: {ids})"
         )
+    # Grouped rules went in as group jobs of up to 4 independent parts (2 settings x (DDIM-10,
+    # DDIM-2, copy) metrics with the copy chunks joined to theirs, 1 figure job: 7 parts -> 2;
+    # 2 manifests + their ground truth: 2 parts -> 1), each completed by Slurm.
+    for group, parts in (("group_cpu", 7), ("group_prep", 2)):
+        ids = slurm_ids.get(group, [])
+        assert len([i for i in ids if i in done_ok]) == -(-parts // 4), (group, ids)
     assert not set(local) & set(slurm_ids), f"local rules ran as Slurm jobs: {slurm_ids}"
+    assert not set(grouped) & set(slurm_ids), f"grouped rules ran as single Slurm jobs: {slurm_ids}"
     assert re.search(r"^localrule tables:", log, re.M), "tables did not run locally"
     # Sampling chunks went in as job arrays (ids <array>_<task>).
     assert any("_" in i for i in slurm_ids["sample"]), slurm_ids["sample"]
@@ -206,7 +224,9 @@ def test_pipeline_runs_as_slurm_jobs(tmp_path):
         if job_state == "COMPLETED"
     }
     # Jobs older than MinJobAge have left squeue; the last ones are surely there.
-    assert {"metrics"} <= completed_rules <= set(planned), q.stdout
+    # (a group job's comment is its group id and rules: cpu_metrics_sample_figures_sample_nearest)
+    assert completed_rules, q.stdout
+    assert all(r in planned or r.split("_")[0] in ("cpu", "prep") for r in completed_rules), q.stdout
 
     # 3. Nothing left to do: a second run would submit nothing.
     again = subprocess.run(

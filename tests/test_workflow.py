@@ -76,6 +76,9 @@ def _copy_workflow(dest: Path) -> Path:
 
 # The default pipeline with its budgets cut so that CI on 2 cores takes minutes: fewer objects,
 # training steps, evaluation targets and sampling steps. Every rule and every stage still runs.
+# A made-up slow sampling rate (0.01 U-Net evaluations/s) makes viewfusion.chunking give DDIM-10
+# 1 chunk at 1 view and 2 (the ceiling) at 2 and 3 views, as a long sampler on a cluster gets;
+# the demo's own config sweeps it (tests/test_slurm.py runs both kinds).
 QUICK = """
 dataset: {synth_objects: 52}
 experiments:
@@ -83,7 +86,8 @@ experiments:
     config: config/experiments/tiny.yaml
     shard_set: all
     set: ["train.max_steps=40", "train.snapshot_steps=[]", "train.checkpoint_every=20"]
-evaluation: {max_objects: 6, samplers: [{name: ddim, steps: 10}, {name: nearest}], chunks: 2, batch_size: 16}
+evaluation: {max_objects: 6, samplers: [{name: ddim, steps: 10}, {name: nearest}], chunks: 2, batch_size: 16,
+             sample_evals_per_second: 0.01}
 figures: {sampler: {name: ddim, steps: 5}}
 """
 
@@ -184,6 +188,9 @@ RERUNS = {
     "view count added": ("evaluation: {view_counts: [1, 2, 3, 4]}\n", {"eval_manifest", "ground_truth", NEAREST,
                                                                       *EVALUATION}),
     "view count dropped": ("evaluation: {view_counts: [1, 2]}\n", {"tables", "figures"}),
+    # 10x the rate: DDIM-10's whole sweep fits one job; its new chunk files are written from the
+    # images already there (same fingerprints), then scored again.
+    "chunk sizing": ("evaluation: {sample_evals_per_second: 0.1}\n", {"sample_sweep", "metrics", "tables", "figures"}),
     "experiment override": (("experiments: {tiny: {config: config/experiments/tiny.yaml, shard_set: all, set: "
                              "['train.max_steps=40', 'train.snapshot_steps=[]', 'train.checkpoint_every=20', "
                              "'train.lr=0.002']}}\n"), {"train", "sample_figures", NEAREST, *EVALUATION}),

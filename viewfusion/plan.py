@@ -1,5 +1,5 @@
 """`viewfusion plan`: what a workflow config costs before it runs: per rule the jobs, the U-Net
-evaluations and the GPU hours, and whether each sampling chunk fits its job's time limit.
+evaluations and the GPU hours, the chunks of every sampling setting and whether each job fits.
 
     viewfusion plan --configfile config/paper_workflow.yaml                  # V100 defaults, profiles/slurm
     viewfusion plan --configfile config/paper_workflow.yaml --gpu a100
@@ -8,36 +8,28 @@ evaluations and the GPU hours, and whether each sampling chunk fits its job's ti
 
 Run it from the workflow's folder, as snakemake: the config is read as Snakemake reads it,
 config/config.yaml (--base) with each --configfile merged over it (mappings merge, lists
-replace), schema defaults filled in; experiment configs and results/ are relative to it.
+replace), schema defaults filled in and the workflow's own checks run; experiment configs and the
+dataset are relative to it.
 
 Arithmetic (per experiment, checkpoint, sampler and view count v, a "setting"):
-* targets T: the evaluation manifest's items when results/manifests/... exists; else the test
-  objects (results/data/dataset_check.json when the dataset was verified, else the synthetic
-  dataset's exact split, else NMR_TEST_OBJECTS for the real data), after the shard set's
-  `percent` and evaluation.max_objects, times evaluation.targets_per_object (pixelnerf: 23 views);
+* targets T of the dataset the config names (viewfusion.chunking: the synthetic split exactly,
+  the NMR zip's lists, or NMR's documented sizes, said so on the first lines), after the shard
+  set's `percent` and evaluation.max_objects, times evaluation.targets_per_object (pixelnerf: 23);
 * U-Net evaluations = T x v x calls, calls = viewfusion.samplers.unet_calls (the ancestral
   sampler: the experiment's diffusion.n_timestep, 2000 for the paper; ddim: its steps; Heun
   2 steps - 1; the copy baseline `nearest`: 0, a CPU job);
-* a chunk holds at most ceil(T / evaluation.chunks) targets: its hours on one GPU are
-  ceil(T / chunks) x v x calls / rate / 3600, against `--margin` x the sample rule's runtime in
-  the profile (attempt 1); the chunk count each setting needs is ceil(T x v x calls / (rate x
-  budget)), and evaluation.chunks must be at least the largest of them;
+* chunks: the workflow's own (viewfusion.chunking.size_chunks, on the config's sampling rate and
+  the profile's sample runtime); each sampling job also pays rates.JOB_STARTUP_SECONDS; a job's
+  hours at the plan's rates are checked against evaluation.chunk_share x the runtime, and against
+  chunking.MIN_GPU_JOB_MINUTES from below;
 * training: train.max_steps x train.global_batch_size x (data.max_views + 1) / 2 U-Net
   forward + backward evaluations (view counts are drawn uniformly in 1..max_views), at the
   training rate of the precision train.precision resolves to on that GPU; wall hours = GPU
   hours / (training.nodes x training.nproc); allocations = wall hours / (the profile's train
   runtime - its early warning).
 
-Rates: a GPU class's default = dense peak TFLOP/s of the dtype x UTILISATION / FLOPs per U-Net
-evaluation of the paper model (FLOPS_FORWARD, FLOPS_TRAIN). UTILISATION["fp32"] is calibrated
-on the paper's own run (710 k steps of 112 targets in ~6.5 days on 4 V100 in fp32: 124 forward +
-backward evaluations/s per V100, 49% of its fp32 peak); UTILISATION["tensor"] (bf16/fp16/TF32
-on tensor cores) is an assumption until benchmarks/gpu_check.sh measures it on that GPU (its
-JSON's "plan_rates" feed --rates). Sampling runs in fp32, on Ampere and later through cuDNN's
-TF32 convolutions. The rates are the paper U-Net's (64 px, 33.9 M parameters): for another model
-size pass measured rates.
-
-Torch-free: it reads configs and files only.
+Rates: viewfusion.rates (peak x utilisation / FLOPs per GPU class, or measured). Torch-free: it
+reads configs and files only.
 """
 
 from __future__ import annotations
@@ -50,108 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from viewfusion import samplers, samplestore
+from viewfusion import chunking, samplers, samplestore
 from viewfusion.config import ExperimentConfig, select_precision
 from viewfusion.configfile import load_config
-from viewfusion.data.manifest import workflow_manifest
 from viewfusion.errors import ViewFusionError
+from viewfusion.rates import JOB_STARTUP_SECONDS, PEAK_TFLOPS, bf16_tensor_cores, default_rates
 from viewfusion.workflowconfig import load_workflow_config, profile_minutes
 
-# FLOPs of one U-Net evaluation of the paper model (64 px, batch row of one view):
-# forward (benchmarks/model.py, docs/NOTES.md: 21.0 GFLOP) and forward + backward
-# (benchmarks/train.py: 61.9 GFLOP).
-FLOPS_FORWARD = 21.0e9
-FLOPS_TRAIN = 61.9e9
-# Dense peak TFLOP/s (no sparsity) per dtype: data sheets. fp32 on CUDA cores; tf32, bf16 and
-# fp16 on tensor cores (the V100's tensor cores take fp16 only).
-PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "v100": {"fp32": 15.7, "fp16": 125.0},
-    "a100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
-    "l40s": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0, "fp16": 362.0},
-    "h100": {"fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp16": 989.0},
-    "h200": {"fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp16": 989.0},
-}
-# Achieved fraction of peak: fp32 from the paper's V100 run (see the module doc), tensor-core
-# dtypes assumed (small 64 px convolutions keep tensor cores far from their peak).
-PAPER_V100_TRAIN_EVALS_PER_S = 710_000 * 112 * 3.5 / (6.5 * 86_400 * 4)
-UTILISATION = {"fp32": PAPER_V100_TRAIN_EVALS_PER_S * FLOPS_TRAIN / (PEAK_TFLOPS["v100"]["fp32"] * 1e12),
-               "tensor": 0.25}
-# Test objects of the real NMR data when nothing better is known: ViewFusion's test.lst lists
-# (the NMR release's per-category test.lst files: 8751) and the SoftRas lists pixelNeRF scores (8762).
-NMR_TEST_OBJECTS = {"viewfusion": 8751, "softras": 8762}
-PIXELNERF_TARGETS_PER_OBJECT = 23  # one source view, every other view a target
 FIGURE_EVALS_PER_STEP = 12 * 6 + sum(range(1, 8))  # figure_samples: 12 targets x 6 views + 7 autoregressive
-DEFAULT_MARGIN = 0.75  # a chunk may take this fraction of its job's runtime
-
-
-def default_rates(gpu: str) -> dict[str, Any]:
-    """U-Net evaluations per second of one GPU of class `gpu`: sampling (forward, fp32/TF32)
-    and training (forward + backward) per precision, from PEAK_TFLOPS and UTILISATION."""
-    if gpu not in PEAK_TFLOPS:
-        raise ViewFusionError(f"--gpu {gpu!r}: known classes are {', '.join(PEAK_TFLOPS)}; "
-                              "or give measured rates (--rates, --sample-evals-per-second)")
-    peaks = PEAK_TFLOPS[gpu]
-
-    def rate(dtype: str, flops: float) -> float:
-        kind = "fp32" if dtype == "fp32" else "tensor"
-        return peaks[dtype] * 1e12 * UTILISATION[kind] / flops
-
-    sample_dtype = "tf32" if "tf32" in peaks else "fp32"
-    return {"gpu": gpu, "source": "default (module viewfusion.plan: peak x utilisation / FLOPs)",
-            "sample": rate(sample_dtype, FLOPS_FORWARD),
-            "train": {p: rate(p if p in peaks else "fp32", FLOPS_TRAIN) for p in ("fp32", "fp16", "bf16")}}
-
-
-def bf16_tensor_cores(gpu: str) -> bool:
-    return "bf16" in PEAK_TFLOPS.get(gpu, {})
-
-
-# ---------------------------------------------------------------- targets
-
-
-def _split_objects(config: dict, shard_set: dict, split: str, root: Path) -> tuple[int, str]:
-    """Objects of `split` in a shard set (after percent), and where the number comes from."""
-    lists, percent = shard_set.get("lists", "viewfusion"), shard_set.get("percent", 100)
-    key = f"{'softras_' if lists == 'softras' else ''}{split}"
-    check = root / "results/data/dataset_check.json"
-    if check.exists():
-        per_category = json.loads(check.read_text()).get("per_category", {}).get(key)
-        if per_category:
-            return sum(math.ceil(n * percent / 100) for n in per_category.values()), str(check)
-    dataset = config.get("dataset", {})
-    if dataset.get("source", "synth") == "synth":
-        from viewfusion.data.shapes import object_synset
-        from viewfusion.data.synth import object_split
-
-        per: dict[str, int] = {}
-        for i in range(dataset.get("synth_objects", 260)):
-            if object_split(i, lists=lists) == split:
-                per[object_synset(i)] = per.get(object_synset(i), 0) + 1
-        return sum(math.ceil(n * percent / 100) for n in per.values()), "the synthetic dataset's split"
-    if split != "test":
-        raise ViewFusionError(f"the size of the NMR {split} split is unknown before the dataset is verified "
-                              "(results/data/dataset_check.json); pass --objects")
-    total = NMR_TEST_OBJECTS[lists]
-    return math.ceil(total * percent / 100), f"NMR {key} ({total} objects, before verification)"
-
-
-def targets(config: dict, exp: str, views: int, root: Path, objects: int | None) -> tuple[int, str]:
-    """Evaluation targets of one experiment and view count, and where the number comes from."""
-    ev = config["evaluation"]
-    shard_set = ev.get("shard_set") or config["experiments"][exp]["shard_set"]
-    pixelnerf = ev["protocol"] == "pixelnerf"
-    manifest = root / workflow_manifest(ev["protocol"], shard_set=shard_set, split=ev["split"], views=views)
-    if objects is None and manifest.exists():
-        return len(json.loads(manifest.read_text())["items"]), str(manifest)
-    if objects is not None:
-        n, source = objects, "--objects"
-    else:
-        n, source = _split_objects(config, config["shard_sets"][shard_set], ev["split"], root)
-    if ev.get("max_objects"):
-        n = min(n, ev["max_objects"])
-    per = PIXELNERF_TARGETS_PER_OBJECT if pixelnerf else ev.get("targets_per_object", 1)
-    return n * per, source
-
 
 # ---------------------------------------------------------------- the plan
 
@@ -166,6 +64,7 @@ class Row:
     per_job_hours: float | None = None  # the longest job, on one GPU
     limit_hours: float | None = None
     note: str = ""
+    min_job_hours: float | None = None  # the shortest job, on one GPU
 
 
 @dataclass
@@ -173,11 +72,8 @@ class Plan:
     config: list[str]
     rates: dict[str, Any]
     profile: dict[str, Any]
-    margin: float
-    targets: dict[str, Any] = field(default_factory=dict)
+    sizing: chunking.Sizing
     rows: list[Row] = field(default_factory=list)
-    chunks: int = 1
-    chunks_needed: int = 1
     warnings: list[str] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
     manifests: set = field(default_factory=set)
@@ -188,79 +84,112 @@ class Plan:
     def jobs(self, rule: str) -> int:
         return sum(r.jobs for r in self.rows if r.rule == rule)
 
+    def shortest_gpu_job_minutes(self) -> float | None:
+        """Minutes of the shortest GPU job (the last chunk of a setting may hold fewer targets)."""
+        times = [r.min_job_hours * 60 for r in self.rows if r.rule in GPU_RULES and r.min_job_hours is not None]
+        return min(times, default=None)
 
-def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], margin: float = DEFAULT_MARGIN,
-              root: Path = Path("."), objects: int | None = None, sources: list[str] | None = None) -> Plan:
-    if not 0 < margin <= 1:
-        raise ViewFusionError(f"--margin {margin}: need 0 < margin <= 1")
-    ev, training = config["evaluation"], config.get("training", {})
-    plan = Plan(config=sources or [], rates=rates, profile=profile, margin=margin, chunks=ev.get("chunks", 1))
-    chunk_budget_h = margin * profile["sample"] / 60
+
+GPU_RULES = ("train", "sample", "sample_sweep")
+
+
+def _train_row(plan: Plan, exp: str, cfg: ExperimentConfig, training: dict) -> None:
+    """Training: forward + backward per view row, view counts uniform in 1..max_views."""
+    rates, profile = plan.rates, plan.profile
+    precision, _ = select_precision(cfg.train.precision, device_type="cuda",
+                                    bf16_tensor_cores=bf16_tensor_cores(rates.get("gpu", "")))
+    train_rate = rates["train"][precision] if isinstance(rates["train"], dict) else rates["train"]
     gpus_per_job = training.get("nproc", 1) * training.get("nodes", 1)
     alloc_h = max(profile["train"] - profile["warning_s"] / 60, 1) / 60
-    needed = 1
+    evals = cfg.train.max_steps * cfg.train.global_batch_size * (cfg.data.max_views + 1) / 2
+    hours = evals / train_rate / 3600
+    wall = hours / gpus_per_job
+    note = f"{precision}, {gpus_per_job} GPU(s): {wall:.1f} h wall, {math.ceil(wall / alloc_h)} allocation(s)"
+    plan.rows.append(Row("train", exp, 1, evals, hours, wall, alloc_h, note, min_job_hours=wall))
+    if wall > training.get("max_hours", math.inf):
+        plan.warnings.append(f"train {exp}: {wall:.0f} h of training exceed training.max_hours "
+                             f"{training['max_hours']}: requeueing stops before final.pt")
+
+
+def _sample_rows(plan: Plan, exp: str, ckpt: str, sampler: dict, views_list: list[int], shard_set: str) -> None:
+    """One row per setting (`sample`, `sample_nearest`), or one per sweep (`sample_sweep`)."""
+    sizing, rate, startup_h = plan.sizing, plan.rates["sample"], JOB_STARTUP_SECONDS / 3600
+    tag = samplers.tag_of(sampler)
+    limit_h = plan.profile["sample"] / 60
+    budget_h = sizing.budget_minutes / 60
+    sweep = Row("sample_sweep", f"{exp}/{ckpt}/{tag}/v*", 1, 0, 0.0, 0.0, limit_h,
+                f"one job, view counts {','.join(map(str, views_list))}")
+    for views in views_list:
+        s = sizing.settings[(exp, tag, views)]
+        setting = f"{exp}/{ckpt}/{tag}/v{views}"
+        _count_files(plan, s.chunks, s.targets, manifest=(shard_set, views))
+        if s.calls == 0:
+            plan.rows.append(Row("sample_nearest", setting, 1, 0, 0.0, note="CPU"))
+            continue
+        evals = s.targets * views * s.calls
+        if tag in sizing.swept:
+            sweep.unet_evals += evals
+            sweep.gpu_hours += evals / rate / 3600 + startup_h
+            continue
+        longest = math.ceil(s.targets / s.chunks) * views * s.calls / rate / 3600 + startup_h
+        shortest = (s.targets // s.chunks) * views * s.calls / rate / 3600 + startup_h
+        row = Row("sample", setting, s.chunks, evals, evals / rate / 3600 + s.chunks * startup_h, longest, limit_h,
+                  f"{s.chunks} chunk(s)", min_job_hours=shortest)
+        plan.rows.append(row)
+        if longest > budget_h:
+            plan.warnings.append(f"sample {setting}: a chunk takes {longest:.2f} h at these rates, over "
+                                 f"{budget_h:.2f} h ({sizing.share:g} x the {plan.profile['sample']} min limit); "
+                                 "measure the rate (evaluation.sample_evals_per_second) or raise the runtime")
+    if tag in sizing.swept:
+        sweep.per_job_hours = sweep.min_job_hours = sweep.gpu_hours
+        plan.rows.append(sweep)
+
+
+def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], root: Path = Path("."),
+              objects: int | None = None, sources: list[str] | None = None) -> Plan:
+    ev, training = config["evaluation"], config.get("training", {})
+    sizing = chunking.size_chunks(config, root=root, sample_minutes=profile["sample"], objects=objects)
+    plan = Plan(config=sources or [], rates=rates, profile=profile, sizing=sizing)
     for exp in config["active_experiments"]:
         spec = config["experiments"][exp]
-        cfg: ExperimentConfig = load_config(root / spec["config"], spec.get("set", []))
-        # Training: forward + backward per view row, view counts uniform in 1..max_views.
-        precision, _ = select_precision(cfg.train.precision, device_type="cuda",
-                                        bf16_tensor_cores=bf16_tensor_cores(rates.get("gpu", "")))
-        train_rate = rates["train"][precision] if isinstance(rates["train"], dict) else rates["train"]
-        evals = cfg.train.max_steps * cfg.train.global_batch_size * (cfg.data.max_views + 1) / 2
-        hours = evals / train_rate / 3600
-        wall = hours / gpus_per_job
-        note = f"{precision}, {gpus_per_job} GPU(s): {wall:.1f} h wall, {math.ceil(wall / alloc_h)} allocation(s)"
-        plan.rows.append(Row("train", exp, 1, evals, hours, wall, alloc_h, note))
-        if wall > training.get("max_hours", math.inf):
-            plan.warnings.append(f"train {exp}: {wall:.0f} h of training exceed training.max_hours "
-                                 f"{training['max_hours']}: requeueing stops before final.pt")
+        cfg = load_config(root / spec["config"], spec.get("set", [])) if spec.get("config") else ExperimentConfig()
+        if "weights" not in spec:
+            _train_row(plan, exp, cfg, training)
         for ckpt in ev["checkpoints"]:
             for sampler in ev["samplers"]:
-                tag = samplers.tag_of(sampler)
-                calls = 0 if sampler["name"] == samplers.BASELINE else samplers.unet_calls(
-                    sampler["name"], sampler.get("steps"), cfg.diffusion.n_timestep)
-                for views in ev["view_counts"]:
-                    n, source = targets(config, exp, views, root, objects)
-                    plan.targets[f"{exp} v{views}"] = {"targets": n, "source": source}
-                    setting = f"{exp}/{ckpt}/{tag}/v{views}"
-                    _count_files(plan, n, manifest=(ev.get("shard_set") or spec["shard_set"], views))
-                    if calls == 0:
-                        plan.rows.append(Row("sample_nearest", setting, plan.chunks, 0, 0.0, note="CPU"))
-                        continue
-                    evals = n * views * calls
-                    per_chunk = math.ceil(n / plan.chunks) * views * calls / rates["sample"] / 3600
-                    need = math.ceil(evals / rates["sample"] / 3600 / chunk_budget_h)
-                    needed = max(needed, need)
-                    row = Row("sample", setting, plan.chunks, evals, evals / rates["sample"] / 3600, per_chunk,
-                              profile["sample"] / 60, f"needs >= {need} chunks")
-                    plan.rows.append(row)
-                    if per_chunk > chunk_budget_h:
-                        plan.warnings.append(
-                            f"sample {setting}: a chunk takes {per_chunk:.2f} h, over {margin:g} x the "
-                            f"{profile['sample']} min limit; set evaluation.chunks >= {need}")
+                _sample_rows(plan, exp, ckpt, sampler, ev["view_counts"], ev.get("shard_set") or spec["shard_set"])
         if config.get("figures", {}).get("enabled", True):
             fig = config["figures"]["sampler"]
             calls = samplers.unet_calls(fig["name"], fig.get("steps"), cfg.diffusion.n_timestep)
             evals = FIGURE_EVALS_PER_STEP * calls
-            plan.rows.append(Row("sample_figures", exp, 1, evals, evals / rates["sample"] / 3600))
+            plan.rows.append(Row("sample_figures", exp, 1, evals, evals / rates["sample"] / 3600,
+                                 note="a CPU job (profiles/slurm)"))
     for exp in config["active_experiments"]:
         for ckpt in ev["checkpoints"]:
             for sampler in ev["samplers"]:
                 for views in ev["view_counts"]:
                     plan.rows.append(Row("metrics", f"{exp}/{ckpt}/{samplers.tag_of(sampler)}/v{views}", 1, 0, 0.0,
                                          note="CPU"))
-    plan.chunks_needed = needed
+    sets = {shard_set for shard_set, _ in plan.manifests}
+    plan.rows.append(Row("shard", ", ".join(sorted(sets)), len(sets), 0, 0.0, note="CPU"))
+    for rule in ("eval_manifest", "ground_truth"):
+        plan.rows.append(Row(rule, f"{len(sets)} shard set(s) x {len(ev['view_counts'])} view counts",
+                             len(plan.manifests), 0, 0.0, note="CPU"))
+    shortest = plan.shortest_gpu_job_minutes()
+    if shortest is not None and shortest < chunking.MIN_GPU_JOB_MINUTES:
+        plan.warnings.append(f"the shortest GPU job takes {shortest:.1f} min, under the "
+                             f"{chunking.MIN_GPU_JOB_MINUTES} min a GPU job is worth")
     return plan
 
 
-def _count_files(plan: Plan, targets: int, *, manifest: tuple) -> None:
+def _count_files(plan: Plan, chunks: int, targets: int, *, manifest: tuple) -> None:
     """Files one sampling setting leaves (samplestore's packed layout: per chunk its marker,
     pack and progress; the metrics file), against one PNG per image and its ground truth
     copied into every sample directory (the layout before packs); a manifest and its
     ground-truth pack once per (shard set, view count)."""
     files = plan.files
-    files["packed"] = files.get("packed", 0) + plan.chunks * samplestore.FILES_PER_CHUNK + 1
-    files["one_png_per_image"] = files.get("one_png_per_image", 0) + 2 * targets + 2 * plan.chunks + 1
+    files["packed"] = files.get("packed", 0) + chunks * samplestore.FILES_PER_CHUNK + 1
+    files["one_png_per_image"] = files.get("one_png_per_image", 0) + 2 * targets + 2 * chunks + 1
     if manifest not in plan.manifests:
         plan.manifests.add(manifest)
         files["packed"] += 2
@@ -271,45 +200,62 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if x < 1e4 else f"{x:.3e}"
 
 
+def cluster_jobs(plan: Plan) -> int:
+    """Slurm submissions of the planned rules: one per job, but the rules the profile groups go
+    `group-components` connected components to a submission (a copy-baseline chunk joins the
+    component of its metrics job when both are in one group)."""
+    groups, per = plan.profile.get("groups", {}), plan.profile.get("group_components", {})
+    total, components = 0, {}
+    for rule in dict.fromkeys(r.rule for r in plan.rows):
+        jobs = plan.jobs(rule)
+        group = groups.get(rule)
+        if group is None:
+            total += jobs
+        elif not (rule == "sample_nearest" and groups.get("metrics") == group) and not (
+                rule == "eval_manifest" and groups.get("ground_truth") == group):
+            components[group] = components.get(group, 0) + jobs
+    return total + sum(math.ceil(n / per.get(group, 1)) for group, n in components.items())
+
+
 def render(plan: Plan) -> str:
-    r = plan.rates
+    r, sizing = plan.rates, plan.sizing
     train = (", ".join(f"{k} {v:.0f}" for k, v in r["train"].items()) if isinstance(r["train"], dict)
              else f"{r['train']:.0f}")
-    lines = [f"viewfusion plan: {' + '.join(plan.config)}",
-             (f"rates: {r['source']}, GPU class {r.get('gpu', '?')}: sampling {r['sample']:.0f} U-Net evaluations/s; "
-             f"training {train} forward+backward/s"),
-             (f"profile: {plan.profile['profile'] or 'none'} (sample {plan.profile['sample']} min, train "
-             f"{plan.profile['train']} min, warning {plan.profile['warning_s']} s)")]
-    sources = sorted({t["source"] for t in plan.targets.values()})
-    counts = sorted({t["targets"] for t in plan.targets.values()})
-    lines.append(f"targets per setting: {', '.join(map(str, counts))} ({'; '.join(sources)})")
-    lines.append("")
+    counts = sizing.counts.values()
+    lines = [f"viewfusion plan: {' + '.join(plan.config)}"]
+    if not all(c.exact for c in counts):
+        lines.append("ESTIMATE: the target counts are estimated, not counted (see 'targets' below)")
+    lines += [f"targets per view count: {', '.join(sorted({str(c.targets) for c in counts}))} "
+              f"({'; '.join(sorted({c.source for c in counts}))})",
+              (f"rates: {r['source']}, GPU class {r.get('gpu', '?')}: sampling {r['sample']:.0f} U-Net evaluations/s; "
+               f"training {train} forward+backward/s; {JOB_STARTUP_SECONDS:g} s start-up per sampling job"),
+              (f"profile: {plan.profile['profile'] or 'none'} (sample {plan.profile['sample']} min, train "
+               f"{plan.profile['train']} min, warning {plan.profile['warning_s']} s)"),
+              (f"chunks: sized on {sizing.rate:.0f} U-Net evaluations/s ({sizing.rate_source}) to fill at most "
+               f"{sizing.share:g} x {plan.profile['sample']} min = {sizing.budget_minutes:.0f} min per job"
+               + (f"; swept (one job for all view counts): {', '.join(sorted(sizing.swept))}" if sizing.swept else "")),
+              ""]
     header = (f"{'rule':<15} {'setting':<34} {'jobs':>6} {'U-Net evals':>12} {'GPU h':>9} {'h/job':>7} "
               f"{'limit h':>7}  note")
     lines += [header, "-" * len(header)]
     for row in plan.rows:
-        if row.rule == "metrics":
+        if row.rule in ("metrics", "shard", "eval_manifest", "ground_truth"):
             continue
         per = "" if row.per_job_hours is None else f"{row.per_job_hours:.2f}"
         limit = "" if row.limit_hours is None else f"{row.limit_hours:.1f}"
         lines.append(f"{row.rule:<15} {row.setting:<34} {row.jobs:>6} {_fmt(row.unet_evals):>12} "
                      f"{row.gpu_hours:>9.1f} {per:>7} {limit:>7}  {row.note}")
-    lines.append("")
-    lines.append("per rule:")
-    for rule in ("train", "sample", "sample_nearest", "sample_figures", "metrics"):
-        rows = [x for x in plan.rows if x.rule == rule]
-        if rows:
-            lines.append(f"  {rule:<15} {sum(x.jobs for x in rows):>6} jobs  "
-                         f"{_fmt(sum(x.unet_evals for x in rows)):>10}"
-                         f" U-Net evaluations  {plan.total(rule):>9.1f} GPU h" + ("  (CPU)" if rule in (
-                             "sample_nearest", "metrics") else ""))
+    lines += ["", "per rule:"]
+    for rule in dict.fromkeys(x.rule for x in plan.rows):
+        evals = sum(x.unet_evals for x in plan.rows if x.rule == rule)
+        lines.append(f"  {rule:<15} {plan.jobs(rule):>6} jobs  {_fmt(evals):>10} U-Net evaluations  "
+                     f"{plan.total(rule):>9.1f} GPU h" + ("" if rule in GPU_RULES else "  (CPU)"))
     lines.append(f"  {'these rules':<15} {sum(x.jobs for x in plan.rows):>6} jobs  {'':>10}"
                  f"                    {plan.total():>9.1f} GPU h")
-    fits = plan.chunks >= plan.chunks_needed
-    lines.append("")
-    lines.append(f"sampling chunks: evaluation.chunks {plan.chunks}; every chunk fits {plan.margin:g} x "
-                 f"{plan.profile['sample']} min with evaluation.chunks >= {plan.chunks_needed}"
-                 + ("" if fits else "  <- RAISE IT"))
+    shortest = plan.shortest_gpu_job_minutes()
+    lines += ["", f"cluster jobs on this profile: {cluster_jobs(plan)} (the profile's groups bundle CPU jobs; "
+              "local rules not counted); shortest GPU job "
+              + ("none" if shortest is None else f"{shortest:.0f} min")]
     if plan.files:
         lines.append(f"files of sampling and metrics: {plan.files['packed']:,} (packed chunks, ground truth once per "
                      f"manifest); {plan.files['one_png_per_image']:,} with one PNG per image and ground truth per "
@@ -328,21 +274,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="Snakemake profile whose sample/train runtimes bound a job (default profiles/slurm "
                              "when it exists); 'none' for the module's defaults")
-    parser.add_argument("--gpu", default="v100", help=f"GPU class for default rates: {', '.join(PEAK_TFLOPS)} "
-                                                      "(default v100, the paper's)")
+    parser.add_argument("--gpu", default=None, help=f"GPU class for default rates: {', '.join(PEAK_TFLOPS)} "
+                                                    "(default: the config's evaluation.sample_gpu, v100 as the paper)")
     parser.add_argument("--rates", type=Path, help="JSON with measured rates: benchmarks/gpu_check.sh's output "
                                                    "(its plan_rates) or {\"sample\": evals/s, \"train\": evals/s}")
     parser.add_argument("--sample-evals-per-second", type=float, help="measured sampling rate of one GPU")
     parser.add_argument("--train-evals-per-second", type=float,
                         help="measured forward+backward rate of one GPU in the training precision")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                        help=f"fraction of the sample runtime a chunk may use (default {DEFAULT_MARGIN})")
     parser.add_argument("--objects", type=int, help="test objects per setting instead of the known/estimated count")
     parser.add_argument("--json", type=Path, help="also write the plan as JSON here")
 
 
-def resolve_rates(args: argparse.Namespace) -> dict[str, Any]:
-    rates = default_rates(args.gpu)
+def resolve_rates(args: argparse.Namespace, config: dict) -> dict[str, Any]:
+    rates = default_rates(args.gpu or config["evaluation"].get("sample_gpu", "v100"))
     if args.rates is not None:
         try:
             data = json.loads(args.rates.read_text())
@@ -371,9 +315,12 @@ def run(args: argparse.Namespace) -> int:
     if args.profile is None:
         args.profile = Path("profiles/slurm") if Path("profiles/slurm").exists() else Path("none")
     profile = profile_minutes(None if str(args.profile) == "none" else args.profile)
-    plan = make_plan(config, rates=resolve_rates(args), profile=profile, margin=args.margin, root=Path(os.getcwd()),
+    plan = make_plan(config, rates=resolve_rates(args, config), profile=profile, root=Path(os.getcwd()),
                      objects=args.objects, sources=[str(p) for p in ([base] if base else []) + args.configfile])
     print(render(plan))
     if args.json is not None:
-        args.json.write_text(json.dumps({**asdict(plan), "manifests": sorted(map(list, plan.manifests))}, indent=1))
+        sizing = {**asdict(plan.sizing), "settings": [asdict(x) for x in plan.sizing.settings.values()],
+                  "swept": sorted(plan.sizing.swept)}
+        args.json.write_text(json.dumps({**asdict(plan), "sizing": sizing, "cluster_jobs": cluster_jobs(plan),
+                                         "manifests": sorted(map(list, plan.manifests))}, indent=1))
     return 0

@@ -68,10 +68,24 @@ def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Pat
     return config
 
 
+def runtime_minutes(value: Any, where: str) -> int:
+    """A profile's runtime (minutes, or an expression of `attempt` such as "240 * attempt") on the
+    first attempt: what the plan and the workflow's chunk sizing budget a job with."""
+    try:
+        minutes = int(eval(str(value), {"__builtins__": {}}, {"attempt": 1}))
+    except (SyntaxError, NameError, TypeError, ValueError, ArithmeticError):
+        minutes = 0
+    if minutes <= 0:
+        raise ViewFusionError(f"{where}.runtime {value!r} is not a positive number of minutes (an expression of "
+                              "`attempt` at most)")
+    return minutes
+
+
 def profile_minutes(profile: Path | None) -> dict[str, Any]:
     """The sample and train runtimes (minutes, attempt 1) and the train warning (seconds) of a
     Snakemake profile (profiles/slurm is a YTE template; `yte` comes with Snakemake)."""
-    out = {"profile": None, "sample": DEFAULT_SAMPLE_MINUTES, "train": DEFAULT_TRAIN_MINUTES, "warning_s": 0}
+    out = {"profile": None, "sample": DEFAULT_SAMPLE_MINUTES, "train": DEFAULT_TRAIN_MINUTES, "warning_s": 0,
+           "groups": {}, "group_components": {}}
     if profile is None:
         return out
     path = profile / "config.yaml" if profile.is_dir() else profile
@@ -87,14 +101,25 @@ def profile_minutes(profile: Path | None) -> dict[str, Any]:
     resources = (data or {}).get("set-resources", {}) or {}
 
     def minutes(rule: str, default: int) -> int:
-        value = (resources.get(rule) or {}).get("runtime", default)
-        try:
-            return int(eval(str(value), {"__builtins__": {}}, {"attempt": 1}))  # e.g. "240 * attempt"
-        except (SyntaxError, NameError, TypeError, ValueError, ArithmeticError):
-            raise ViewFusionError(f"{path}: set-resources.{rule}.runtime {value!r} is not a number of "
-                                  "minutes (an expression of `attempt` at most)") from None
+        return runtime_minutes((resources.get(rule) or {}).get("runtime", default), f"{path}: set-resources.{rule}")
 
     extra = str((resources.get("train") or {}).get("slurm_extra", ""))
     warning = next((int(w.split("@", 1)[1]) for w in extra.split() if w.startswith("--signal=") and "@" in w), 0)
     return {"profile": str(path), "sample": minutes("sample", DEFAULT_SAMPLE_MINUTES),
-            "train": minutes("train", DEFAULT_TRAIN_MINUTES), "warning_s": warning}
+            "train": minutes("train", DEFAULT_TRAIN_MINUTES), "warning_s": warning,
+            "groups": _pairs(data, "groups", str, path),
+            "group_components": _pairs(data, "group-components", int, path)}
+
+
+def _pairs(data: dict, key: str, kind: type, path: Path) -> dict[str, Any]:
+    """A profile's `groups` (rule=group) or `group-components` (group=N) list as a dict."""
+    out = {}
+    for item in (data or {}).get(key) or []:
+        name, sep, value = str(item).partition("=")
+        try:
+            out[name.strip()] = kind(value.strip())
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ViewFusionError(f"{path}: {key} entry {item!r} is not name=value")
+    return out

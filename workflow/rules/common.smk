@@ -3,12 +3,14 @@
 import os
 import re
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
-from viewfusion import samplers
+from viewfusion import chunking, samplers
 from viewfusion.samplestore import ground_truth_path
 from viewfusion.configfile import load_config, written_sha256
 from viewfusion.rundir import snapshot_name
@@ -16,6 +18,7 @@ from viewfusion.data.manifest import WORKFLOW_MANIFESTS, workflow_manifest
 from viewfusion.data.nmr import resolve_category
 from viewfusion.data.shard import check_settings
 from viewfusion.errors import ViewFusionError
+from viewfusion.workflowconfig import DEFAULT_SAMPLE_MINUTES, runtime_minutes
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -164,8 +167,19 @@ def check_protocol(exp):
                      "needs lists: softras (name one in evaluation.shard_set)")
 
 
+def profile_sample_minutes():
+    """The sample rule's runtime in the profile (attempt 1), else the rule's own default: the
+    budget the chunks are sized to (viewfusion.chunking)."""
+    sample = workflow.resource_settings.overwrite_resources.get("sample")
+    runtime = None if sample is None else sample.get("runtime")
+    return DEFAULT_SAMPLE_MINUTES if runtime is None else runtime_minutes(runtime.raw, "the profile's sample")
+
+
 try:
     check_config()
+    # Chunks per setting and the swept samplers: a function of the config, the profile's sample
+    # runtime and the dataset, so every run of this DAG finds the same chunk files.
+    SIZING = chunking.size_chunks(config, root=Path("."), sample_minutes=profile_sample_minutes())
 except ViewFusionError as err:
     config_error(err)
 
@@ -268,10 +282,45 @@ def get_viewlist(wildcards):
     return EVAL["viewlist"] or f"results/manifests/{wildcards.shard_set}/viewlist-{wildcards.split}.txt"
 
 
+def sample_dir(exp, ckpt, sampler, views):
+    return f"results/samples/{exp}/{ckpt}/{sampler}/v{views}"
+
+
 def get_sample_chunks(wildcards):
-    n = EVAL["chunks"]
-    base = f"results/samples/{wildcards.exp}/{wildcards.ckpt}/{wildcards.sampler}/v{wildcards.views}"
+    """The chunk markers of one setting: the count viewfusion.chunking sized for it (one for a
+    swept sampler, whose `sample_sweep` job writes every view count's)."""
+    n = 1 if wildcards.sampler in SIZING.swept else SIZING.chunks(wildcards.exp, wildcards.sampler, wildcards.views)
+    base = sample_dir(wildcards.exp, wildcards.ckpt, wildcards.sampler, wildcards.views)
     return [f"{base}/chunks/{i}-of-{n}.json" for i in range(1, n + 1)]
+
+
+def tags_pattern(tags):
+    """A sampler wildcard constraint matching exactly `tags` (none: nothing); the lookahead keeps
+    `ddim-10` from matching the start of `ddim-10-eta1-lambda`."""
+    return f"(?:{'|'.join(re.escape(t) for t in sorted(tags))})(?=/)" if tags else "(?!)"
+
+
+def get_sweep_manifests(wildcards):
+    return [get_manifest(SimpleNamespace(exp=wildcards.exp, views=v)) for v in EVAL["view_counts"]]
+
+
+def sample_command(exp, ckpt, sampler, views, manifest, shards, chunk, threads, batch_size):
+    """One `viewfusion sample` call: a `sample` job runs one, a `sample_sweep` job one per view count."""
+    ckpt_file = get_checkpoint_file(SimpleNamespace(exp=exp, ckpt=ckpt))
+    return (f"OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {ckpt_file} --manifest {manifest}"
+            f" --shards {shards} --out {sample_dir(exp, ckpt, sampler, views)} --chunk {chunk}"
+            f" {parse_sampler(sampler)} --batch-size {batch_size} --experiment {exp}")
+
+
+def get_sample_command(wildcards, input, threads, resources):
+    return sample_command(wildcards.exp, wildcards.ckpt, wildcards.sampler, wildcards.views, input.manifest,
+                          input.shards, f"{wildcards.chunk}/{wildcards.n}", threads, resources.batch_size)
+
+
+def get_sweep_command(wildcards, input, threads, resources):
+    return " && ".join(sample_command(wildcards.exp, wildcards.ckpt, wildcards.sampler, views, manifest,
+                                      input.shards, "1/1", threads, resources.batch_size)
+                       for views, manifest in zip(EVAL["view_counts"], input.manifests))
 
 
 def get_metric_files(wildcards=None):

@@ -3,16 +3,13 @@
 # evaluation.batch_size is a resource, not a param: images do not depend on it (only memory does). A rerun
 # keeps the images whose fingerprint matches and regenerates the rest (viewfusion.provenance).
 #
-# Two rules with one command: `sample` runs the model's samplers (a GPU each on a cluster),
-# `sample_nearest` the copy baseline (no network: a small CPU job). Separate rules because the
-# Slurm plugin submits the ready jobs of one rule as one job array with the first job's resources.
-
-SAMPLE_SHELL = (
-    "OMP_NUM_THREADS={threads} viewfusion sample --checkpoint {params.checkpoint}"
-    " --manifest {input.manifest} --shards {input.shards} --out {params.out}"
-    " --chunk {wildcards.chunk}/{wildcards.n} {params.sampler}"
-    " --batch-size {resources.batch_size} --experiment {wildcards.exp} > {log} 2>&1"
-)
+# How many chunks a setting gets is sized from the rate model (viewfusion.chunking, SIZING in
+# common.smk): long settings many, short ones one. A sampler whose whole sweep of view counts fits
+# one job is *swept*: `sample_sweep` samples all its view counts in one job (one chunk each).
+# Three rules with one command (common.smk: sample_command): `sample` and `sample_sweep` run the
+# model's samplers (a GPU each on a cluster), `sample_nearest` the copy baseline (no network: a
+# small CPU job). Separate rules because the Slurm plugin submits the ready jobs of one rule as one
+# job array with the first job's resources.
 
 
 rule sample:
@@ -23,28 +20,52 @@ rule sample:
     output:
         chunk="results/samples/{exp}/{ckpt}/{sampler}/v{views}/chunks/{chunk}-of-{n}.json",
     wildcard_constraints:
-        sampler=rf"(?!{samplers.BASELINE}\b)(?:{samplers.TAG_PATTERN})",
+        sampler=rf"(?!{tags_pattern([samplers.BASELINE, *SIZING.swept])})(?:{samplers.TAG_PATTERN})",
     params:
-        checkpoint=get_checkpoint_file,
-        out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
-        sampler=lambda wc: parse_sampler(wc.sampler),
+        command=get_sample_command,
     threads: 2
     resources:
         gpu=0,
         cpus_per_gpu=4,
         mem_mb=4000,
-        runtime=60,
+        runtime=DEFAULT_SAMPLE_MINUTES,
         batch_size=EVAL["batch_size"],
     conda:
         "../envs/viewfusion.yaml"
     log:
         f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
     shell:
-        SAMPLE_SHELL
+        "{params.command} > {log} 2>&1"
+
+
+rule sample_sweep:
+    input:
+        checkpoint=lambda wc: f"results/runs/{wc.exp}/final.pt",
+        manifests=get_sweep_manifests,
+        shards=get_eval_shards,
+    output:
+        chunks=[f"results/samples/{{exp}}/{{ckpt}}/{{sampler}}/v{v}/chunks/1-of-1.json" for v in EVAL["view_counts"]],
+    wildcard_constraints:
+        sampler=tags_pattern(SIZING.swept),
+    params:
+        command=get_sweep_command,
+    threads: 2
+    resources:
+        gpu=0,
+        cpus_per_gpu=4,
+        mem_mb=4000,
+        runtime=DEFAULT_SAMPLE_MINUTES,
+        batch_size=EVAL["batch_size"],
+    conda:
+        "../envs/viewfusion.yaml"
+    log:
+        f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_sweep.log",
+    shell:
+        "({params.command}) > {log} 2>&1"
 
 
 # The copy baseline: reads the checkpoint only for its fingerprint (the provenance of the
-# chunk), so it stays per experiment.
+# chunk), so it stays per experiment. One chunk per setting: copies take seconds.
 rule sample_nearest:
     input:
         checkpoint=lambda wc: f"results/runs/{wc.exp}/final.pt",
@@ -55,9 +76,7 @@ rule sample_nearest:
     wildcard_constraints:
         sampler=samplers.BASELINE,
     params:
-        checkpoint=get_checkpoint_file,
-        out="results/samples/{exp}/{ckpt}/{sampler}/v{views}",
-        sampler=lambda wc: parse_sampler(wc.sampler),
+        command=get_sample_command,
     threads: 1
     resources:
         gpu=0,
@@ -69,7 +88,7 @@ rule sample_nearest:
     log:
         f"{LOGS}/sample/{{exp}}_{{ckpt}}_{{sampler}}_v{{views}}_{{chunk}}-of-{{n}}.log",
     shell:
-        SAMPLE_SHELL
+        "{params.command} > {log} 2>&1"
 
 
 rule metrics:
