@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from model_utils import TINY_UNET, batch, tiny_model
+from train_utils import flip_weight_bit
 
 from viewfusion import checkpoint
 from viewfusion.checkpoint import load_official
@@ -69,6 +70,46 @@ def test_round_trip_is_bit_exact_and_atomic(tmp_path):
     assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     loaded, cfg2, _ = checkpoint.load_model(path)
     assert cfg2 == cfg and not loaded.training
+
+
+def _with_ema(cfg, model):
+    """A checkpoint dict whose EMA weights differ from its raw ones (each stored on its own)."""
+    ema = {k: v * 0.5 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    return {**ckpt_dict(cfg, model, None), "ema": {"decay": 0.9, "n_averaged": 1, "model": ema}}
+
+
+def test_save_stamps_the_weights_and_every_load_refuses_flipped_bytes(tmp_path):
+    """torch.load checks no CRC: a flipped bit in a tensor used to load and sample."""
+    cfg, model, _ = trained_small()
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, _with_ema(cfg, model))
+    raw = torch.load(good, weights_only=True)
+    assert raw["weights_sha256"] == checkpoint.weights_sha256(model.state_dict())
+    assert raw["ema"]["weights_sha256"] == checkpoint.weights_sha256(raw["ema"]["model"])
+    checkpoint.load_model(good, ema=True)  # intact: loads
+    for what, ema in (("model", False), ("EMA", True)):
+        bad = tmp_path / f"flipped-{what}.pt"
+        bad.write_bytes(good.read_bytes())
+        flip_weight_bit(bad, ema=ema)
+        line = f"the {what} weights do not match the sha256 stamped when the file was saved"
+        for load in (checkpoint.load, checkpoint.load_model, load_official):
+            with pytest.raises(ViewFusionError, match=rf"^{re.escape(str(bad))}: {line}"):
+                load(bad)
+        with pytest.raises(ViewFusionError, match=f"^the given state dict: {line}"):
+            load_official(checkpoint.read(bad))  # a dict of ours in memory
+
+
+def test_files_saved_before_the_stamp_still_load_unverified(tmp_path):
+    """The documented choice for old files (docs/FORMATS.md): nothing to compare with, so they
+    load as before, their weights fingerprinted as loaded."""
+    cfg, model, _ = trained_small()
+    old = tmp_path / "old.pt"
+    torch.save(_with_ema(cfg, model), old)  # what save() wrote before it stamped
+    flip_weight_bit(old)
+    loaded, _, ckpt = checkpoint.load_model(old)
+    assert "weights_sha256" not in ckpt
+    name = "denoise_fn.downs.0.weight"
+    assert not torch.equal(loaded.state_dict()[name], model.state_dict()[name])  # the flipped bit, loaded
 
 
 def test_save_refuses_an_incomplete_dict(tmp_path):

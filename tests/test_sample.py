@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from sample_utils import packed_images
-from train_utils import save_random_model
+from train_utils import flip_weight_bit, save_random_model
 
 from viewfusion.data.manifest import make_manifest
 from viewfusion.fsutil import atomic_write_json
@@ -269,6 +269,22 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_a_clear_error(man
                      str(synth_shards), "--out", str(tmp_path / "o"), "--steps", "2", "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err, err
+
+
+def test_a_checkpoint_with_flipped_weight_bytes_is_refused(manifest, synth_shards, tmp_path, capsys):
+    """torch.load checks no CRC: the damaged weights used to sample (and be scored) silently."""
+    from viewfusion.cli import main
+
+    damaged = save_random_model(tmp_path / "damaged.pt", step=1)
+    flip_weight_bit(damaged)
+    m = ["--manifest", str(manifest)]
+    for command in (["sample", *m], ["sample", "--sampler", "nearest", *m], ["sample-figures"], ["heldout"],
+                    ["validate"]):
+        out = tmp_path / command[0]
+        assert main([*command, "--checkpoint", str(damaged), "--shards", str(synth_shards), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{damaged}: the model weights do not match" in err, (command, err)
+        assert _nothing_written(out) and _nothing_written(out / "weights")  # sample-figures samples there
 
 
 def test_a_full_disk_is_one_clear_line(ckpt, manifest, synth_shards, full_disk, capsys):

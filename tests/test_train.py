@@ -9,6 +9,7 @@ import pytest
 import torch
 from train_utils import (
     assert_same_weights,
+    flip_weight_bit,
     load,
     make_shards,
     metrics,
@@ -207,6 +208,17 @@ def test_resume_from_a_checkpoint_missing_a_buffer_is_one_clear_line(shards, tmp
     checkpoint.save(last, {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != "gammas"}})
     res = run_train(shards, out, "train.max_steps=4", "train.checkpoint_every=1000")
     assert res.returncode == 2 and "gammas" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_resume_from_a_checkpoint_with_flipped_weight_bytes_is_one_clear_line(shards, tmp_path):
+    """torch.load checks no CRC: resuming used to train on from the damaged EMA weights."""
+    out = tmp_path / "run"
+    assert run_train(shards, out, "train.max_steps=3", "train.checkpoint_every=1000").returncode == 0
+    last = out / "checkpoints" / "last.pt"
+    flip_weight_bit(last, ema=True)
+    res = run_train(shards, out, "train.max_steps=4", "train.checkpoint_every=1000")
+    assert res.returncode == 2 and f"{last}: the EMA weights do not match the sha256 stamped" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 

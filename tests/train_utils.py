@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -98,6 +100,21 @@ def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def flip_weight_bit(path: Path, name: str = "denoise_fn.downs.0.weight", *, ema: bool = False) -> None:
+    """Flip one bit in the stored bytes of weight `name` (of the EMA weights with ema=True) in
+    place, as a failing disk or a bad copy would: torch.load checks no CRC, so the file still loads."""
+    tensor = (load(path)["ema"]["model"] if ema else load(path)["model"])[name]
+    data = torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage()).numpy().tobytes()  # as stored
+    with zipfile.ZipFile(path) as archive:
+        found = [i for i in archive.infolist() if "/data/" in i.filename and archive.read(i) == data]
+    assert len(found) == 1, f"{name} is not stored once, on its own, in {path}"
+    raw = bytearray(path.read_bytes())
+    start = found[0].header_offset  # local header: 30 bytes, the name, the extra field, then the data
+    name_len, extra_len = struct.unpack("<HH", raw[start + 26 : start + 30])
+    raw[start + 30 + name_len + extra_len + len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
 
 
 def metrics(out: Path) -> list[dict]:

@@ -8,8 +8,11 @@ A checkpoint is a plain dict saved with `torch.save` (docs/FORMATS.md):
      "ema": {"decay", "n_averaged", "model": state dict} | None,
      "step": optimizer steps done, "config": viewfusion.config.to_dict(cfg),
      "rng": [per-rank RNG states, rank order] | None, "world_size": int | None,
-     "imported_from": {...} (only in files made by import-official)}
+     "imported_from": {...} (only in files made by import-official),
+     "weights_sha256": weights_sha256 of "model" (and "ema" holds its own): stamped by save()}
 
+Every load of one of ours checks those stamps (torch.load checks no CRC: flipped tensor bytes
+load and sample); files saved before the stamps existed load unverified (docs/FORMATS.md).
 Files are written to a temporary name beside the target, fsynced and renamed (never half a
 file under the real name) and always read with `torch.load(..., weights_only=True)`.
 
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 FORMAT = "viewfusion-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = frozenset({"format", "format_version", "model", "step", "config"})
+HASH_KEY = "weights_sha256"  # beside "model" and inside "ema": the weights' own stamp
 # The official variants differ from the paper config only here (the YAMLs of the same names).
 VARIANTS = {
     "paper": {"name": "paper"},
@@ -65,12 +69,33 @@ OFFICIAL_SAFE_GLOBALS = [np._core.multiarray.scalar, np.dtype, np.dtypes.Float64
 
 
 def save(path: str | Path, ckpt: dict[str, Any]) -> None:
-    """Atomically write `ckpt` (a complete checkpoint dict) to `path`."""
+    """Atomically write `ckpt` (a complete checkpoint dict) to `path`, its weights (and EMA
+    weights) stamped with their weights_sha256, which every load verifies."""
     missing = REQUIRED - ckpt.keys()
     if missing:
         raise ValueError(f"checkpoint dict lacks {sorted(missing)}")
+    ckpt = {**ckpt, HASH_KEY: weights_sha256(ckpt["model"])}
+    if isinstance(ckpt.get("ema"), Mapping):
+        ckpt["ema"] = {**ckpt["ema"], HASH_KEY: weights_sha256(ckpt["ema"]["model"])}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
+
+
+def verify_weights(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse weights whose bytes differ from the weights_sha256 stamped at save (a damaged or
+    edited file). Weights without a stamp (saved before stamps existed) are not checked."""
+    for what, holder in (("model", ckpt), ("EMA", ckpt.get("ema"))):
+        if not isinstance(holder, Mapping) or HASH_KEY not in holder:
+            continue
+        try:
+            found = weights_sha256(holder.get("model"))
+        except (TypeError, AttributeError):  # not a state dict: it cannot match any stamp
+            found = None
+        if found != holder[HASH_KEY]:
+            now = found[:12] if found else "no state dict"
+            raise ViewFusionError(f"{path}: the {what} weights do not match the sha256 stamped when the file was "
+                                  f"saved ({str(holder[HASH_KEY])[:12]}, now {now}): the file is damaged or was "
+                                  "edited; restore it from a copy or retrain")
 
 
 def read(path: str | Path, *, numpy_scalars: bool = False) -> Any:
@@ -127,6 +152,7 @@ def as_ours(ckpt: Any, path: str | Path) -> dict[str, Any]:
         if missing := sorted(REQUIRED - ckpt.keys()):
             raise ViewFusionError(f"{path}: checkpoint lacks the keys {missing} (edited by hand or "
                                   "written by another tool); regenerate it")
+        verify_weights(ckpt, path)
         return ckpt
     if is_official(ckpt):
         raise ViewFusionError(f"{path} is an official ViewFusion checkpoint (keys model, it, ...); "
