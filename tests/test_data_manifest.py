@@ -122,6 +122,18 @@ def _duplicate(manifest):
     manifest["items"][1]["item"] = manifest["items"][0]["item"]
 
 
+def _cond(index, make):
+    """Set items[index]'s cond_views to make(target_view, its cond_views)."""
+    def edit(manifest):
+        item = manifest["items"][index]
+        item["cond_views"] = make(item["target_view"], item["cond_views"])
+    return edit
+
+
+def _figure(manifest):
+    manifest["source"] = "figure"
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (_drop("items"), r": no items;"),
     (_drop("cond_views", 3), r"items\[3\]: no cond_views;"),
@@ -140,6 +152,13 @@ def _duplicate(manifest):
     (_top(items=["x"]), r"items\[0\]: not a JSON object"),
     (_top(format="viewfusion-nmr-shards"), r"not a viewfusion-eval-manifest v1 file"),
     (_duplicate, r"items\[1\]: duplicate item name"),
+    # docs/FORMATS.md: conditioning views are distinct and never the target (issue 30)
+    (_cond(2, lambda t, c: [c[0], t]), r"items\[2\] \(.*\): the target view \d+ is among its cond_views"),
+    (_cond(1, lambda t, c: [c[1], c[0], c[1]]), r"items\[1\] \(.*\): cond_views repeat view \d+;"),
+    (_cond(0, lambda t, c: list(range(24))), r"items\[0\] \(.*\): 24 cond_views, but an object has 24 views "
+                                            r"\(23 besides the target\)"),
+    (_cond(0, lambda t, c: c * 13), r"items\[0\] \(.*\): 26 cond_views, but an object has 24 views"),
+    (lambda m: (_figure(m), _cond(0, lambda t, c: [t, *c, c[0]])(m)), r"items\[0\] \(.*\): cond_views repeat"),
 ])
 def test_read_manifest_refuses_bad_items(written, tmp_path, edit, message):
     manifest, _ = written
@@ -150,6 +169,35 @@ def test_read_manifest_refuses_bad_items(written, tmp_path, edit, message):
     with pytest.raises(ViewFusionError, match=f"^manifest {re.escape(str(path))}.*{message}") as err:
         read_manifest(path)
     assert "\n" not in str(err.value)
+
+
+def test_only_the_figure_manifest_may_condition_on_its_targets(written, tmp_path):
+    """Figure 2 shows the view weights at every target, the six input views included."""
+    from viewfusion.figure_samples import weights_manifest
+
+    key = written[0]["items"][0]["key"]
+    figure = weights_manifest(key, split="test", seed=0)
+    assert any(it["target_view"] in it["cond_views"] for it in figure["items"])
+    path = tmp_path / "figure.json"
+    atomic_write_json(path, figure)
+    assert read_manifest(path) == figure
+    atomic_write_json(path, {**figure, "source": "random"})
+    with pytest.raises(ViewFusionError, match=r"items\[0\] .*: the target view 0 is among its cond_views"):
+        read_manifest(path)
+
+
+def test_sample_refuses_a_manifest_conditioning_on_its_target(written, synth_shards, tmp_path, capsys):
+    manifest = json.loads(json.dumps(written[0]))
+    _cond(3, lambda t, c: [t])(manifest)
+    path = tmp_path / "edited.json"
+    atomic_write_json(path, manifest)
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(tmp_path / "unread.pt"), "--manifest", str(path),
+                 "--shards", str(synth_shards), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"manifest {path}: items[3] ({manifest['items'][3]['item']}): " \
+        "the target view" in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("text", "message"), [

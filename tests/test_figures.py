@@ -50,7 +50,7 @@ def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
     items = list({it["item"]: it for it in items}.values())
     weights_dir.mkdir(parents=True)
     manifest = weights_dir / "manifest.json"
-    manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 6, "items": items}))
+    manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 6, "source": "figure", "items": items}))
     npz = {}
     for it in items:
         logits = rng.normal(size=(3, 6, 16, 16))
@@ -83,10 +83,10 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
     rng = np.random.default_rng(views)
     rows, items = [], []
     for key in keys:
-        name = f"{key}-t05-v{views}-0"
-        items.append({"item": name, "key": key, "target_view": 5, "cond_views": list(range(views)), "seed": 0})
+        name = f"{key}-t23-v{views}-0"  # the target is no conditioning view (range(views))
+        items.append({"item": name, "key": key, "target_view": 23, "cond_views": list(range(views)), "seed": 0})
         rows.append({"item": name, "key": key, "synset": key[:8], "category": key[:8], "object_id": key[9:],
-                     "target_view": 5, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
+                     "target_view": 23, "view_count": views, "experiment": "tiny", "checkpoint_step": 10,
                      "sampler": "ddim-eta1" if eta else "ddim", "steps": 50, "seconds_per_target": 0.5,
                      "protocol": "official", "weights_sha256": "a" * 64,
                      "psnr": 20 + views + rng.random(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viewfusion.data.manifest import item_name
+from viewfusion.data.manifest import FIGURE_SOURCE, item_name
 from viewfusion.data.nmr import NUM_VIEWS
 from viewfusion.data.reader import load_objects
 from viewfusion.data.shardmanifest import read_shard_manifest
@@ -63,7 +63,7 @@ def weights_manifest(key: str, *, split: str, seed: int) -> dict:
          "seed": seed + t}
         for t in range(0, NUM_VIEWS, FIGURE_TARGET_STRIDE)
     ]
-    return {"split": split, "seed": seed, "view_count": 6, "source": "figure", "items": items}
+    return {"split": split, "seed": seed, "view_count": 6, "source": FIGURE_SOURCE, "items": items}
 
 
 def autoregressive(model, images: torch.Tensor, *, spec: SamplerSpec, start_view: int, stride: int,

@@ -38,6 +38,9 @@ from viewfusion.fsutil import atomic_write_json, plain_name
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
+# The `source` of Figure 2's manifest (viewfusion.figure_samples), which shows the view weights at
+# every target, the input views included: the one kind whose targets may be conditioning views.
+FIGURE_SOURCE = "figure"
 # Where the workflow keeps a manifest, per evaluation.protocol (the rules' output patterns too).
 WORKFLOW_MANIFESTS = {"official": "results/manifests/{shard_set}/{split}-v{views}.json",
                       "pixelnerf": "results/manifests/{shard_set}/{split}-pixelnerf-v{views}.json"}
@@ -176,7 +179,8 @@ def read_manifest(path) -> dict:
     hand-edited or foreign file fails here with the file and item named, not deep in sampling.
 
     Item and key names must be plain file names (they become sample file names), views ints in
-    [0, NUM_VIEWS), cond_views non-empty, seeds ints >= 0, item names unique."""
+    [0, NUM_VIEWS), cond_views non-empty, distinct, no more than an object has and (except in
+    Figure 2's manifest, FIGURE_SOURCE) without the target, seeds ints >= 0, item names unique."""
     where = f"manifest {path}"
     manifest = _load_json(path, where)
     missing = [key for key in _TOP_KEYS if key not in manifest]
@@ -189,8 +193,9 @@ def read_manifest(path) -> dict:
     if not isinstance(items, list) or not items:
         raise ViewFusionError(f"{where}: items must be a non-empty list; {_REGENERATE}")
     seen: set[str] = set()
+    target_may_condition = manifest.get("source") == FIGURE_SOURCE
     for index, item in enumerate(items):
-        _check_item(item, f"{where}: items[{index}]")
+        _check_item(item, f"{where}: items[{index}]", target_may_condition=target_may_condition)
         if item["item"] in seen:
             raise ViewFusionError(f"{where}: items[{index}]: duplicate item name {item['item']!r}; {_REGENERATE}")
         seen.add(item["item"])
@@ -223,7 +228,7 @@ def _check_view(value, where: str) -> None:
         raise ViewFusionError(f"{where}: {value!r} is not a view in 0..{nmr.NUM_VIEWS - 1}; {_REGENERATE}")
 
 
-def _check_item(item, where: str) -> None:
+def _check_item(item, where: str, *, target_may_condition: bool = False) -> None:
     if not isinstance(item, dict):
         raise ViewFusionError(f"{where}: not a JSON object; {_REGENERATE}")
     missing = [key for key in _ITEM_KEYS if key not in item]
@@ -237,7 +242,22 @@ def _check_item(item, where: str) -> None:
         raise ViewFusionError(f"{where}: cond_views must be a non-empty list of views; {_REGENERATE}")
     for view in item["cond_views"]:
         _check_view(view, f"{where}: cond_views")
+    _check_cond_set(item["cond_views"], item["target_view"], where, target_may_condition=target_may_condition)
     _check_seed(item["seed"], f"{where}: seed")
+
+
+def _check_cond_set(cond: list[int], target: int, where: str, *, target_may_condition: bool) -> None:
+    """Conditioning views are distinct views of the object other than the target (docs/FORMATS.md):
+    a repeated view or the target itself among them would be scored as an honest N-view result."""
+    most = nmr.NUM_VIEWS - (0 if target_may_condition else 1)
+    if len(cond) > most:
+        raise ViewFusionError(f"{where}: {len(cond)} cond_views, but an object has {nmr.NUM_VIEWS} views "
+                              f"({most} besides the target); {_REGENERATE}")
+    repeated = sorted({view for view in cond if cond.count(view) > 1})
+    if repeated:
+        raise ViewFusionError(f"{where}: cond_views repeat view {', '.join(map(str, repeated))}; {_REGENERATE}")
+    if target in cond and not target_may_condition:
+        raise ViewFusionError(f"{where}: the target view {target} is among its cond_views {cond}; {_REGENERATE}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
