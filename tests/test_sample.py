@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,6 +100,36 @@ def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_sh
     assert json.loads((out / "chunks/1-of-1.progress.json").read_text())["targets"] <= 10, "finished items were redone"
     assert not pending.exists(), "the pending items are packed and removed"
     assert not list(out.rglob(".*.tmp-*")), "half-written files of the killed run stay behind"
+
+
+def test_a_run_beside_one_that_completes_the_chunk_finishes_and_leaves_nothing_pending(ckpt, manifest, synth_shards,
+                                                                                      tmp_path):
+    """Run B of a chunk is paused half-way while run A completes the chunk, then goes on. A used to
+    delete B's pending files (a live writer's temporary file included) and B then failed, its
+    later items left in pending/ for good; now B packs from A's pack and the chunk's pending
+    files are swept once it is complete."""
+    out, pending = tmp_path / "both", tmp_path / "both" / "pending" / "1-of-1"
+    cmd = [sys.executable, "-m", "viewfusion.cli", "sample", "--checkpoint", str(ckpt), "--manifest", str(manifest),
+           "--shards", str(synth_shards), "--out", str(out), "--chunk", "1/1", "--sampler", "ddim",
+           "--steps", "10", "--batch-size", "1", "--device", "cpu"]
+    run_b = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(list(pending.glob("*.png"))) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    run_b.send_signal(signal.SIGSTOP)
+    try:
+        assert len(list(pending.glob("*.png"))) < 10, "B should be paused half-way"
+        sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk="1/1",
+                     spec=SamplerSpec("ddim", 10), device="cpu")
+        by_a = packed_images(out)
+        assert len(by_a) == 10 and not list(pending.glob("*.png")), "A's completion sweeps the packed items"
+    finally:
+        run_b.send_signal(signal.SIGCONT)
+    _, err = run_b.communicate(timeout=300)
+    assert run_b.returncode == 0, err
+    assert packed_images(out) == by_a and (out / "chunks/1-of-1.json").exists()
+    assert not pending.exists(), f"left pending: {sorted(p.name for p in pending.iterdir())}"
+    assert not list(out.rglob(".*.tmp-*"))
 
 
 def test_bad_chunk_and_missing_checkpoint_are_clear_errors(manifest, synth_shards, tmp_path):

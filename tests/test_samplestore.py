@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
 import tarfile
 
 import numpy as np
@@ -108,3 +111,34 @@ def test_export_writes_the_verified_pngs(tmp_path, capsys):
     assert cli.main(["export", "--generated", str(root), "--manifest", str(manifest), "--out", str(out),
                      "--item", "../../etc/passwd"]) == 2
     assert "--item ../../etc/passwd" in capsys.readouterr().err
+
+
+def test_clean_pending_drops_only_what_a_complete_pack_holds(tmp_path):
+    """Stray pending files used to stay after a concurrent run completed their chunk (issue 30)."""
+    root, _, images, _ = _finished(tmp_path)  # chunk 1-of-1 complete: marker and pack
+    items, host = _items(4), socket.gethostname()  # the 4th is in no complete chunk
+    images = {**images, **_images(items[3:], 5)}
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tagged = {it["item"]: provenance.made_by(FP, it) for it in items}
+    other = {it["item"]: provenance.made_by("f" * 64, it) for it in items}  # made by other settings
+    name = [it["item"] + samplestore.IMAGE for it in items]
+    files = {  # (folder, name) -> (bytes, kept?)
+        ("1-of-1", name[0]): (png_bytes(images[items[0]["item"]], tagged[items[0]["item"]]), False),  # the packed one
+        ("1-of-1", name[1]): (png_bytes(images[items[0]["item"]], tagged[items[1]["item"]]), False),  # same made_by
+        ("1-of-1", name[2]): (png_bytes(images[items[2]["item"]], other[items[2]["item"]]), True),  # other settings
+        ("1-of-1", f".{name[2]}.tmp-{host}-{os.getpid()}"): (b"half", True),  # a live writer's
+        ("1-of-1", f".{name[1]}.tmp-{host}-{dead.pid}"): (b"half", False),  # a dead writer's
+        ("1-of-2", name[0]): (png_bytes(images[items[0]["item"]], tagged[items[0]["item"]]), False),  # other chunking
+        ("2-of-2", "02958343_k9-t09-v1-0.png"): (b"not packed anywhere", True),
+        ("1-of-3", name[3]): (png_bytes(images[items[3]["item"]], tagged[items[3]["item"]]), True),
+    }
+    for (folder, file), (data, _) in files.items():
+        (root / "pending" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "pending" / folder / file).write_bytes(data)
+    write_chunk(root, "1-of-3", items[3:], images, FP)  # a pack without its marker (a rerun) vouches for nothing
+    assert samplestore.clean_pending(root) == sum(not kept for _, kept in files.values())
+    left = {(p.parent.name, p.name) for p in (root / "pending").rglob("*") if p.is_file()}
+    assert left == {key for key, (_, kept) in files.items() if kept}
+    assert not (root / "pending" / "1-of-2").exists(), "an emptied folder goes"
+    assert samplestore.FinishedSamples(root).read(items[0]) == files[("1-of-1", name[0])][0]

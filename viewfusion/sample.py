@@ -223,6 +223,7 @@ def sample_chunk(
     model, info, settings, calls = _settle(checkpoint, spec, dev, weights=weights, row_batch=row_batch,
                                            data=data_sha256(shards, man["split"]))
     fp = provenance.fingerprint(settings)
+    samplestore.clean_pending(out_dir)  # what runs that died beside complete chunks left there
     marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
     _drop_other_markers(out_dir / "chunks", fp)
     store = ChunkStore(out_dir, stem)
@@ -252,6 +253,7 @@ def sample_chunk(
     _write_marker(marker, items=items, i=i, n=n, progress=progress, info=info, settings=settings, fp=fp,
                   extra={"checkpoint": str(checkpoint), "experiment": experiment, "device": str(dev),
                          "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)})
+    samplestore.clean_pending(out_dir)  # now packed: this run's items, and a concurrent run's copies
     return marker
 
 

@@ -5,7 +5,7 @@
                                    `{item}.npz` view weights; written just before the marker
     DIR/chunks/{i}-of-{n}.json     the chunk's marker (viewfusion.sample): the chunk is complete
     DIR/pending/{i}-of-{n}/        one file per item of a chunk still running (a killed run keeps
-                                   them); packed into the chunk's tar, then removed
+                                   them); packed into the chunk's tar, then swept (clean_pending)
     M.gt.tar                       ground truth of the manifest M.json, `{item}.png`: once per
                                    manifest, not once per sample directory (viewfusion ground-truth)
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
-import shutil
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +33,7 @@ from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
     atomic_path,
     atomic_write_bytes,
-    disk_errors,
+    owner_tag,
     plain_name,
     remove_stale_temps,
 )
@@ -146,15 +146,18 @@ class ChunkStore:
 
     def __init__(self, root, stem: str):
         self.root, self.stem = Path(root), stem
-        n = stem.split("-of-")[1]
+        self._n = stem.split("-of-")[1]
         for folder in (self.root / "chunks", pending_dir(root, stem)):
             remove_stale_temps(folder)  # half-written files of a killed run
-        others = sorted(p for p in (self.root / "chunks").glob(f"*{PACK}") if not p.stem.endswith(f"-of-{n}"))
         self._folders = [pending_dir(root, stem)] + sorted(
-            p for p in (self.root / "pending").glob("*-of-*") if not p.name.endswith(f"-of-{n}"))
-        self._pack_paths = [pack_path(root, stem)] + others
+            p for p in (self.root / "pending").glob("*-of-*") if not p.name.endswith(f"-of-{self._n}"))
+        self._pack_paths = self._list_packs()
         self._packs: dict[Path, Pack | None] = {}
         self._found: dict[str, tuple[str, bytes]] = {}  # name -> (tag, bytes): finish() reuses them
+
+    def _list_packs(self) -> list[Path]:
+        others = (p for p in (self.root / "chunks").glob(f"*{PACK}") if not p.stem.endswith(f"-of-{self._n}"))
+        return [pack_path(self.root, self.stem), *sorted(others)]
 
     def _pack(self, path: Path) -> Pack | None:
         if path not in self._packs:
@@ -175,8 +178,8 @@ class ChunkStore:
 
     def _search(self, name: str, tag: str) -> bytes | None:
         for folder in self._folders:
-            path = folder / name
-            if path.is_file() and tag_of(name, data := path.read_bytes()) == tag:
+            data = _read_if_there(folder / name)
+            if data is not None and tag_of(name, data) == tag:
                 return data
         for path in self._pack_paths:
             pack = self._pack(path)
@@ -192,11 +195,18 @@ class ChunkStore:
 
     def put(self, name: str, data: bytes) -> None:
         self._found.pop(name, None)  # what find() saw of this name is replaced
-        atomic_write_bytes(pending_dir(self.root, self.stem) / name, data)
+        path = pending_dir(self.root, self.stem) / name
+        try:
+            atomic_write_bytes(path, data)
+        except FileNotFoundError:  # a concurrent sweep removed the folder, empty, as it was made
+            atomic_write_bytes(path, data)
 
     def finish(self, wanted: list[tuple[str, str]]) -> Path:
-        """Pack the members `wanted` ((name, tag) in order) into the chunk's tar; then drop this
-        chunk's pending folder. Every member must be found with its tag."""
+        """Pack the members `wanted` ((name, tag) in order) into the chunk's tar. Every member
+        must be found with its tag. The pending files stay until the chunk is marked complete
+        (then the caller runs clean_pending)."""
+        self._close_packs()  # a concurrent run may have packed (and swept) items since they were opened
+        self._pack_paths = self._list_packs()
         members = []
         for name, tag in wanted:
             data = self.find(name, tag)
@@ -207,16 +217,91 @@ class ChunkStore:
         self.close()
         path = pack_path(self.root, self.stem)
         write_pack(path, members)
-        with disk_errors(path):
-            shutil.rmtree(pending_dir(self.root, self.stem), ignore_errors=True)
         return path
 
-    def close(self) -> None:
+    def _close_packs(self) -> None:
         for pack in self._packs.values():
             if pack is not None:
                 pack.close()
         self._packs.clear()
+
+    def close(self) -> None:
+        self._close_packs()
         self._found.clear()
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    """The bytes of a pending file; None when it is not there (or was swept as it was read)."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+# ---------------------------------------------------------------- sweeping pending files
+
+
+def clean_pending(root) -> int:
+    """Delete the pending files of sample directory `root` that a complete chunk (marker and pack)
+    holds with the same `made_by`, and the temporary files of dead writers; drop emptied folders.
+    Returns the files deleted.
+
+    Safe beside live runs: what it deletes is served by a pack to any run that looks for it
+    (ChunkStore reads packs after pending folders), and it keeps a live writer's temporary files
+    and every file made by other settings (a run of them, live or to be resumed, needs it)."""
+    root, removed = Path(root), 0
+    folders = sorted(p for p in (root / "pending").glob("*-of-*") if p.is_dir() and not p.is_symlink())
+    packs = _complete_packs(root) if folders else []
+    try:
+        for folder in folders:
+            removed += remove_stale_temps(folder)
+            for path in sorted(folder.iterdir()):
+                # dot names are temporary files of live writers (dead ones' went above)
+                if not path.name.startswith(".") and path.is_file() and not path.is_symlink():
+                    removed += _drop_if_packed(path, [pk for pk in packs if path.name in pk.members])
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: kept files, or a writer's new ones
+                pass
+    finally:
+        for pack in packs:
+            pack.close()
+    return removed
+
+
+def _complete_packs(root: Path) -> list[Pack]:
+    """The readable packs of the chunks whose marker says they are complete."""
+    packs = []
+    for marker in sorted((root / "chunks").glob("*.json")):
+        path = pack_path(root, marker.stem)
+        if CHUNK_MARKER.match(marker.name) and path.is_file():
+            try:
+                packs.append(Pack(path))
+            except ViewFusionError:
+                continue  # a damaged pack vouches for nothing
+    return packs
+
+
+def _drop_if_packed(path: Path, packs: list[Pack]) -> bool:
+    """Delete pending file `path` if one of `packs` holds its member with the same made_by. It is
+    moved aside first, so that a version a writer put there after the read survives."""
+    try:
+        with open(path, "rb") as fh:
+            inode, tag = os.fstat(fh.fileno()).st_ino, tag_of(path.name, fh.read())
+    except FileNotFoundError:
+        return False
+    if tag is None or all(tag_of(path.name, pack.read(path.name)) != tag for pack in packs):
+        return False
+    aside = path.with_name(f".{path.name}.tmp-{owner_tag()}")  # a temp name: swept if we die here
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    replaced = aside.stat().st_ino != inode
+    if replaced and not path.exists():
+        os.rename(aside, path)
+    aside.unlink(missing_ok=True)
+    return not replaced
 
 
 # ---------------------------------------------------------------- reading a finished directory
