@@ -14,6 +14,17 @@ from viewfusion import provenance, samplestore
 DATA = "d" * 64  # the data fingerprint of hand-made ground truth
 
 
+def marker_settings(*, sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str | None = None,
+                    data: str = DATA) -> dict:
+    """What a chunk marker records of its settings, as `viewfusion sample` writes it: the
+    settings, their fingerprint and the fields it repeats of them (samplestore.check_marker_settings)."""
+    settings = provenance.sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing, row_batch=8,
+                                          weights="ema", weights_sha256="a" * 64, config_sha256="c" * 64,
+                                          data_sha256=data)
+    repeated = {name: settings[name] for name in samplestore.MARKER_SETTINGS if name in settings}
+    return {**repeated, "spacing": spacing, "settings": settings, "fingerprint": provenance.fingerprint(settings)}
+
+
 def png_bytes(array: np.ndarray, made_by: str | None = None) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", pnginfo=None if made_by is None else provenance.png_info(made_by))

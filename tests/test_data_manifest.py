@@ -159,6 +159,12 @@ def _figure(manifest):
                                             r"\(23 besides the target\)"),
     (_cond(0, lambda t, c: c * 13), r"items\[0\] \(.*\): 26 cond_views, but an object has 24 views"),
     (lambda m: (_figure(m), _cond(0, lambda t, c: [t, *c, c[0]])(m)), r"items\[0\] \(.*\): cond_views repeat"),
+    # issue 30: labels that metrics rows carry must be what the key and cond_views (which the
+    # images' item tag covers) say
+    (_item(2, view_count=7), r"items\[2\] \(.*\): view_count 7 disagrees with its key and cond_views \(2\)"),
+    (_item(category="spaceship"), r"items\[0\] \(.*\): category 'spaceship' disagrees"),
+    (_item(synset="x"), r"synset 'x' disagrees"),
+    (_item(object_id="other"), r"object_id 'other' disagrees"),
 ])
 def test_read_manifest_refuses_bad_items(written, tmp_path, edit, message):
     manifest, _ = written

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sample_utils import DATA, write_chunk, write_ground_truth
+from sample_utils import marker_settings, write_chunk, write_ground_truth
 
 from viewfusion import cli, figures, provenance, weightfigs
 from viewfusion.errors import ViewFusionError
@@ -22,7 +22,7 @@ from viewfusion.fsutil import sha256_file
 
 COND = [0, 4, 8, 12, 16, 20]
 KEY = "02958343_abc"
-FP = "f" * 64  # the fingerprint of hand-made sample directories
+FP = marker_settings()["fingerprint"]  # the fingerprint of hand-made sample directories
 
 
 def random_image(rng: np.random.Generator, size: int = 16) -> np.ndarray:
@@ -36,9 +36,9 @@ def write_png(path: Path, rng: np.random.Generator, size: int = 16) -> None:
 
 def write_marker(root: Path, items: list[dict], manifest: Path, *, eta: float = 0.0) -> None:
     (root / "chunks" / "1-of-1.json").write_text(json.dumps({
-        "chunk": 1, "of": 1, "items": [it["item"] for it in items], "sampler": "ddim", "steps": 50, "eta": eta,
-        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5, "fingerprint": FP,
-        "data_sha256": DATA, "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}))
+        "chunk": 1, "of": 1, "items": [it["item"] for it in items], **marker_settings(eta=eta),
+        "checkpoint_step": 10, "experiment": "tiny", "seconds_per_target": 0.5,
+        "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}))
 
 
 def make_figure_samples(root: Path, *, targets=range(0, 24, 6)) -> Path:
@@ -94,7 +94,8 @@ def make_sample_dir(root: Path, *, views: int, keys=("02958343_a", "03001627_b",
     manifest = root.parent / f"manifest-{root.name}.json"
     root.mkdir(parents=True)
     manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": views, "items": items}))
-    write_chunk(root, "1-of-1", items, {it["item"]: random_image(rng) for it in items}, FP)
+    write_chunk(root, "1-of-1", items, {it["item"]: random_image(rng) for it in items},
+                marker_settings(eta=eta)["fingerprint"])
     write_ground_truth(manifest, items, {it["item"]: random_image(rng) for it in items})
     write_marker(root, items, manifest, eta=eta)
     pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
@@ -155,7 +156,7 @@ def test_absent_inputs_are_notes_and_bad_ones_errors(tmp_path, capsys):
     assert (out / "view_weights_paper.png").exists() and not (out / "autoregressive_paper.png").exists()
     assert cli.main(["figures", "--out", str(out)]) == 2
     manifest = json.loads((fig_dir / "weights" / "manifest.json").read_text())
-    manifest["items"][0]["cond_views"] = [1, 2]
+    manifest["items"][0].update(cond_views=[1, 2], view_count=2)
     (fig_dir / "weights" / "manifest.json").write_text(json.dumps(manifest))
     write_marker(fig_dir / "weights", manifest["items"], fig_dir / "weights" / "manifest.json")  # sampled from it
     with pytest.raises(ViewFusionError, match="share one object"):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sample_utils import DATA, write_chunk, write_ground_truth
+from sample_utils import marker_settings, write_chunk, write_ground_truth
 from scipy.signal import correlate2d
 
 from viewfusion import cli, metrics, torchvision_shim
@@ -171,10 +171,7 @@ def test_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the CLI on a sample directory
 
-FP = "f" * 64  # the fingerprint of the hand-made sample directory's settings
-
-
-def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[str, tuple]]:
+def make_sample_dir(root: Path, *, n_items: int = 5, eta: float = 0.0) -> tuple[Path, Path, dict[str, tuple]]:
     """A manifest and a sample directory in FORMATS.md's layout, in two chunks."""
     rng = np.random.default_rng(2)
     items, arrays = [], {}
@@ -190,13 +187,14 @@ def make_sample_dir(root: Path, *, n_items: int = 5) -> tuple[Path, Path, dict[s
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"split": "test", "seed": 0, "view_count": 2, "source": "random", "items": items}))
     write_ground_truth(manifest, items, {name: gt for name, (_, gt) in arrays.items()})
+    settings = marker_settings(eta=eta)
     for i, part in ((1, items[:3]), (2, items[3:])):
-        write_chunk(root / "s", f"{i}-of-2", part, {name: gen for name, (gen, _) in arrays.items()}, FP)
-        marker = {"chunk": i, "of": 2, "items": [it["item"] for it in part], "sampler": "ddim", "steps": 50,
-                  "eta": 0.0, "checkpoint": "final.pt", "checkpoint_step": 1000, "experiment": "tiny",
+        write_chunk(root / "s", f"{i}-of-2", part, {name: gen for name, (gen, _) in arrays.items()},
+                    settings["fingerprint"])
+        marker = {"chunk": i, "of": 2, "items": [it["item"] for it in part], **settings,
+                  "checkpoint": "final.pt", "checkpoint_step": 1000, "experiment": "tiny",
                   "seconds_per_target": float(i), "unet_evals_per_target": 100.0, "device": "cpu",
-                  "fingerprint": FP, "weights_sha256": "a" * 64, "config_sha256": "c" * 64,
-                  "manifest_sha256": "m" * 64, "data_sha256": DATA, "manifest": str(manifest)}
+                  "manifest_sha256": "m" * 64, "manifest": str(manifest)}
         (root / "s" / "chunks" / f"{i}-of-2.json").write_text(json.dumps(marker))
         # the sampler's own bookkeeping beside the markers, which metrics must ignore
         (root / "s" / "chunks" / f"{i}-of-2.progress.json").write_text(json.dumps({"done": [], "seconds": 0}))
@@ -224,17 +222,67 @@ def test_metrics_cli_writes_one_row_per_item(tmp_path, capsys):
 
 
 def test_ddim_with_eta_is_named_apart_and_mixed_eta_refused(tmp_path):
-    sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=4)
-    markers = sorted((sample_dir / "chunks").glob("?-of-2.json"))
-    for path in markers:
-        path.write_text(json.dumps({**json.loads(path.read_text()), "eta": 1.0}))
+    sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=4, eta=1.0)
     out = tmp_path / "m.csv"
     args = ["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out", str(out), "--no-lpips"]
     assert cli.main(args) == 0
     assert set(pd.read_csv(out)["sampler"]) == {"ddim-eta1"}
-    markers[0].write_text(json.dumps({**json.loads(markers[0].read_text()), "eta": 0.5}))
-    with pytest.raises(ViewFusionError, match="disagree on eta"):
+    marker = sample_dir / "chunks/1-of-2.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), **marker_settings(eta=0.5)}))
+    with pytest.raises(ViewFusionError, match="disagree on fingerprint"):
         metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None)
+
+
+@pytest.mark.parametrize("field, value", [("category", "bench"), ("view_count", 7), ("synset", "02828884"),
+                                          ("object_id", "other")])
+def test_a_manifest_relabelled_after_sampling_is_refused(tmp_path, capsys, field, value):
+    """Issue 30: a bench scored as a car, a 2-view sample as 7 views. The images' item tag covers
+    key and cond_views; every other label of a row must agree with them."""
+    sample_dir, manifest, _ = make_sample_dir(tmp_path)
+    data = json.loads(manifest.read_text())
+    data["items"][1][field] = value
+    manifest.write_text(json.dumps(data))
+    out = tmp_path / "m.csv"
+    assert cli.main(["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out", str(out),
+                     "--no-lpips"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"items[1] ({data['items'][1]['item']}): {field} {value!r} disagrees" in err
+    assert not out.exists()
+
+
+def test_row_labels_come_from_the_key_and_cond_views(tmp_path):
+    sample_dir, manifest, _ = make_sample_dir(tmp_path, n_items=2)
+    data = json.loads(manifest.read_text())
+    for item in data["items"]:
+        for field in ("synset", "category", "object_id", "view_count"):
+            item.pop(field, None)
+    manifest.write_text(json.dumps(data))
+    frame = metrics.compute_metrics(generated=sample_dir, manifest=manifest, lpips_net=None)
+    assert list(frame["category"]) == ["chair", "car"] and list(frame["view_count"]) == [2, 2]
+    assert list(frame["synset"]) == ["03001627", "02958343"] and list(frame["object_id"]) == ["obj0", "obj1"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"steps": 10}, "steps 10 is not the fingerprinted 50"),
+    ({"sampler": "ddpm"}, "sampler 'ddpm' is not the fingerprinted 'ddim'"),
+    ({"eta": 1.0}, "eta 1.0 is not the fingerprinted 0.0"),
+    ({"spacing": "lambda"}, "spacing 'lambda' is not the fingerprinted None"),
+    ({"weights_sha256": "b" * 64}, "weights_sha256 'bbbb"),
+    ({"settings": None}, "its settings do not hash to its fingerprint"),
+    ({"settings": {**marker_settings()["settings"], "steps": 10}, "steps": 10}, "do not hash to its fingerprint"),
+])
+def test_a_chunk_marker_relabelled_after_sampling_is_refused(tmp_path, capsys, edit, message):
+    """The sampler, steps, eta, spacing and sha256s a row names come from its chunk marker: they
+    must be the settings the marker's fingerprint (which its images carry) hashes."""
+    sample_dir, manifest, _ = make_sample_dir(tmp_path)
+    marker = sample_dir / "chunks/2-of-2.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), **edit}))
+    out = tmp_path / "m.csv"
+    assert cli.main(["metrics", "--generated", str(sample_dir), "--manifest", str(manifest), "--out", str(out),
+                     "--no-lpips"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"chunk marker {marker}: " in err and message in err, err
+    assert "rerun `viewfusion sample` for chunk 2-of-2" in err and not out.exists()
 
 
 def test_metrics_cli_with_alexnet_lpips_to_parquet(tmp_path):
@@ -258,7 +306,8 @@ def test_missing_chunk_and_missing_png_name_item_and_chunk(tmp_path, capsys):
             str(tmp_path / "m.csv"), "--no-lpips"]
     fourth = list(arrays)[3]
     items = json.loads(manifest.read_text())["items"]
-    write_chunk(sample_dir, "2-of-2", items[4:], {name: gen for name, (gen, _) in arrays.items()}, FP)  # lost one
+    write_chunk(sample_dir, "2-of-2", items[4:], {name: gen for name, (gen, _) in arrays.items()},
+                marker_settings()["fingerprint"])  # lost one
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert fourth in err and "2-of-2" in err and "rerun" in err

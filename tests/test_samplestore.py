@@ -13,12 +13,12 @@ import tarfile
 
 import numpy as np
 import pytest
-from sample_utils import DATA, png_bytes, write_chunk, write_ground_truth
+from sample_utils import DATA, marker_settings, png_bytes, write_chunk, write_ground_truth
 
 from viewfusion import cli, provenance, samplestore
 from viewfusion.errors import ViewFusionError
 
-FP = "e" * 64
+FP = marker_settings()["fingerprint"]
 
 
 def _items(n: int = 3) -> list[dict]:
@@ -38,7 +38,7 @@ def _finished(tmp_path, items=None):
     images, gts = _images(items, 0), _images(items, 1)
     write_chunk(root, "1-of-1", items, images, FP)
     write_ground_truth(manifest, items, gts)
-    marker = {"chunk": 1, "of": 1, "items": [it["item"] for it in items], "fingerprint": FP, "data_sha256": DATA,
+    marker = {"chunk": 1, "of": 1, "items": [it["item"] for it in items], **marker_settings(),
               "manifest": str(manifest)}
     samplestore.marker_path(root, "1-of-1").write_text(json.dumps(marker))
     return root, manifest, images, gts

@@ -44,8 +44,7 @@ import pytorch_msssim
 import torch
 from PIL import Image
 
-from viewfusion.data.manifest import read_manifest
-from viewfusion.data.nmr import SYNSETS
+from viewfusion.data.manifest import item_labels, read_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
 from viewfusion.samplers import sampler_name
@@ -181,12 +180,10 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 # ---------------------------------------------------------------- putting it together
 
 def item_row(it: dict, chunk: dict) -> dict:
-    synset = str(it.get("synset", ""))
+    """The labels of one row: the item's from the fields its image's `made_by` covers
+    (manifest.item_labels), the run's from its chunk marker (samplestore.read_chunks checks them)."""
     return {
-        "item": it["item"], "key": it.get("key"), "synset": synset,
-        "category": it.get("category") or SYNSETS.get(synset, synset),
-        "object_id": it.get("object_id"), "target_view": it.get("target_view"),
-        "view_count": it.get("view_count", len(it.get("cond_views", []))),
+        "item": it["item"], "key": it["key"], **item_labels(it), "target_view": it["target_view"],
         "experiment": chunk.get("experiment") or "", "checkpoint_step": chunk.get("checkpoint_step"),
         "max_train_views": chunk.get("max_train_views"), "sampler": sampler_name(chunk), "steps": chunk.get("steps"),
         "seconds_per_target": chunk.get("seconds_per_target"),

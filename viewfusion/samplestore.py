@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
-from viewfusion import provenance
+from viewfusion import provenance, samplers
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
     atomic_path,
@@ -44,6 +44,8 @@ CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds packs and
 FILES_PER_CHUNK = 3  # a finished chunk leaves its marker, its pack and its progress record (viewfusion plan)
 GT_SUFFIX = ".gt.tar"
 # Settings every chunk of one sample directory shares: one experiment, checkpoint and sampler.
+# What a marker repeats of its fingerprinted settings (metrics rows carry them).
+MARKER_SETTINGS = ("sampler", "steps", "eta", "weights_sha256", "config_sha256", "data_sha256")
 CHUNK_SETTINGS = ("fingerprint", "sampler", "steps", "eta", "checkpoint_step", "weights_sha256", "config_sha256",
                   "experiment")
 
@@ -319,6 +321,7 @@ def read_chunks(generated) -> dict[str, dict]:
         if not isinstance(chunks[path.stem], dict) or "fingerprint" not in chunks[path.stem]:
             raise ViewFusionError(f"chunk marker {path} records no fingerprint (written by an older viewfusion "
                                   "or by hand); rerun `viewfusion sample` for it")
+        check_marker_settings(path, chunks[path.stem])
     if not chunks:
         raise ViewFusionError(
             f"{generated}/chunks/ has no chunk markers: no chunk of `viewfusion sample` has finished there")
@@ -328,6 +331,26 @@ def read_chunks(generated) -> dict[str, dict]:
             raise ViewFusionError(f"{generated}: chunks disagree on {name} ({', '.join(sorted(values))}); "
                                   "one sample directory holds one experiment, checkpoint and sampler")
     return chunks
+
+
+def check_marker_settings(path, marker: dict) -> None:
+    """A marker's sampler, steps, eta, spacing and sha256s label metrics rows: they must be the
+    settings its fingerprint hashes (which its images carry), so an edited marker relabels nothing."""
+    settings, redo = marker.get("settings"), f"rerun `viewfusion sample` for chunk {Path(path).stem}"
+    if not isinstance(settings, dict) or provenance.fingerprint(settings) != marker["fingerprint"]:
+        raise ViewFusionError(f"chunk marker {path}: its settings do not hash to its fingerprint "
+                              f"(edited by hand?); {redo}")
+    for name in MARKER_SETTINGS:
+        if name in settings and marker.get(name) != settings[name]:
+            raise ViewFusionError(f"chunk marker {path}: {name} {marker.get(name)!r} is not the fingerprinted "
+                                  f"{settings[name]!r} (edited by hand?); {redo}")
+    try:
+        spacing = samplers.chosen_spacing(str(settings.get("sampler")), marker.get("spacing"))
+    except ValueError:
+        spacing = marker.get("spacing")
+    if spacing != settings.get("spacing"):
+        raise ViewFusionError(f"chunk marker {path}: spacing {marker.get('spacing')!r} is not the fingerprinted "
+                              f"{settings.get('spacing')!r} (edited by hand?); {redo}")
 
 
 class FinishedSamples:

@@ -80,11 +80,20 @@ def item_name(key: str, target: int, view_count: int, k: int) -> str:
     return f"{key}-t{target:02d}-v{view_count}-{k}"
 
 
+def item_labels(item: dict) -> dict:
+    """The labels of a target that metrics rows carry (synset, category, object_id, view_count),
+    derived from its key and cond_views: fields its item tag (viewfusion.provenance) covers, so
+    that a manifest edited after sampling cannot score old images under new labels."""
+    synset, object_id = nmr.split_key(item["key"])
+    return {"synset": synset, "category": nmr.SYNSETS.get(synset, synset), "object_id": object_id,
+            "view_count": len(item["cond_views"])}
+
+
 def _item(key: str, target: int, cond: list[int], k: int, seed: int) -> dict:
-    synset, object_id = nmr.split_key(key)
-    return {"item": item_name(key, target, len(cond), k), "key": key, "synset": synset,
-            "category": nmr.SYNSETS[synset], "object_id": object_id, "target_view": target,
-            "cond_views": cond, "view_count": len(cond), "seed": _noise_seed(seed, key, target)}
+    labels = item_labels({"key": key, "cond_views": cond})
+    return {"item": item_name(key, target, len(cond), k), "key": key, "synset": labels["synset"],
+            "category": labels["category"], "object_id": labels["object_id"], "target_view": target,
+            "cond_views": cond, "view_count": labels["view_count"], "seed": _noise_seed(seed, key, target)}
 
 
 def random_items(keys: list[str], *, view_count: int, seed: int, targets_per_object: int) -> list[dict]:
@@ -180,7 +189,9 @@ def read_manifest(path) -> dict:
 
     Item and key names must be plain file names (they become sample file names), views ints in
     [0, NUM_VIEWS), cond_views non-empty, distinct, no more than an object has and (except in
-    Figure 2's manifest, FIGURE_SOURCE) without the target, seeds ints >= 0, item names unique."""
+    Figure 2's manifest, FIGURE_SOURCE) without the target, seeds ints >= 0, item names unique; an
+    item's labels (synset, category, object_id, view_count), where given, must be what its key and
+    cond_views say (`item_labels`)."""
     where = f"manifest {path}"
     manifest = _load_json(path, where)
     missing = [key for key in _TOP_KEYS if key not in manifest]
@@ -196,6 +207,7 @@ def read_manifest(path) -> dict:
     target_may_condition = manifest.get("source") == FIGURE_SOURCE
     for index, item in enumerate(items):
         _check_item(item, f"{where}: items[{index}]", target_may_condition=target_may_condition)
+        _check_labels(item, f"{where}: items[{index}]")
         if item["item"] in seen:
             raise ViewFusionError(f"{where}: items[{index}]: duplicate item name {item['item']!r}; {_REGENERATE}")
         seen.add(item["item"])
@@ -258,6 +270,15 @@ def _check_cond_set(cond: list[int], target: int, where: str, *, target_may_cond
         raise ViewFusionError(f"{where}: cond_views repeat view {', '.join(map(str, repeated))}; {_REGENERATE}")
     if target in cond and not target_may_condition:
         raise ViewFusionError(f"{where}: the target view {target} is among its cond_views {cond}; {_REGENERATE}")
+
+
+def _check_labels(item: dict, where: str) -> None:
+    """Labels are never taken on trust: the item tag covers key and cond_views only."""
+    where = f"{where} ({item['item']})"
+    for name, value in item_labels(item).items():
+        if name in item and item[name] != value:
+            raise ViewFusionError(f"{where}: {name} {item[name]!r} disagrees with its key and cond_views "
+                                  f"({value!r}); {_REGENERATE}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
