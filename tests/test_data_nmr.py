@@ -83,6 +83,27 @@ def test_camera_checks(synth_zip):
         nmr.check_cameras(buf.getvalue(), member="c")
 
 
+def test_a_camera_twice_is_refused(synth_zip):
+    """numpy loads the last of two npz members of one name: which camera is meant is undefined."""
+    with nmr.NMRZip(synth_zip) as z:
+        object_id = z.split_list("02691156", "train")[0]
+        data = z.read(nmr.cameras_member("02691156", object_id))
+    buf = io.BytesIO(data)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(buf, "a") as npz:
+        npz.writestr("world_mat_5.npy", npz.read("world_mat_4.npy"))
+    with pytest.raises(ViewFusionError, match="^c: camera world_mat_5 appears twice$"):
+        nmr.check_cameras(buf.getvalue(), member="c")
+
+
+def test_verify_refuses_a_member_twice(synth_zip, edit_zip, tmp_path, capsys):
+    member = nmr.list_member("02691156", "test")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        bad = edit_zip(synth_zip, tmp_path / "z.zip", add={member: b"other\n"})
+    assert main(["data", "verify", "--zip", str(bad), "--full"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: member {member} appears twice" in err
+
+
 def test_verify_synthetic_zip(synth_zip):
     summary = verify_zip(synth_zip, full=True)
     assert summary["objects"] == 26 and summary["decoded_objects"] == 26

@@ -151,6 +151,18 @@ def test_wrong_image_size(synth_zip, edit_zip, tmp_path, capsys):
     assert member in err and "image is 32x32, expected 64x64" in err
 
 
+def test_a_member_twice_is_refused_not_sharded_with_its_last_copy(synth_zip, edit_zip, tmp_path, capsys):
+    """Issue 30: zipfile reads the last of two members of one name, so a second copy of a view
+    silently replaced the first in the shards."""
+    member = nmr.image_member("02691156", _first(synth_zip), 3)
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(other, format="PNG")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        bad = edit_zip(synth_zip, tmp_path / "z.zip", add={member: other.getvalue()})
+    err = _fails(capsys, tmp_path / "o", "--zip", str(bad), "--shards", "1")
+    assert err.count("\n") == 1 and f"{bad}: member {member} appears twice" in err
+
+
 def test_corrupt_png(synth_zip, edit_zip, tmp_path, capsys):
     object_id = _first(synth_zip)
     member = nmr.image_member("02691156", object_id, 7)

@@ -22,6 +22,7 @@ import re
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Self
 
@@ -198,7 +199,7 @@ def decode_png(data: bytes, *, member: str, image_size: int = IMAGE_SIZE) -> np.
     return array
 
 
-def _npz_names(data: bytes) -> set[str] | None:
+def _npz_names(data: bytes) -> list[str] | None:
     """Array names of an npz from its central directory only (a full parse costs ~7x more)."""
     eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 65535))
     if eocd < 0 or eocd + 22 > len(data):
@@ -206,20 +207,24 @@ def _npz_names(data: bytes) -> set[str] | None:
     (cd_offset,) = struct.unpack_from("<I", data, eocd + 16)
     if cd_offset >= eocd:  # zip64 or damaged: let the caller fall back to zipfile
         return None
-    return {m.decode() for m in _NPZ_NAME.findall(data, cd_offset, eocd)}
+    return [m.decode() for m in _NPZ_NAME.findall(data, cd_offset, eocd)]
 
 
 def check_cameras(data: bytes, *, member: str) -> None:
-    """Check that an npz holds the four matrices of all 24 views (names only, no decoding)."""
+    """Check that an npz holds the four matrices of all 24 views, each once (names only, no decoding)."""
     names = _npz_names(data)
     if names is None:
         try:
-            names = {n.removesuffix(".npy") for n in zipfile.ZipFile(io.BytesIO(data)).namelist()}
+            names = [n.removesuffix(".npy") for n in zipfile.ZipFile(io.BytesIO(data)).namelist()]
         except zipfile.BadZipFile as err:
             raise ViewFusionError(f"{member}: not a readable npz ({err})") from None
+    counts = Counter(names)
+    twice = next((name for name, count in counts.items() if count > 1), None)
+    if twice is not None:  # numpy would load the last copy
+        raise ViewFusionError(f"{member}: camera {twice} appears twice")
     for view in range(NUM_VIEWS):
         for name in CAMERA_NAMES:
-            if f"{name}_{view}" not in names:
+            if f"{name}_{view}" not in counts:
                 raise ViewFusionError(f"{member}: camera {name}_{view} missing")
 
 
@@ -274,6 +279,8 @@ class NMRZip:
         self._names = set()
         for name in self._zip.namelist():
             check_member_name(name)
+            if name in self._names:  # zipfile would read the last copy: which one is meant is undefined
+                raise ViewFusionError(f"{self.path}: member {name} appears twice; download or rebuild the zip")
             self._names.add(name)
         self.metadata = self._read_metadata()
 
