@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_cases import REFUSED
 
 from viewfusion import chunking
 from viewfusion import plan as P
@@ -239,6 +240,38 @@ def test_rates_from_a_gpu_check_json(tmp_path):
 def test_bad_input_is_one_line(args, message):
     proc = _cli("--configfile", "config/paper_workflow.yaml", *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("text, message", REFUSED)
+def test_the_plan_refuses_what_the_workflow_refuses(tmp_path, text, message):
+    """Issue 30: the plan counted configs Snakemake refuses; it now runs the workflow's checks
+    (viewfusion.workflowchecks; tests/test_workflow.py dry-runs Snakemake on the same cases)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    proc = _cli("--configfile", str(bad), "--profile", "profiles/local", "--sample-evals-per-second", "1000")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("text, where", [("speling: 1\n", "top level: Additional properties are not allowed "
+                                                        "('speling' was unexpected)"),
+                                          ("evaluation: {chunks: 0}\n", "evaluation.chunks: 0 is less than"),
+                                          ("training: {nproc: two}\n", "training.nproc: 'two' is not of type")])
+def test_the_plan_validates_the_config_against_the_schema(tmp_path, text, where):
+    """As Snakemake's `validate(config, schema)` does: an unknown key, a value out of range."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    proc = _cli("--configfile", str(bad), "--profile", "none", "--sample-evals-per-second", "1000")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"config/config.yaml + {bad} against workflow/schemas/config.schema.yaml: {where}" in proc.stderr
+
+
+def test_the_plan_checks_training_processes_against_the_profiles_gpus(tmp_path):
+    two = tmp_path / "two.yaml"
+    two.write_text("training: {nproc: 2}\n")
+    proc = _cli("--configfile", "config/paper_workflow.yaml", "--configfile", str(two), "--profile", "profiles/slurm",
+                "--sample-evals-per-second", "1000")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "training.nproc 2, but the profile gives each training node 4 GPUs" in proc.stderr
 
 
 def test_bad_profile_runtime_is_one_line(tmp_path):

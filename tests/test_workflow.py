@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from sample_utils import packed_images
+from workflow_cases import REFUSED
 
 from viewfusion.workflowconfig import merge
 
@@ -59,12 +60,28 @@ def overlay(work: Path, name: str, text: str) -> str:
     return str(path.relative_to(work))
 
 
-def test_schema_rejects_unknown_key(tmp_path):
+@pytest.mark.parametrize("text", ["evaluation:\n  speling: 1\n", "speling: 1\n"])
+def test_schema_rejects_unknown_key(tmp_path, text):
     work = _copy_workflow(tmp_path)
-    bad = overlay(work, "bad.yaml", "evaluation:\n  speling: 1\n")
+    bad = overlay(work, "bad.yaml", text)
     proc = snakemake(work, "-n", "--configfile", bad, check=False)
     assert proc.returncode != 0
     assert "speling" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fresh_workflow(tmp_path_factory) -> Path:
+    return _copy_workflow(tmp_path_factory.mktemp("fresh"))
+
+
+@pytest.mark.parametrize("text, message", REFUSED)
+def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, text, message):
+    """viewfusion.workflowchecks at DAG build (tests/test_plan.py runs the same cases through the
+    plan): a duplicate setting, an eta no path can name, a bad cross-setting, one `config error:`
+    line, exit 2, before any job."""
+    proc = snakemake(fresh_workflow, "-n", "--configfile", overlay(fresh_workflow, "bad.yaml", text), check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 
 
 def _copy_workflow(dest: Path) -> Path:

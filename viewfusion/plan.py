@@ -47,6 +47,7 @@ from viewfusion.config import ExperimentConfig, select_precision
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.rates import JOB_STARTUP_SECONDS, PEAK_TFLOPS, bf16_tensor_cores, default_rates
+from viewfusion.workflowchecks import check_workflow_config, profile_train_gpus
 from viewfusion.workflowconfig import load_workflow_config, profile_minutes
 
 FIGURE_EVALS_PER_STEP = 12 * 6 + sum(range(1, 8))  # figure_samples: 12 targets x 6 views + 7 autoregressive
@@ -314,6 +315,9 @@ def run(args: argparse.Namespace) -> int:
         raise ViewFusionError(f"--objects {args.objects}: need at least 1")
     if args.profile is None:
         args.profile = Path("profiles/slurm") if Path("profiles/slurm").exists() else Path("none")
+    # What Snakemake refuses when it builds the DAG, refused here too (the profile's training GPUs included).
+    check_workflow_config(config, train_gpus=profile_train_gpus(None if str(args.profile) == "none" else args.profile),
+                          root=Path(os.getcwd()))
     profile = profile_minutes(None if str(args.profile) == "none" else args.profile)
     plan = make_plan(config, rates=resolve_rates(args, config), profile=profile, root=Path(os.getcwd()),
                      objects=args.objects, sources=[str(p) for p in ([base] if base else []) + args.configfile])

@@ -1,6 +1,6 @@
 """The workflow config and profile as Snakemake reads them, for commands that run outside
 Snakemake (`viewfusion plan`): config files merged over the base with the schema's defaults,
-and a profile's runtimes. Torch-free.
+validated against it as Snakemake validates them, and a profile's settings and runtimes. Torch-free.
 
     config = load_workflow_config([Path("config/paper_workflow.yaml")], Path("config/config.yaml"),
                                   Path("workflow/schemas/config.schema.yaml"))
@@ -53,6 +53,31 @@ def _read_yaml(path: Path) -> Any:
         raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
 
 
+def read_profile(profile: Path) -> tuple[Path, Any]:
+    """(the file, its settings) of a Snakemake profile file or folder (a YTE template, as
+    profiles/slurm; `yte` comes with Snakemake)."""
+    path = profile / "config.yaml" if profile.is_dir() else profile
+    try:
+        import yte
+
+        with open(path) as fh:
+            return path, yte.process_yaml(fh, require_use_yte=True)
+    except FileNotFoundError:
+        raise ViewFusionError(f"profile {path} does not exist") from None
+    except ImportError:
+        return path, _read_yaml(path)
+
+
+def validate_config(config: dict, schema: dict, where: str) -> None:
+    """Refuse, in one line, what Snakemake's `validate(config, schema)` refuses (JSON Schema 2020-12)."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        at = ".".join(map(str, error.absolute_path)) or "top level"
+        raise ViewFusionError(f"{where}: {at}: {' '.join(error.message.split())}")
+
+
 def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Path | None) -> dict:
     config: dict = {}
     for path in ([base] if base else []) + list(configfiles):
@@ -60,8 +85,11 @@ def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Pat
         if not isinstance(layer, dict):
             raise ViewFusionError(f"{path}: expected a mapping")
         config = merge(config, layer)
-    if schema is not None and schema.exists():
-        config = with_defaults(config, _read_yaml(schema))
+    if schema is not None:
+        rules = _read_yaml(schema)
+        config = with_defaults(config, rules)
+        sources = " + ".join(map(str, ([base] if base else []) + list(configfiles)))
+        validate_config(config, rules, f"{sources} against {schema}")
     for key in ("experiments", "active_experiments", "shard_sets"):
         if key not in config:
             raise ViewFusionError(f"the workflow config has no {key!r} (give config/config.yaml as --base)")
@@ -88,16 +116,7 @@ def profile_minutes(profile: Path | None) -> dict[str, Any]:
            "groups": {}, "group_components": {}}
     if profile is None:
         return out
-    path = profile / "config.yaml" if profile.is_dir() else profile
-    try:
-        import yte
-
-        with open(path) as fh:
-            data = yte.process_yaml(fh, require_use_yte=True)
-    except FileNotFoundError:
-        raise ViewFusionError(f"profile {path} does not exist") from None
-    except ImportError:
-        data = _read_yaml(path)
+    path, data = read_profile(profile)
     resources = (data or {}).get("set-resources", {}) or {}
 
     def minutes(rule: str, default: int) -> int:

@@ -1,5 +1,6 @@
 # Python helpers of the workflow: config validation and get_* input functions. Rules hold none.
-# Every cross-setting check runs here, when the DAG is built, before any job can delete outputs.
+# Every cross-setting check (viewfusion.workflowchecks, which `viewfusion plan` runs too) runs here,
+# when the DAG is built, before any job can delete outputs.
 import os
 import re
 import sys
@@ -12,11 +13,10 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
 from viewfusion import chunking, samplers
 from viewfusion.samplestore import ground_truth_path
-from viewfusion.configfile import load_config, written_sha256
+from viewfusion.configfile import written_sha256
 from viewfusion.rundir import snapshot_name
 from viewfusion.data.manifest import WORKFLOW_MANIFESTS, workflow_manifest
-from viewfusion.data.nmr import resolve_category
-from viewfusion.data.shard import check_settings
+from viewfusion import workflowchecks
 from viewfusion.errors import ViewFusionError
 from viewfusion.workflowconfig import DEFAULT_SAMPLE_MINUTES, runtime_minutes
 
@@ -57,60 +57,15 @@ ACTIVE = config["active_experiments"]
 LOGS = "results/logs"
 
 
-def resolved_training_config(exp):
-    """The experiment's training config: its YAML, `base:` chain and `set` overrides."""
-    spec = config["experiments"][exp]
-    return load_config(spec["config"], spec.get("set", []))
-
-
 def eval_shard_set(exp):
     """The shard set an experiment is evaluated on: evaluation.shard_set, else its own."""
-    return EVAL["shard_set"] or config["experiments"][exp]["shard_set"]
+    return workflowchecks.eval_shard_set(config, exp)
 
 
 def check_config():
-    """Cross-setting checks, all at DAG-build time (see config_error)."""
-    unknown = sorted(set(ACTIVE) - set(config["experiments"]))
-    if unknown:
-        config_error(f"active_experiments names {unknown}, which `experiments` does not define")
-    for spec in [*EVAL["samplers"], config["figures"]["sampler"]]:
-        if spec["name"] not in samplers.ALL_SAMPLERS:
-            config_error(f"sampler {spec['name']!r}: use one of {', '.join(samplers.ALL_SAMPLERS)}")
-        if spec.get("eta", 0) and spec["name"] != "ddim":
-            config_error(f"sampler {spec['name']!r} takes no eta (only ddim does); remove it")
-        try:
-            samplers.spacing_of(spec["name"], spec.get("spacing"))
-        except ValueError as err:
-            config_error(f"sampler {spec['name']!r}: {err}")
-    nproc = config["training"]["nproc"]
-    gpus = profile_train_gpus()
-    if gpus is not None and gpus != nproc:
-        config_error(f"training.nproc {nproc}, but the profile gives each training node {gpus} GPUs "
-                     f"(set-resources: train: gres; profiles/slurm: GPUS_PER_NODE): set training.nproc to {gpus} "
-                     "or the profile's GPUs to match")
-    for name, spec in config["shard_sets"].items():
-        check_settings(shards=spec["shards"], gpus=nproc, withhold=spec["withhold"],
-                       source=f"shard_sets.{name} with training.nproc {nproc}")
-    for exp in ACTIVE:
-        spec = config["experiments"][exp]
-        if spec["shard_set"] not in config["shard_sets"]:
-            config_error(f"experiments.{exp}.shard_set {spec['shard_set']!r} is not in shard_sets "
-                         f"({', '.join(config['shard_sets'])})")
-        check_protocol(exp)
-        if check_imported(exp):
-            continue
-        cfg = resolved_training_config(exp)
-        withheld = sorted(resolve_category(c) for c in config["shard_sets"][spec["shard_set"]]["withhold"])
-        if sorted(resolve_category(c) for c in cfg.data.withheld) != withheld:
-            config_error(f"experiments.{exp}: its config withholds {sorted(cfg.data.withheld)} (data.withheld), "
-                         f"shard set {spec['shard_set']!r} withholds {withheld}; make them agree")
-        if "best" in EVAL["checkpoints"] and cfg.train.validate_every is None:
-            config_error(f"evaluation.checkpoints names best, but experiment {exp} does not validate "
-                         "(train.validate_every is null), so it writes no checkpoints/best.pt")
-        missing = [c for c in EVAL["checkpoints"] if c not in ("final", "best") and c not in cfg.train.snapshot_steps]
-        if missing:
-            config_error(f"evaluation.checkpoints {missing} are not in experiment {exp}'s train.snapshot_steps "
-                         f"{list(cfg.train.snapshot_steps)}: those snapshots are never written")
+    """Cross-setting checks, all at DAG-build time (see config_error): viewfusion.workflowchecks,
+    which `viewfusion plan` runs too, so both refuse the same configs."""
+    workflowchecks.check_workflow_config(config, train_gpus=profile_train_gpus())
 
 
 def profile_train_gpus():
@@ -119,28 +74,7 @@ def profile_train_gpus():
     match them, and this check says so before the queue wait that train.sh's own check comes after."""
     train = workflow.resource_settings.overwrite_resources.get("train")
     # snakemake Resources: .raw is the profile's value itself (.value refuses unevaluated ones).
-    gres, gpu = (None, None) if train is None else (train.get("gres").raw, train.get("gpu").raw)
-    count = re.fullmatch(r"gpu(?::[^:,]+)?:(\d+)", str(gres))
-    if count:
-        return int(count.group(1))
-    return int(gpu) if isinstance(gpu, int) and gpu > 0 else None
-
-
-def check_imported(exp):
-    """True for an experiment of published weights (`weights:`): no training, only `final`."""
-    spec = config["experiments"][exp]
-    if "weights" not in spec:
-        if "config" not in spec:
-            config_error(f"experiments.{exp}: give `config` (a training config) or `weights` (a published checkpoint)")
-        return False
-    if spec.get("set"):
-        config_error(f"experiments.{exp}: `set` overrides training; published weights are not trained")
-    if not os.path.isfile(spec["weights"]):
-        config_error(f"experiments.{exp}.weights: {spec['weights']} does not exist; put the official "
-                     "best_model_all.pt there (bronemos/view-fusion's release) or change the path")
-    if EVAL["checkpoints"] != ["final"]:
-        config_error(f"experiments.{exp} evaluates published weights: evaluation.checkpoints must be [final]")
-    return True
+    return None if train is None else workflowchecks.train_gpus(train.get("gres").raw, train.get("gpu").raw)
 
 
 def imported_experiments():
@@ -150,21 +84,6 @@ def imported_experiments():
 def exp_pattern(names):
     """A wildcard constraint matching exactly `names` (none: matches nothing)."""
     return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
-def check_protocol(exp):
-    """The evaluation shard set exists; pixelNeRF's protocol is one view on softras lists."""
-    name = eval_shard_set(exp)
-    if name not in config["shard_sets"]:
-        config_error(f"evaluation.shard_set {name!r} is not in shard_sets ({', '.join(config['shard_sets'])})")
-    if EVAL["protocol"] != "pixelnerf":
-        return
-    if EVAL["view_counts"] != [1]:
-        config_error(f"evaluation.protocol pixelnerf is the one-view protocol: set evaluation.view_counts "
-                     f"to [1] (got {EVAL['view_counts']})")
-    if config["shard_sets"][name]["lists"] != "softras":
-        config_error(f"evaluation.protocol pixelnerf scores pixelNeRF's softras test objects: shard set {name!r} "
-                     "needs lists: softras (name one in evaluation.shard_set)")
 
 
 def profile_sample_minutes():
@@ -205,7 +124,7 @@ def parse_sampler(tag):
 
 
 def ckpt_tag(ckpt):
-    return ckpt if ckpt in ("final", "best") else f"step{int(ckpt)}"
+    return workflowchecks.checkpoint_tag(ckpt)
 
 
 def get_experiment(wildcards):

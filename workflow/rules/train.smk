@@ -13,17 +13,6 @@
 
 TRAIN = config["training"]
 
-if TRAIN["nodes"] > 1:
-    # Every rank reads its own shards: the shard count must divide by all ranks of all nodes.
-    for _name, _spec in config["shard_sets"].items():
-        try:
-            check_settings(shards=_spec["shards"], gpus=TRAIN["nodes"] * TRAIN["nproc"],
-                           withhold=_spec["withhold"],
-                           source=f"shard_sets.{_name} with training.nodes {TRAIN['nodes']} x "
-                                  f"training.nproc {TRAIN['nproc']}")
-        except ViewFusionError as err:
-            config_error(err)
-
 
 rule train:
     input:
