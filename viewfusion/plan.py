@@ -8,8 +8,9 @@ evaluations and the GPU hours, the chunks of every sampling setting and whether 
 
 Run it from the workflow's folder, as snakemake: the config is read as Snakemake reads it,
 config/config.yaml (--base) with each --configfile merged over it (mappings merge, lists
-replace), schema defaults filled in and the workflow's own checks run; experiment configs and the
-dataset are relative to it.
+replace), schema defaults filled in, validated against the schema and checked as the Snakefile
+checks it (viewfusion.workflowchecks, with the profile's training GPUs); experiment configs and
+the dataset are relative to it.
 
 Arithmetic (per experiment, checkpoint, sampler and view count v, a "setting"):
 * targets T of the dataset the config names (viewfusion.chunking: the synthetic split exactly,
