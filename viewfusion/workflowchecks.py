@@ -47,10 +47,10 @@ def check_workflow_config(config: dict, *, train_gpus: int | None = None, root: 
         _check_experiment(config, exp, root)
 
 
-def sampler_setting(spec: dict, where: str) -> str:
-    """The tag of a config's sampler entry, refusing entries the workflow cannot run as given: an
-    unknown name, eta on a sampler without one, a bad spacing, or an eta its tag does not name
-    exactly (NaN, 1e-07, more than 6 digits), which would sample another eta or no folder at all."""
+def check_sampler(spec: dict, where: str) -> None:
+    """Refuse a config's sampler entry that the workflow cannot run as given: an unknown name,
+    eta on a sampler without one, a bad spacing, or an eta its tag does not name exactly (NaN,
+    1e-07, more than 6 digits), which would sample another eta or name no folder at all."""
     name, eta = spec["name"], spec.get("eta") or 0.0
     if name not in samplers.ALL_SAMPLERS:
         raise ViewFusionError(f"{where}: sampler {name!r}: use one of {', '.join(samplers.ALL_SAMPLERS)}")
@@ -67,7 +67,6 @@ def sampler_setting(spec: dict, where: str) -> str:
     if named != eta:
         raise ViewFusionError(f"{where}: sampler {name!r}: eta {eta!r} is {named:g} in its tag {tag!r}, which names "
                               "the folder and the sample command; write eta with at most 6 significant digits")
-    return tag
 
 
 def checkpoint_tag(ckpt) -> str:
@@ -78,10 +77,10 @@ def checkpoint_tag(ckpt) -> str:
 def _check_distinct(config: dict) -> None:
     """Every sampler valid; no experiment, checkpoint, view count or sampler setting listed twice."""
     ev = config["evaluation"]
-    sampler_setting(config["figures"]["sampler"], "figures.sampler")
+    check_sampler(config["figures"]["sampler"], "figures.sampler")
     settings = []
     for index, spec in enumerate(ev["samplers"]):
-        sampler_setting(spec, f"evaluation.samplers[{index}]")
+        check_sampler(spec, f"evaluation.samplers[{index}]")
         # Settings alike once resolved share a folder or their metrics rows ("ddim-full" runs ddim-50).
         steps = spec.get("steps") or samplers.DEFAULT_STEPS.get(spec["name"])
         settings.append(samplers.tag(spec["name"], steps, spec.get("eta") or 0.0, spec.get("spacing")))
