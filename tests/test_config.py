@@ -114,11 +114,42 @@ def test_error_names_the_parent_file_that_is_wrong(tmp_path):
     ("data:\n  shard_order: sorted\n", r"data.shard_order 'sorted' is not one of resample, epoch"),
     ("data:\n  stream_segment: 0\n", r"data.stream_segment must be at least 1 step"),
     ("train:\n  warmup_offset: 2\n", r"train.warmup_offset must be 0 \(the official"),
+    # ranges (issue 30): positive sizes, and no typo that allocates terabytes or starts a million processes
+    ("model:\n  inner_channel: 0\n", r"model.inner_channel must be at least 1, got 0"),
+    ("model:\n  norm_groups: 0\n", r"model.norm_groups must be at least 1, got 0"),  # was a ZeroDivisionError
+    ("model:\n  res_blocks: 0\n", r"model.res_blocks must be at least 1, got 0"),
+    ("model:\n  channel_mults: [1, 0]\n", r"model.channel_mults must be at least 1, got \(1, 0\)"),
+    ("model:\n  attn_res: [-16]\n", r"model.attn_res must be at least 1, got \(-16,\)"),
+    ("model:\n  image_size: 4096\n", r"model.image_size must be in 8..1024"),
+    ("model:\n  inner_channel: 6400\n", r"give a U-Net of about 2.0e\+11 weights, more than 1e\+09"),
+    ("diffusion:\n  n_timestep: 10000000000\n", r"diffusion.n_timestep must be in 2..100000"),
+    ("data:\n  max_views: 24\n", r"data.max_views must be in 1..23"),
+    ("data:\n  num_workers: 100000\n", r"data.num_workers must be in 0..256"),
+    ("train:\n  seed: 9223372036854775808\n", r"train.seed and train.validate_seed must be in 0..2\^63-1"),
+    ("train:\n  validate_seed: -1\n", r"train.seed and train.validate_seed must be in 0..2\^63-1"),
+    ("train:\n  validate_draws: 10000000000\n", r"train.validate_draws must be at most 1,000,000"),
 ])
 def test_mistyped_and_invalid_values(tmp_path, text, message):
     path = write(tmp_path, "loop.yaml", text)
     with pytest.raises(ViewFusionError, match=message):
         load_config(path)
+
+
+def test_an_alias_bomb_in_a_config_file_or_set_is_refused(tmp_path):
+    bomb = "[" + ", ".join(["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "]"
+    with pytest.raises(ViewFusionError, match=r"bomb\.yaml: holds more than 1,000,000 values"):
+        load_config(write(tmp_path, "bomb.yaml", f"model:\n  attn_res: {bomb}\n"))
+    with pytest.raises(ViewFusionError, match=r"^--set model\.attn_res=\[&a0 .*\.\.\. \(.* characters\): holds more"):
+        load("tiny", f"model.attn_res={bomb}")
+
+
+def test_a_binary_config_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ViewFusionError, match=f"^{path}: not valid YAML: .*") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

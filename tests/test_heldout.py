@@ -111,8 +111,10 @@ def test_a_trained_model_ranks_above_its_perturbed_weights(trained, shards, tmp_
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--draws", "0"], "--draws 0: need at least 1 draw"),
-    (["--seed", "-1"], "--seed -1: must be >= 0"),
+    (["--draws", "0"], "--draws 0: must be in 1..1,000,000"),
+    (["--draws", "10000000000000"], "--draws 10000000000000: must be in 1..1,000,000"),
+    (["--seed", "-1"], "--seed -1: must be in 0..2^63-1"),
+    (["--seed", str(2**63)], f"--seed {2**63}: must be in 0..2^63-1"),
     (["--views", "24"], "--views 24: must be in 1..23"),
     (["--max-views", "0"], "--max-views 0: must be in 1..23"),
     (["--views", "2", "--max-views", "3"], "--views and --max-views exclude each other"),

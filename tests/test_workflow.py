@@ -84,6 +84,22 @@ def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, t
     assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    # 9^9 values once expanded: coerce_scalars, validate and the merges walk every one (7.2 GB before)
+    ("[" + ", ".join(["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "]",
+     "holds more than 1,000,000 values once its YAML aliases are expanded"),
+    ("[" * 40 + "]" * 40, "nested more than 32 levels deep"),
+])
+def test_an_alias_bomb_or_deep_overlay_is_one_config_error(tmp_path, value, message):
+    work = _copy_workflow(tmp_path)
+    bomb = overlay(work, "bomb.yaml", f"evaluation:\n  view_counts: {value}\n")
+    proc = snakemake(work, "-n", "--configfile", bomb, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
 def _copy_workflow(dest: Path) -> Path:
     for name in COPIED:
         src = REPO / name

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from viewfusion import rates, samplers
 from viewfusion.errors import ViewFusionError
+from viewfusion.samplestore import MAX_CHUNKS
 
 # Test objects of the real NMR data when its zip is not there: ViewFusion's test.lst lists (the
 # NMR release's per-category test.lst files: 8751) and the SoftRas lists pixelNeRF scores (8762).
@@ -137,7 +138,12 @@ def chunk_count(minutes: float, budget: float, ceiling: int | None) -> int:
                               f"{rates.JOB_STARTUP_SECONDS:g} s start-up: raise the profile's sample runtime "
                               "or evaluation.chunk_share")
     needed = max(1, math.ceil(minutes / room - 1e-9))
-    return needed if ceiling is None else min(needed, ceiling)
+    chunks = needed if ceiling is None else min(needed, ceiling)
+    if chunks > MAX_CHUNKS:
+        raise ViewFusionError(f"a sampling setting would need {chunks:,} chunks, more than {MAX_CHUNKS:,} (each is a "
+                              "job and files): cap evaluation.chunks or give the measured rate "
+                              "(evaluation.sample_evals_per_second)")
+    return chunks
 
 
 def size_chunks(config: dict, *, root: Path, sample_minutes: float, objects: int | None = None) -> Sizing:
@@ -152,6 +158,8 @@ def size_chunks(config: dict, *, root: Path, sample_minutes: float, objects: int
                               "need 0 < chunk_share <= 1 and a positive runtime")
     rate, source = sample_rate(config)
     ceiling = None if ev.get("chunks", "auto") == "auto" else int(ev["chunks"])
+    if ceiling is not None and ceiling > MAX_CHUNKS:
+        raise ViewFusionError(f"evaluation.chunks {ceiling:,} is more than {MAX_CHUNKS:,} (each chunk is a job and files)")
     sizing = Sizing(share=share, budget_minutes=share * sample_minutes, rate=rate, rate_source=source)
     sweeps: dict[str, list[float]] = {}
     for exp in config["active_experiments"]:

@@ -31,6 +31,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from viewfusion.data.nmr import MAX_IMAGE_SIZE, MAX_SEED, NUM_VIEWS
 from viewfusion.errors import ViewFusionError
 
 # The noise schedules and prediction targets viewfusion.diffusion implements; owned here, where
@@ -43,6 +44,9 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
 # data.shard_order names, owned here (a config never imports torch); the loader maps each to its stage.
 SHARD_ORDERS = ("resample", "epoch")
+# Limits that make a typo (an extra zero) a one-line error, not terabytes allocated deep inside: the U-Net's 3x3
+# convolution weights (the paper's: 2.0e7, 50x room), noise levels, processes started, held-out draws made.
+MAX_UNET_WEIGHTS, MAX_TIMESTEPS, MAX_PROCESSES, MAX_DRAWS = 1_000_000_000, 100_000, 256, 1_000_000
 
 
 def unet_channels(*, relative: bool, weighting: bool) -> tuple[int, int]:
@@ -81,6 +85,14 @@ class ModelConfig:
         except ValueError as err:
             raise _Invalid(f"model.{err}") from None
         _require(self.channel_mults, "model.channel_mults must not be empty")
+        for name in ("inner_channel", "norm_groups", "res_blocks", "channel_mults", "attn_res"):
+            value = getattr(self, name)
+            _require(min(value if isinstance(value, tuple) else [value], default=1) >= 1,
+                     f"model.{name} must be at least 1, got {value}")
+        _require(8 <= self.image_size <= MAX_IMAGE_SIZE, f"model.image_size must be in 8..{MAX_IMAGE_SIZE}")
+        weights = sum(18 * (2 * self.res_blocks + 1) * (self.inner_channel * m) ** 2 for m in self.channel_mults)
+        _require(weights <= MAX_UNET_WEIGHTS, f"model.inner_channel, channel_mults and res_blocks give a U-Net of "
+                 f"about {weights:.1e} weights, more than {MAX_UNET_WEIGHTS:.0e}; an extra zero?")
         _require(self.inner_channel % self.norm_groups == 0,
                  f"model.inner_channel {self.inner_channel} is not divisible by "
                  f"model.norm_groups {self.norm_groups}")
@@ -117,7 +129,7 @@ class DiffusionConfig:
         _require_finite(self, "diffusion")
         _require(self.schedule in SCHEDULES,
                  f"diffusion.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        _require(self.n_timestep >= 2, "diffusion.n_timestep must be at least 2")
+        _require(2 <= self.n_timestep <= MAX_TIMESTEPS, f"diffusion.n_timestep must be in 2..{MAX_TIMESTEPS}")
         # Betas are variances in (0, 1): a zero beta at t = 0 makes gamma_0 = 1 (the samplers divide by
         # sqrt(1 - gamma)), a negative one gamma > 1 (NaN noise levels), one >= 1 a zero gamma.
         _require(0 < self.linear_start <= self.linear_end < 1,
@@ -142,7 +154,7 @@ class DataConfig:
 
     def __post_init__(self):
         _require_finite(self, "data")
-        _require(self.max_views >= 1, "data.max_views must be at least 1")
+        _require(1 <= self.max_views < NUM_VIEWS, f"data.max_views must be in 1..{NUM_VIEWS - 1}")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer must be at least 1 (1: no shuffling)")
         _require(self.shuffle_initial is None or 1 <= self.shuffle_initial <= self.shuffle_buffer,
                  "data.shuffle_initial must be null or in 1..data.shuffle_buffer")
@@ -151,7 +163,7 @@ class DataConfig:
         _require(self.stream_segment >= 1, "data.stream_segment must be at least 1 step")
         _require(0.0 <= self.shuffle_prob <= 1.0, "data.shuffle_prob must be in [0, 1]")
         _require(0.0 <= self.self_view_prob <= 1.0, "data.self_view_prob must be in [0, 1]")
-        _require(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _require(0 <= self.num_workers <= MAX_PROCESSES, f"data.num_workers must be in 0..{MAX_PROCESSES}")
 
 
 @dataclass(frozen=True)
@@ -208,11 +220,13 @@ class TrainConfig:
                  "train.validate_every must be null (no validation) or at least 1")
         for name in ("validate_draws", "validate_targets", "validate_steps"):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
+        _require(self.validate_draws <= MAX_DRAWS, f"train.validate_draws must be at most {MAX_DRAWS:,}")
         _require(self.validate_views is None or 1 <= self.validate_views <= 23,
                  "train.validate_views must be null (data.max_views) or in 1..23")
         _require(self.validate_metric in VALIDATE_METRICS,
                  f"train.validate_metric {self.validate_metric!r} is not one of {', '.join(VALIDATE_METRICS)}")
-        _require(self.validate_seed >= 0, "train.validate_seed must be >= 0")
+        _require(all(0 <= seed <= MAX_SEED for seed in (self.seed, self.validate_seed)),
+                 "train.seed and train.validate_seed must be in 0..2^63-1")
 
 
 def select_precision(requested: str, *, device_type: str, bf16_tensor_cores: bool = False) -> tuple[str, str]:

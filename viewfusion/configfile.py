@@ -13,8 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from viewfusion.bounded import load_yaml, loads_yaml
 from viewfusion.config import SECTIONS, ExperimentConfig, check_layer, from_dict, unknown_key
 from viewfusion.errors import ViewFusionError
 
@@ -32,11 +31,9 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ViewFusionError(f"{path}: `base:` chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path)
     except FileNotFoundError:
         raise ViewFusionError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
     if raw is None:  # empty or only comments: would silently mean the whole paper config
         raise ViewFusionError(f"{path}: the file is empty (or holds only comments); write the keys "
                               "that differ, under `base: paper.yaml` for the paper config")
@@ -53,15 +50,12 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def parse_override(text: str) -> dict[str, Any]:
     """`train.max_steps=10` -> {"train": {"max_steps": 10}} (the value is parsed as YAML)."""
-    source = f"--set {text}"
+    source = f"--set {text if len(text) <= 100 else text[:80] + f'... ({len(text):,} characters)'}"
     key, eq, value = text.partition("=")
     if not eq:
         raise ViewFusionError(f"{source}: expected key=value, e.g. train.max_steps=10")
     parts = key.strip().split(".")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{source}: value is not valid YAML: {err}") from None
+    parsed = loads_yaml(value, source)
     raw = {parts[0]: parsed} if len(parts) == 1 else {parts[0]: {".".join(parts[1:]): parsed}}
     if len(parts) > 2 or (len(parts) == 2 and parts[0] not in SECTIONS):
         raise unknown_key(key.strip(), source)

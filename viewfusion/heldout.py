@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from viewfusion.config import MAX_DRAWS
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
 
@@ -76,10 +77,10 @@ class Draw:
 def check_settings(*, draws: int, seed: int, max_views: int, views: int | None, shuffle_prob: float,
                    self_view_prob: float, n_timestep: int, timestep: int | None, batch_size: int = 1) -> None:
     """Flag values that make no draws, as one-line errors."""
-    if draws < 1:
-        raise ViewFusionError(f"--draws {draws}: need at least 1 draw")
-    if seed < 0:
-        raise ViewFusionError(f"--seed {seed}: must be >= 0")
+    if not 1 <= draws <= MAX_DRAWS:
+        raise ViewFusionError(f"--draws {draws}: must be in 1..{MAX_DRAWS:,}")
+    if not 0 <= seed <= nmr.MAX_SEED:
+        raise ViewFusionError(f"--seed {seed}: must be in 0..2^63-1")
     if batch_size < 1:
         raise ViewFusionError(f"--batch-size {batch_size}: must be at least 1")
     if not 1 <= max_views < nmr.NUM_VIEWS:

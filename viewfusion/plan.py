@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from viewfusion import chunking, samplers, samplestore
+from viewfusion.bounded import load_json
 from viewfusion.config import ExperimentConfig, select_precision
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
@@ -291,7 +292,7 @@ def resolve_rates(args: argparse.Namespace, config: dict) -> dict[str, Any]:
     rates = default_rates(args.gpu or config["evaluation"].get("sample_gpu", "v100"))
     if args.rates is not None:
         try:
-            data = json.loads(args.rates.read_text())
+            data = load_json(args.rates)
         except (OSError, ValueError) as err:
             raise ViewFusionError(f"--rates {args.rates}: {err}") from None
         data = data.get("plan_rates", data)

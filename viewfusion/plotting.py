@@ -4,7 +4,6 @@ atomically, and images read from files or, verified, from packed sample director
 from __future__ import annotations
 
 import io
-import json
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from viewfusion.bounded import load_json  # noqa: E402
 from viewfusion.data.manifest import read_manifest  # noqa: E402
 from viewfusion.errors import ViewFusionError  # noqa: E402
 from viewfusion.fsutil import atomic_path, atomic_write_bytes, sha256_file  # noqa: E402
@@ -97,7 +97,7 @@ def show(ax: plt.Axes, image: np.ndarray, title: str = "", **kwargs) -> None:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return load_json(path)
     except (OSError, ValueError) as err:
         raise ViewFusionError(f"{path}: unreadable ({err})") from None
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from PIL import Image
 
 from viewfusion import provenance, samplestore
+from viewfusion.bounded import load_json
 from viewfusion.checkpoint import (
     config_of,
     load,
@@ -136,6 +136,8 @@ def parse_chunk(text: str) -> tuple[int, int]:
         raise ViewFusionError(f"--chunk {text!r}: expected i/N, e.g. 2/4") from None
     if not 1 <= i <= n:
         raise ViewFusionError(f"--chunk {text!r}: need 1 <= i <= N")
+    if n > samplestore.MAX_CHUNKS:
+        raise ViewFusionError(f"--chunk {text!r}: N must be at most {samplestore.MAX_CHUNKS:,}")
     return i, n
 
 
@@ -194,8 +196,11 @@ def _progress_path(out: Path, stem: str) -> Path:
 def _load_progress(path: Path, fp: str) -> dict:
     """Timing of the items made under fingerprint `fp` so far (a restart keeps counting)."""
     if path.exists():
-        progress = json.loads(path.read_text())
-        if progress.get("fingerprint") == fp:
+        try:
+            progress = load_json(path)
+        except (OSError, ValueError, ViewFusionError):
+            progress = None  # unreadable: counting starts again
+        if isinstance(progress, dict) and progress.get("fingerprint") == fp:
             return progress
     return {"fingerprint": fp, "seconds": 0.0, "targets": 0, "unet_evals": 0}
 
@@ -284,8 +289,8 @@ def _drop_other_markers(chunks: Path, fp: str) -> None:
         if not CHUNK_MARKER.match(path.name):
             continue
         try:
-            other = json.loads(path.read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
+            other = load_json(path).get("fingerprint")
+        except (OSError, ValueError, AttributeError, ViewFusionError):
             other = None
         if other != fp:
             path.unlink(missing_ok=True)

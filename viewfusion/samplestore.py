@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Self
 
 from viewfusion import provenance, samplers
+from viewfusion.bounded import load_json, load_npz
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
     atomic_path,
@@ -43,6 +44,12 @@ PACK = ".tar"
 CHUNK_MARKER = re.compile(r"^\d+-of-\d+\.json$")  # chunks/ also holds packs and progress records
 FILES_PER_CHUNK = 3  # a finished chunk leaves its marker, its pack and its progress record (viewfusion plan)
 GT_SUFFIX = ".gt.tar"
+# Chunks a sample directory may be cut into (evaluation.chunks, --chunk i/N): the paper's protocol
+# has ~1.7 M targets in all, run as a few hundred chunks; N is a number of files and jobs.
+MAX_CHUNKS = 100_000
+# The largest array of a weights member: `final` holds (views, H, W) float16, 48 MB at 23 views of
+# 1024 px (viewfusion.data.nmr.MAX_IMAGE_SIZE); a member inflating to more is refused.
+MAX_WEIGHTS_ARRAY_BYTES = 64 << 20
 # Settings every chunk of one sample directory shares: one experiment, checkpoint and sampler.
 # What a marker repeats of its fingerprinted settings (metrics rows carry them).
 MARKER_SETTINGS = ("sampler", "steps", "eta", "weights_sha256", "config_sha256", "data_sha256")
@@ -77,12 +84,10 @@ def tag_of(name: str, data: bytes) -> str | None:
     if name.endswith(IMAGE):
         return provenance.png_made_by(io.BytesIO(data))
     try:
-        import numpy as np
-
-        with np.load(io.BytesIO(data)) as npz:
-            return str(npz["made_by"]) if "made_by" in npz else None
-    except (OSError, ValueError, EOFError):
+        arrays = load_npz(data, name, max_array_bytes=MAX_WEIGHTS_ARRAY_BYTES)
+    except ViewFusionError:
         return None
+    return str(arrays["made_by"]) if "made_by" in arrays else None
 
 
 # ---------------------------------------------------------------- packs
@@ -102,6 +107,9 @@ class Pack:
         for member in members:
             if not member.isfile():
                 continue
+            if member.issparse():  # its holes would be read as zeros: a small pack, gigabytes in memory
+                raise ViewFusionError(f"{self.path}: member {member.name} is a sparse file, which no pack "
+                                      "holds; rerun the step that wrote it")
             if member.name in self.members:  # which of the two would be scored is undefined
                 raise ViewFusionError(f"{self.path}: member {member.name} appears twice; rerun the step that wrote it")
             self.members[member.name] = member
@@ -315,7 +323,7 @@ def read_chunks(generated) -> dict[str, dict]:
     generated, chunks = Path(generated), {}
     for path in sorted(p for p in (generated / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name)):
         try:
-            chunks[path.stem] = json.loads(path.read_text())
+            chunks[path.stem] = load_json(path, f"chunk marker {path}")
         except (OSError, ValueError) as err:
             raise ViewFusionError(f"chunk marker {path}: unreadable ({err})") from None
         if not isinstance(chunks[path.stem], dict) or "fingerprint" not in chunks[path.stem]:

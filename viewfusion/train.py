@@ -46,7 +46,6 @@ requeue needs the same number of allocations on a fast machine as on a slow one.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -239,8 +238,9 @@ def _check_shards(shards: Path, cfg: ExperimentConfig) -> None:
         raise ViewFusionError(f"{shards} holds no manifest.json: not a shard directory "
                               "(make one with `viewfusion data shard`)")
     from viewfusion.data.nmr import SYNSETS, resolve_category
+    from viewfusion.data.shardmanifest import read_shard_manifest
 
-    have = sorted(resolve_category(c) for c in json.loads(manifest.read_text()).get("withheld", []))
+    have = sorted(resolve_category(c) for c in read_shard_manifest(shards).get("withheld", []))
     want = sorted(resolve_category(c) for c in cfg.data.withheld)  # names or synset ids
     if have != want:
         have_names, want_names = ([SYNSETS[s] for s in x] or "nothing" for x in (have, want))

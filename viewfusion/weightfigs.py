@@ -4,12 +4,12 @@ view (strip, GIF). Inputs: docs/FORMATS.md, "Figure inputs"."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from viewfusion.bounded import load_npz
 from viewfusion.data.nmr import NUM_VIEWS
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import plain_name
@@ -26,7 +26,7 @@ from viewfusion.plotting import (
     show,
     truth_image,
 )
-from viewfusion.samplestore import WEIGHTS
+from viewfusion.samplestore import MAX_WEIGHTS_ARRAY_BYTES, WEIGHTS
 
 DEGREES_PER_VIEW = 360 / NUM_VIEWS
 
@@ -43,8 +43,11 @@ def read_weight_samples(weights_dir: Path, *, stat: str = "final") -> tuple[list
                               f"conditioning views for the weight figure, found {len(keys)}")
     rows = []
     for it in sorted(items, key=lambda it: it["target_view"]):
-        with np.load(io.BytesIO(opened["samples"].read(it, WEIGHTS))) as npz:
-            mean, final = npz["mean"].astype(np.float64), npz["final"].astype(np.float32)
+        name = f"{weights_dir}: {it['item']}{WEIGHTS}"
+        npz = load_npz(opened["samples"].read(it, WEIGHTS), name, max_array_bytes=MAX_WEIGHTS_ARRAY_BYTES)
+        if "mean" not in npz or "final" not in npz:
+            raise ViewFusionError(f"{name}: no mean or final view weights; sample the weights again")
+        mean, final = npz["mean"].astype(np.float64), npz["final"].astype(np.float32)
         rows.append({"target_view": int(it["target_view"]), "item": it["item"], "maps": final,
                      "weights": mean[-1] if stat == "final" else mean.mean(axis=0),
                      "image": sample_image(opened, it["item"]), "gt": truth_image(opened, it["item"])})

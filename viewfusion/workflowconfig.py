@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from viewfusion.bounded import MAX_YAML_BYTES, load_yaml, loads_yaml, read_bounded
 from viewfusion.errors import ViewFusionError
 
 # Runtimes when no profile says otherwise (minutes): a sampling chunk, one training allocation.
@@ -46,11 +45,9 @@ def with_defaults(value: Any, schema: dict) -> Any:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path)
     except FileNotFoundError:
         raise ViewFusionError(f"{path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ViewFusionError(f"{path}: not valid YAML: {err}") from None
 
 
 def read_profile(profile: Path) -> tuple[Path, Any]:
@@ -58,14 +55,19 @@ def read_profile(profile: Path) -> tuple[Path, Any]:
     profiles/slurm; `yte` comes with Snakemake)."""
     path = profile / "config.yaml" if profile.is_dir() else profile
     try:
-        import yte
-
-        with open(path) as fh:
-            return path, yte.process_yaml(fh, require_use_yte=True)
+        text = read_bounded(path, MAX_YAML_BYTES, f"profile {path}")
     except FileNotFoundError:
         raise ViewFusionError(f"profile {path} does not exist") from None
+    data = loads_yaml(text, f"profile {path}")  # bounded (size, depth, aliases) before YTE walks it
+    try:
+        import yte
+
+        data = yte.process_yaml(text.decode("utf-8", errors="replace"), require_use_yte=True)
     except ImportError:
-        return path, _read_yaml(path)
+        pass
+    if not isinstance(data, dict | None):
+        raise ViewFusionError(f"profile {path}: expected a mapping of Snakemake options")
+    return path, data
 
 
 def validate_config(config: dict, schema: dict, where: str) -> None:

@@ -21,6 +21,7 @@ import re
 import time
 from pathlib import Path
 
+from viewfusion.bounded import load_json
 from viewfusion.data import nmr
 from viewfusion.data.verify import verify_zip
 from viewfusion.errors import ViewFusionError
@@ -145,8 +146,11 @@ def _record(out: Path, *, url: str, sample: int, verified: bool = False) -> dict
     path = record_path(out)
     size = out.stat().st_size
     if path.exists():
-        record = json.loads(path.read_text())
-        if record.get("bytes") == size:
+        try:
+            record = load_json(path)
+        except (ValueError, ViewFusionError):
+            record = None  # unreadable: verified and written again below
+        if isinstance(record, dict) and record.get("bytes") == size:
             return record
     if not verified:
         verify_zip(out, sample=sample)

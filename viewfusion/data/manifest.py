@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from viewfusion.bounded import load_json, read_bounded
 from viewfusion.data import nmr
 from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
-from viewfusion.fsutil import atomic_write_json, plain_name
+from viewfusion.fsutil import atomic_write_json, plain_name, sha256_file
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
@@ -111,7 +112,13 @@ def random_items(keys: list[str], *, view_count: int, seed: int, targets_per_obj
 def read_viewlist(path) -> dict[str, int]:
     """{key: source view} from a pixelNeRF-style list (`synset object_id view` per line)."""
     sources: dict[str, int] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        text = read_bounded(path, nmr.MAX_LIST_BYTES, f"--viewlist {path}").decode()
+    except FileNotFoundError:
+        raise ViewFusionError(f"--viewlist {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ViewFusionError(f"--viewlist {path}: not a text file (expected `synset object_id view` lines)") from None
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -142,7 +149,7 @@ def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: 
                   max_objects: int | None = None, targets_per_object: int | None = None,
                   viewlist=None) -> dict:
     """The evaluation manifest as a dict (see the module docstring)."""
-    nmr.check_count(seed, "--seed", minimum=0)  # numpy refuses negative seeds
+    nmr.check_count(seed, "--seed", minimum=0, maximum=nmr.MAX_SEED)  # numpy refuses negative seeds
     if not 1 <= view_count < nmr.NUM_VIEWS:
         raise ViewFusionError(f"--views must be in 1..{nmr.NUM_VIEWS - 1}, got {view_count}")
     if targets_per_object is not None and not 1 <= targets_per_object < nmr.NUM_VIEWS:
@@ -168,7 +175,7 @@ def make_manifest(shard_dir, *, split: str = "test", view_count: int = 1, seed: 
             raise ViewFusionError(f"{viewlist}: none of its objects is in the {split} split of {shard_dir}")
         chosen = choose_objects(matched, seed=seed, max_objects=max_objects)
         items = viewlist_items(chosen, sources, seed=seed, targets_per_object=targets_per_object)
-        out["viewlist"] = {"path": str(viewlist), "sha256": hashlib.sha256(Path(viewlist).read_bytes()).hexdigest(),
+        out["viewlist"] = {"path": str(viewlist), "sha256": sha256_file(viewlist),
                            "lines": len(sources), "matched": len(matched),
                            "split_objects_without_line": len(keys) - len(matched)}
     out["objects"] = len(chosen)
@@ -216,7 +223,7 @@ def read_manifest(path) -> dict:
 
 def _load_json(path, where: str) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(path, where)
     except FileNotFoundError:
         raise ViewFusionError(f"{where}: no such file; create it with `viewfusion data manifest`") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -231,8 +238,8 @@ def _is_int(value) -> bool:
 
 
 def _check_seed(value, where: str) -> None:
-    if not _is_int(value) or value < 0:
-        raise ViewFusionError(f"{where}: {value!r} is not an int >= 0; {_REGENERATE}")
+    if not _is_int(value) or not 0 <= value <= nmr.MAX_SEED:  # sampling seeds torch with an int64
+        raise ViewFusionError(f"{where}: {value!r} is not an int in 0..2^63-1; {_REGENERATE}")
 
 
 def _check_view(value, where: str) -> None:

@@ -29,6 +29,7 @@ from typing import Self
 import numpy as np
 import yaml
 
+from viewfusion.bounded import load_npz, loads_yaml
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import plain_name
 
@@ -81,16 +82,48 @@ SPLITS = ("train", "val", "test")
 LIST_PREFIXES = {"viewfusion": "", "softras": "softras_"}
 CAMERA_NAMES = ("world_mat", "camera_mat", "world_mat_inv", "camera_mat_inv")
 
+# The most one member of an NMR zip may hold, generous but finite (NMR itself: PNGs of 1-5 KB,
+# cameras.npz of ~25 KB holding 4x4 float matrices, split lists under 100 KB, metadata.yaml of
+# 1 KB). A member declaring or inflating to more is refused before it is read whole: a 3 MB zip
+# can inflate to gigabytes. A PNG may hold 16-bit RGBA pixels uncompressed plus 1 MiB of other
+# chunks (an ICC profile, text); MAX_IMAGE_SIZE bounds the image side every command accepts.
+MAX_IMAGE_SIZE = 1024
+MAX_CAMERAS_BYTES = 4 << 20
+MAX_CAMERA_ARRAY_BYTES = 64 << 10
+MAX_LIST_BYTES = 16 << 20
+MAX_METADATA_BYTES = 1 << 20
+# Seeds: numpy takes any int, torch an int64 (a larger one is an OverflowError deep in sampling).
+MAX_SEED = 2**63 - 1
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _NPZ_NAME = re.compile(rb"((?:world|camera)_mat(?:_inv)?_\d+)\.npy")
 
 
-def check_count(value, flag: str, *, minimum: int = 1) -> None:
-    """A data command's integer setting (`--objects`, `--seed`, ...) must be an int >= minimum:
-    a clear error up front instead of a numpy ValueError (or a silent no-op) deep inside."""
+def check_count(value, flag: str, *, minimum: int = 1, maximum: int | None = None) -> None:
+    """A data command's integer setting (`--objects`, `--seed`, ...) must be an int in
+    minimum..maximum: a clear error up front instead of a numpy ValueError, a silent no-op or an
+    allocation of terabytes deep inside."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ViewFusionError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ViewFusionError(f"{flag} must be at most {maximum}, got {value!r}")
+
+
+def png_limit(image_size: int) -> int:
+    """The most bytes a PNG of `image_size` x `image_size` may hold (see MAX_IMAGE_SIZE)."""
+    return 8 * image_size * (image_size + 1) + (1 << 20)
+
+
+def member_limit(name: str, *, image_size: int = IMAGE_SIZE) -> int:
+    """The most bytes member `name` of an NMR zip may hold, by its kind."""
+    if name.endswith(".png"):
+        return png_limit(image_size)
+    if name.endswith(".lst"):
+        return MAX_LIST_BYTES
+    if name.endswith(".yaml"):
+        return MAX_METADATA_BYTES
+    return MAX_CAMERAS_BYTES
 
 
 def view_angle(view: int) -> float:
@@ -231,11 +264,7 @@ def check_cameras(data: bytes, *, member: str) -> None:
 def load_cameras(data: bytes, *, member: str) -> dict[str, np.ndarray]:
     """Decode an NMR cameras.npz into {name: array}; every matrix must be 4x4 (3x4 world ok)."""
     check_cameras(data, member=member)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            cameras = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ViewFusionError(f"{member}: unreadable npz ({err})") from None
+    cameras = load_npz(data, member, max_array_bytes=MAX_CAMERA_ARRAY_BYTES)
     for name, array in cameras.items():
         if name.startswith(CAMERA_NAMES) and array.shape not in {(4, 4), (3, 4)}:
             raise ViewFusionError(f"{member}: {name} has shape {array.shape}, expected 4x4")
@@ -297,23 +326,32 @@ class NMRZip:
         return member in self._names
 
     def read(self, member: str) -> bytes:
+        """A member's bytes, refused when its size (as the zip declares it, and as it inflates:
+        a header can lie) is beyond what NMR holds (member_limit)."""
         if member not in self._names:
             raise ViewFusionError(f"{self.path}: member {member} missing")
+        limit = member_limit(member, image_size=self.image_size)
+        info = self._zip.getinfo(member)
+        if info.file_size > limit:
+            raise ViewFusionError(f"{self.path}: member {member} declares {info.file_size:,} bytes, more than "
+                                  f"{limit:,} (no NMR file is this large); refusing this zip")
         try:
-            return self._zip.read(member)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+            with self._zip.open(info) as fh:
+                data = fh.read(limit + 1)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as err:
             raise ViewFusionError(f"{self.path}: member {member} is unreadable ({err})") from None
+        if len(data) > limit:
+            raise ViewFusionError(f"{self.path}: member {member} inflates past {limit:,} bytes (no NMR file is "
+                                  "this large); refusing this zip")
+        return data
 
     def _read_metadata(self) -> dict[str, dict]:
         member = ROOT + "metadata.yaml"
         if member not in self._names:
             raise ViewFusionError(f"{self.path}: {member} missing; not an NMR_Dataset zip")
-        try:
-            # Every scalar as a string: in plain YAML an unquoted synset such as 03001627 (chair)
-            # is an octal integer (787351), and an unknown category would be reported.
-            metadata = yaml.load(self.read(member), Loader=yaml.BaseLoader)
-        except yaml.YAMLError as err:
-            raise ViewFusionError(f"{self.path}: {member} is not valid YAML ({err})") from None
+        # Every scalar as a string: in plain YAML an unquoted synset such as 03001627 (chair)
+        # is an octal integer (787351), and an unknown category would be reported.
+        metadata = loads_yaml(self.read(member), f"{self.path}: {member}", loader=yaml.BaseLoader)
         if not isinstance(metadata, dict):
             raise ViewFusionError(f"{self.path}: {member} is not a mapping synset -> info")
         for synset in metadata:

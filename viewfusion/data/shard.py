@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from viewfusion.bounded import load_json
 from viewfusion.data import nmr
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import (
@@ -235,7 +236,11 @@ def _source_record(zip_path: Path) -> dict:
     source = {"zip": str(zip_path), "bytes": zip_path.stat().st_size}
     record = zip_path.with_name(zip_path.name + ".sha256.json")
     if record.exists():  # written by `viewfusion data download`; hashing 34 GB again is slow
-        source["sha256"] = json.loads(record.read_text())["sha256"]
+        try:
+            source["sha256"] = str(load_json(record)["sha256"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ViewFusionError(f"{record}: unreadable checksum record ({err}); delete it and run "
+                                  "`viewfusion data download` again to rewrite it") from None
     return source
 
 
@@ -255,7 +260,7 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
     check_settings(shards=shards, gpus=gpus, withhold=withhold, source="command line")
     if not 0 < percent <= 100:  # also refuses NaN
         raise ViewFusionError(f"--percent must be in (0, 100], got {percent}")
-    nmr.check_count(image_size, "--image-size")
+    nmr.check_count(image_size, "--image-size", maximum=nmr.MAX_IMAGE_SIZE)
     withheld = tuple(dict.fromkeys(nmr.resolve_category(c) for c in withhold))
     zip_path, out = Path(zip_path), Path(out)
     if out.exists() and not force:

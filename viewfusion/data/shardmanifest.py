@@ -10,10 +10,10 @@ version and file name; docs/FORMATS.md, "Shards", describes the manifest.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from viewfusion.bounded import load_json
 from viewfusion.data.shard import FORMAT, FORMAT_VERSION, MANIFEST
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import plain_name, sha256_file, sha256_json
@@ -23,10 +23,10 @@ def read_shard_manifest(shard_dir) -> dict:
     """The manifest of a shard directory, with a clear error when it is missing or foreign."""
     path = Path(shard_dir) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = load_json(path)
     except FileNotFoundError:
         raise ViewFusionError(f"{path} missing: not a shard directory (run `viewfusion data shard`)") from None
-    except json.JSONDecodeError as err:
+    except ValueError as err:
         raise ViewFusionError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
             or manifest.get("format_version") != FORMAT_VERSION:

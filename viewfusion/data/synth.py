@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from viewfusion.config import MAX_PROCESSES
 from viewfusion.data import nmr
 from viewfusion.data.primitives import Primitive, SynthObject
 from viewfusion.data.render import camera_matrices, projection, render
@@ -43,6 +44,7 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SUPERSAMPLE = 2
 _VIEW_CHUNK = 4
 _FILL = 0.9
+MAX_OBJECTS = 1_000_000  # NMR has 43,783
 
 
 def cameras_npz() -> bytes:
@@ -132,10 +134,12 @@ def _write_index(zf: zipfile.ZipFile, *, objects: int, seed: int) -> None:
 def write_synth_zip(out, *, objects: int, seed: int = 0, image_size: int = nmr.IMAGE_SIZE,
                     workers: int = 1) -> dict:
     """Render `objects` objects into an NMR-layout zip at `out` (atomic); return timing stats."""
-    nmr.check_count(objects, "--objects")
-    nmr.check_count(seed, "--seed", minimum=0)  # numpy refuses negative seeds
-    nmr.check_count(image_size, "--image-size", minimum=8)
-    nmr.check_count(workers, "--workers")
+    # Ranges first: each render allocates image_size^2 x supersampling, the job list and the pool grow
+    # with --objects and --workers, so an absurd value would fill memory before any error.
+    nmr.check_count(objects, "--objects", maximum=MAX_OBJECTS)
+    nmr.check_count(seed, "--seed", minimum=0, maximum=nmr.MAX_SEED)  # numpy refuses negative seeds
+    nmr.check_count(image_size, "--image-size", minimum=8, maximum=nmr.MAX_IMAGE_SIZE)
+    nmr.check_count(workers, "--workers", maximum=MAX_PROCESSES)
     out = Path(out)
     start = time.perf_counter()
     cameras = cameras_npz()

@@ -18,6 +18,7 @@ import numpy as np
 from viewfusion.data.nmr import (
     IMAGE_SIZE,
     LIST_PREFIXES,
+    MAX_IMAGE_SIZE,
     NUM_VIEWS,
     SPLITS,
     SYNSETS,
@@ -39,7 +40,7 @@ def verify_zip(path, *, image_size: int = IMAGE_SIZE, sample: int = 32, full: bo
     file; `sample` objects (all with `full`) are also read, CRC-checked, decoded and their
     camera matrices checked against their inverses.
     """
-    check_count(image_size, "--image-size")
+    check_count(image_size, "--image-size", maximum=MAX_IMAGE_SIZE)
     check_count(sample, "--sample", minimum=0)
     with NMRZip(path, image_size=image_size) as nmr:
         counts: dict[str, dict[str, int]] = {}

@@ -36,7 +36,7 @@ def viewlist_lines(keys: list[str], *, seed: int) -> list[str]:
 
 def write_viewlist(shard_dir, *, split: str, seed: int, out) -> int:
     """Write the list for `split` of `shard_dir` to `out` (atomically); returns its line count."""
-    nmr.check_count(seed, "--seed", minimum=0)
+    nmr.check_count(seed, "--seed", minimum=0, maximum=nmr.MAX_SEED)
     splits = read_shard_manifest(shard_dir)["splits"]
     if split not in splits:
         raise ViewFusionError(f"{shard_dir}: no split {split!r} (have {', '.join(splits)})")

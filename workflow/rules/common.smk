@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
 from viewfusion import chunking, samplers
+from viewfusion.bounded import check_tree, load_yaml, loads_yaml
 from viewfusion.samplestore import ground_truth_path
 from viewfusion.configfile import written_sha256
 from viewfusion.rundir import snapshot_name
@@ -40,7 +40,10 @@ def coerce_scalars(value, schema):
     types = [schema.get("type")] + [alt.get("type") for alt in schema.get("anyOf", [])]
     wanted = {t for ts in types for t in (ts if isinstance(ts, list) else [ts])}
     if isinstance(value, str) and wanted & {"integer", "number", "boolean"}:
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = loads_yaml(value, f"--config value {value!r}")
+        except ViewFusionError:
+            return value  # no scalar of the wanted type: the schema check names the key
         kinds = {"integer": int, "number": (int, float), "boolean": bool}
         if any(isinstance(parsed, kinds[t]) and not (t != "boolean" and isinstance(parsed, bool))
                for t in wanted & kinds.keys()):
@@ -48,8 +51,14 @@ def coerce_scalars(value, schema):
     return value
 
 
-with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as _fh:
-    config.update(coerce_scalars(dict(config), yaml.safe_load(_fh)))
+try:
+    # Before anything walks or copies the tree (coerce_scalars, validate, the merges): the YAML
+    # aliases of an overlay share nodes, and an alias bomb expands into gigabytes here.
+    check_tree(config, "the workflow config (its config files and --config)")
+    schema = load_yaml(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+    config.update(coerce_scalars(dict(config), schema))
+except ViewFusionError as err:
+    config_error(err)
 validate(config, SCHEMA)
 
 EVAL = config["evaluation"]
