@@ -74,6 +74,8 @@ def test_files_are_read_with_a_bound(tmp_path):
         bounded.read_bounded(path, 100, "f")
     with pytest.raises(ViewFusionError, match="^d: is a directory, expected a file$"):
         bounded.read_bounded(tmp_path, 100, "d")
+    with pytest.raises(ViewFusionError, match=f"^{path}: is a file, expected a directory$"):
+        bounded.read_bounded(path / "x.json", 100, "d")
     with pytest.raises(FileNotFoundError):
         bounded.read_bounded(tmp_path / "none", 100, "f")
 

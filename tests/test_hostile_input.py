@@ -1,8 +1,10 @@
-"""Hostile input at the command line (issue 30, classes 2 and 4): resource bombs and numbers out of
-range are each refused with one line and exit 2, before memory or time runs out."""
+"""Hostile input at the command line (issue 30, classes 2-4): resource bombs, paths of the wrong
+kind and numbers out of range are each refused with one line and exit 2, before memory or time
+runs out."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -176,6 +178,72 @@ def run(synth_shards, tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+# ------------------------------------------------------------------ class 3: wrong kinds of path
+
+
+@pytest.fixture
+def kinds(tmp_path) -> dict[str, Path]:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "binary").write_bytes(bytes(range(256)) * 4)
+    return {"FILE": tmp_path / "file", "DIR": tmp_path / "dir", "BINARY": tmp_path / "binary",
+            "UNDER": tmp_path / "file" / "x"}
+
+
+IS_DIR, IS_FILE = "{DIR}: is a directory, expected a file", "{FILE}: is a file, expected a directory"
+WRONG_KINDS = [
+    (["data", "synth", "--objects", "1", "--out", "{DIR}"], IS_DIR),
+    (["data", "synth", "--objects", "1", "--out", "{UNDER}"], IS_FILE),
+    (["data", "verify", "--zip", "{DIR}"], "{DIR}: is a directory, expected the NMR_Dataset.zip file"),
+    (["data", "shard", "--zip", "{zip}", "--out", "{FILE}", "--shards", "1", "--force"], IS_FILE),
+    (["data", "manifest", "--shards", "{FILE}", "--views", "1", "--out", "{DIR}/m.json"], IS_FILE),
+    (["data", "manifest", "--shards", "{shards}", "--views", "1", "--out", "{DIR}"], IS_DIR),
+    (["data", "manifest", "--shards", "{shards}", "--views", "1", "--viewlist", "{BINARY}", "--out", "{DIR}/m.json"],
+     "--viewlist {BINARY}: not a text file"),
+    (["train", "--config", "{DIR}", "--shards", "{shards}", "--out", "{DIR}/run"], IS_DIR),
+    (["train", "--config", "{BINARY}", "--shards", "{shards}", "--out", "{DIR}/run"], "{BINARY}: not valid YAML"),
+    (["train", "--config", "{tiny}", "--shards", "{shards}", "--out", "{FILE}", "--set", "train.max_steps=1"], IS_FILE),
+    (["sample", "--checkpoint", "{ckpt}", "--manifest", "{manifest}", "--shards", "{shards}", "--out", "{FILE}",
+      "--sampler", "nearest"], IS_FILE),
+    (["sample", "--checkpoint", "{ckpt}", "--manifest", "{manifest}", "--shards", "{FILE}", "--out", "{DIR}",
+      "--sampler", "nearest"], IS_FILE),
+    (["sample", "--checkpoint", "{DIR}", "--manifest", "{manifest}", "--shards", "{shards}", "--out", "{DIR}/s",
+      "--sampler", "nearest"], "checkpoint {DIR}: is a directory, expected a checkpoint file"),
+    (["sample", "--checkpoint", "{ckpt}", "--manifest", "{DIR}", "--shards", "{shards}", "--out", "{DIR}/s",
+      "--sampler", "nearest"], "manifest {DIR}: is a directory, expected a file"),
+    (["ground-truth", "--manifest", "{manifest}", "--shards", "{shards}", "--out", "{DIR}"], IS_DIR),
+    (["metrics", "--generated", "{FILE}", "--manifest", "{manifest}", "--out", "{DIR}/m.csv", "--no-lpips"],
+     "{FILE}: is a file, expected a sample directory"),
+    (["metrics", "--generated", "{samples}", "--manifest", "{manifest}", "--ground-truth", "{DIR}",
+      "--out", "{DIR}/m.csv", "--no-lpips"], "ground truth {DIR}: is a directory, expected the pack file"),
+    (["export", "--generated", "{samples}", "--manifest", "{manifest}", "--out", "{FILE}"], IS_FILE),
+    (["tables", "--metrics", "{metrics}", "--out", "{FILE}"], IS_FILE),
+    (["tables", "--metrics", "{DIR}", "--out", "{DIR}/t"], "metrics file {DIR}: is a directory, expected a file"),
+    (["figures", "--metrics", "{metrics}", "--out", "{FILE}"], IS_FILE),
+    (["plan", "--configfile", "{BINARY}"], "{BINARY}: not valid YAML"),
+    (["plan", "--configfile", "config/config.yaml", "--json", "{DIR}"], IS_DIR),
+    (["lpips-weights", "--sdist", "{DIR}", "--torch-home", "{DIR}"], "{DIR}: is a directory, expected the file"),
+    (["import-official", "{DIR}", "{DIR}/o.pt"], "checkpoint {DIR}: is a directory"),
+]
+
+
+def _case_id(argv: list[str]) -> str:
+    """`sample --out FILE`: the command and the flag given a path of the wrong kind."""
+    words = [w for w in itertools.takewhile(lambda w: not w.startswith("-"), argv) if not w.startswith("{")]
+    flag, kind = next((f, v) for f, v in zip(["", *argv], argv) if v[1:-1] in ("FILE", "DIR", "UNDER", "BINARY")
+                      or v.startswith("{DIR}/") and f == "--out")
+    return " ".join([*words, flag, kind]).replace("  ", " ")
+
+
+@pytest.mark.parametrize(("argv", "message"), WRONG_KINDS, ids=[_case_id(a) for a, _ in WRONG_KINDS])
+def test_a_path_of_the_wrong_kind_is_one_line(run, synth_zip, kinds, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    names = {**{k: str(v) for k, v in run.items()}, **{k: str(v) for k, v in kinds.items()},
+             "zip": str(synth_zip), "tiny": str(TINY)}
+    refused(capsys, [a.format(**names) for a in argv], message.format(**names))
+    assert kinds["FILE"].read_text() == "x" and list(kinds["DIR"].iterdir()) == []  # nothing replaced
+
+
 # ------------------------------------------------------------------ class 4: numbers out of range
 
 
@@ -205,5 +273,4 @@ def test_a_chunk_count_beyond_the_limit_is_one_line(run, tmp_path, capsys):
 def test_config_numbers_out_of_range_are_one_line(capsys, tmp_path, setting, message):
     refused(capsys, ["train", "--config", TINY, "--shards", tmp_path, "--out", tmp_path / "run", "--set", setting],
             f"--set {setting}: ", message)
-
 

@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import wrong_kind
 
 # A config, workflow overlay or --set value holds a few hundred values in a few KB.
 MAX_YAML_BYTES = 4 << 20
@@ -52,6 +53,8 @@ def read_bounded(path: str | os.PathLike, limit: int, source: str) -> bytes:
             data = fh.read(limit + 1)
     except IsADirectoryError:
         raise ViewFusionError(f"{source}: is a directory, expected a file") from None
+    except NotADirectoryError as err:  # `shards/manifest.json` where shards is a file
+        raise (wrong_kind(err) or ViewFusionError(f"{source}: unreadable ({err.strerror})")) from None
     except FileNotFoundError:
         raise
     except OSError as err:

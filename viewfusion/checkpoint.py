@@ -103,10 +103,13 @@ def read(path: str | Path, *, numpy_scalars: bool = False) -> Any:
     `weights_only=True` (numpy_scalars: also the official file's metric scalars); the one reader of
     checkpoint files, with one-line errors for a missing, truncated or foreign file."""
     path = Path(path)
+    if path.is_dir():
+        raise ViewFusionError(f"checkpoint {path}: is a directory, expected a checkpoint file")
     if not path.is_file():
         raise ViewFusionError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
-        head = path.read_bytes()[:16]
+        with open(path, "rb") as fh:
+            head = fh.read(16)
         raise ViewFusionError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive; "
                               f"{path.stat().st_size} bytes starting {head!r}): truncated or another file")
     try:

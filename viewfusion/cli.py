@@ -23,6 +23,7 @@ import importlib
 import sys
 
 from viewfusion.errors import ViewFusionError
+from viewfusion.fsutil import wrong_kind
 
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         status = runner(args)
     except ViewFusionError as err:
         print(f"viewfusion {' '.join(words)}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        # A path of the wrong kind (`--out` naming a file where a folder goes) is the user's
+        # input, for every command alike; any other such error is a bug and keeps its traceback.
+        if (error := wrong_kind(err)) is None:
+            raise
+        print(f"viewfusion {' '.join(words)}: error: {error}", file=sys.stderr)
         return 2
     return int(status or 0)
 

@@ -34,6 +34,22 @@ def plain_name(value, what: str) -> str:
     return value
 
 
+def wrong_kind(err: OSError) -> ViewFusionError | None:
+    """The one-line error for a path of the wrong kind that `err` reports (a file where a folder
+    is expected, or the reverse), naming the path the user gave; None for any other OSError."""
+    if isinstance(err, IsADirectoryError):
+        # os.replace(temporary, target) names both; the target is the user's path
+        path = next((p for p in (err.filename2, err.filename) if p is not None and os.path.isdir(p)), None)
+        return None if path is None else ViewFusionError(f"{path}: is a directory, expected a file")
+    if isinstance(err, NotADirectoryError | FileExistsError) and err.filename is not None:
+        path = Path(os.fsdecode(err.filename))
+        # the file among the path's folders (`out.json/chunks`: out.json), or the path itself
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return ViewFusionError(f"{blocking}: is a file, expected a directory")
+    return None
+
+
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn a full disk or quota while writing `path` into a one-line ViewFusionError."""
@@ -64,6 +80,8 @@ def _raise_disk_full(err: BaseException, path: Path) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
+    if path.is_dir():  # found before the work whose result it would refuse
+        raise ViewFusionError(f"{path}: is a directory, expected a file")
     tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
     try:
         with disk_errors(path):

@@ -88,6 +88,8 @@ def download_sdist(*, dest: Path) -> Path:
 
 
 def verify_sdist(path: Path) -> Path:
+    if path.is_dir():
+        raise ViewFusionError(f"{path}: is a directory, expected the file {SDIST_FILE}")
     if not path.is_file():
         raise ViewFusionError(f"{path} not found")
     actual = sha256_file(path)

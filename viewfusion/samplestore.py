@@ -321,6 +321,8 @@ def read_chunks(generated) -> dict[str, dict]:
     """Each chunk marker of a sample directory, keyed by its stem ("2-of-4"); refuses markers
     without a fingerprint and chunks that disagree on their settings."""
     generated, chunks = Path(generated), {}
+    if generated.exists() and not generated.is_dir():
+        raise ViewFusionError(f"{generated}: is a file, expected a sample directory (`viewfusion sample --out`)")
     for path in sorted(p for p in (generated / "chunks").glob("*.json") if CHUNK_MARKER.match(p.name)):
         try:
             chunks[path.stem] = load_json(path, f"chunk marker {path}")
@@ -408,6 +410,8 @@ class GroundTruth:
 
     def __init__(self, path, data_sha256: str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ViewFusionError(f"ground truth {self.path}: is a directory, expected the pack file")
         if not self.path.is_file():
             raise ViewFusionError(f"ground truth {self.path} is missing; write it with `viewfusion ground-truth "
                                   f"--manifest MANIFEST --shards DIR`")

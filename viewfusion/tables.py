@@ -91,6 +91,8 @@ def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
     """Concatenate per-image metrics files (parquet or CSV), checking columns and LPIPS net."""
     frames = []
     for path in map(Path, paths):
+        if path.is_dir():  # pandas reads a folder as a (here empty) parquet dataset
+            raise ViewFusionError(f"metrics file {path}: is a directory, expected a file")
         try:
             frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
         except (OSError, ValueError) as err:

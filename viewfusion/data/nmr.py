@@ -300,6 +300,8 @@ class NMRZip:
             self._zip = zipfile.ZipFile(self.path)
         except FileNotFoundError:
             raise ViewFusionError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise ViewFusionError(f"{self.path}: is a directory, expected the NMR_Dataset.zip file") from None
         except (zipfile.BadZipFile, OSError) as err:
             raise ViewFusionError(
                 f"{self.path}: not a complete zip ({err}); a truncated download? "

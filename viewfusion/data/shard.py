@@ -265,6 +265,8 @@ def write_shards(zip_path, out, *, shards: int, gpus: int = 1, percent: float = 
     zip_path, out = Path(zip_path), Path(out)
     if out.exists() and not force:
         raise ViewFusionError(f"{out} exists; remove it or pass --force to replace it")
+    if out.exists() and not out.is_dir():  # --force replaces a shard directory, never a file
+        raise ViewFusionError(f"{out}: is a file, expected a directory (--force replaces a shard directory only)")
     start = time.perf_counter()
     with nmr.NMRZip(zip_path, image_size=image_size) as nmr_zip:
         selected = select_objects(nmr_zip, lists=lists, percent=percent, withhold=withheld)
