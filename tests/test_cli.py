@@ -103,10 +103,12 @@ def test_data_help_lists_the_data_commands(flag):
     assert all(command in result.stdout for command in DATA_COMMANDS) and "sample" not in result.stdout
 
 
-def test_data_alone_prints_the_usage_and_exits_2():
+def test_data_alone_prints_the_usage_then_the_reason_and_exits_2():
     result = _cli("data")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == _cli("data", "--help").stdout
+    usage, last = result.stderr.rstrip("\n").rsplit("\n", 1)
+    assert usage == _cli("data", "--help").stdout.rstrip("\n")
+    assert last == "viewfusion data: error: name one of the commands above"
 
 
 @pytest.mark.parametrize(("argv", "line"), [

@@ -1,6 +1,6 @@
 """Hostile input at the command line (issue 30, classes 2-4): resource bombs, paths of the wrong
 kind and numbers out of range are each refused with one line and exit 2, before memory or time
-runs out."""
+runs out; argparse errors end with the one-line reason."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from train_utils import save_random_model
 
-from viewfusion.cli import main
+from viewfusion.cli import COMMANDS, main
 from viewfusion.data.manifest import make_manifest
 
 BIG = 400 << 20  # what a bomb member inflates to: 400 MB of zeros, 400 KB deflated
@@ -274,3 +274,15 @@ def test_config_numbers_out_of_range_are_one_line(capsys, tmp_path, setting, mes
     refused(capsys, ["train", "--config", TINY, "--shards", tmp_path, "--out", tmp_path / "run", "--set", setting],
             f"--set {setting}: ", message)
 
+
+# ------------------------------------------------------------------ argparse errors
+
+
+@pytest.mark.parametrize("words", list(COMMANDS), ids=[" ".join(w) for w in COMMANDS])
+def test_every_commands_bad_flag_ends_with_the_one_line_reason(capsys, words):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--no-such-flag"])
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert exit_.value.code == 2 and lines[0].startswith(f"usage: viewfusion {' '.join(words)} ")
+    assert all(line.startswith(" ") for line in lines[1:-1]), lines  # only the usage before the reason
+    assert lines[-1].startswith(f"viewfusion {' '.join(words)}: error: ")

@@ -70,6 +70,15 @@ def _usage(group: str | None = None) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the project's error form for every command alike: the usage, then
+    `viewfusion <command>: error: <reason>` as the last line, on one line, exit 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     for n in (2, 1):
         words = tuple(argv[:n])
@@ -99,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in GROUPS and (len(argv) == 1 or argv[1] in _HELP):
-        asked = len(argv) > 1  # `viewfusion data` alone names no command: usage, exit 2
-        print(_usage(argv[0]), file=sys.stdout if asked else sys.stderr)
-        return 0 if asked else 2
+        if len(argv) > 1:
+            print(_usage(argv[0]))
+            return 0
+        # `viewfusion data` alone names no command: the usage, then the reason as the last line
+        print(f"{_usage(argv[0])}\nviewfusion {argv[0]}: error: name one of the commands above", file=sys.stderr)
+        return 2
     found = _find(argv)
     if found is None:
         print(_unknown(argv), file=sys.stderr)
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     words, rest = found
     module_name, help_ = COMMANDS[words]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog="viewfusion " + " ".join(words), description=help_)
+    parser = _Parser(prog="viewfusion " + " ".join(words), description=help_)
     module.add_arguments(parser)
     runner = module.run
     args = parser.parse_args(rest)
