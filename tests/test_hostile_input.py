@@ -221,7 +221,7 @@ WRONG_KINDS = [
     (["tables", "--metrics", "{DIR}", "--out", "{DIR}/t"], "metrics file {DIR}: is a directory, expected a file"),
     (["figures", "--metrics", "{metrics}", "--out", "{FILE}"], IS_FILE),
     (["plan", "--configfile", "{BINARY}"], "{BINARY}: not valid YAML"),
-    (["plan", "--configfile", "config/config.yaml", "--json", "{DIR}"], IS_DIR),
+    (["plan", "--configfile", "config/config.yaml", "--profile", "none", "--json", "{DIR}"], IS_DIR),
     (["lpips-weights", "--sdist", "{DIR}", "--torch-home", "{DIR}"], "{DIR}: is a directory, expected the file"),
     (["import-official", "{DIR}", "{DIR}/o.pt"], "checkpoint {DIR}: is a directory"),
 ]

@@ -42,4 +42,8 @@ REFUSED = [
     pytest.param("evaluation: {samplers: [{name: ddpm, spacing: lambda}]}\n", "takes no spacing", id="spacing"),
     pytest.param("evaluation: {checkpoints: [final, 17]}\n", "evaluation.checkpoints [17]", id="snapshot"),
     pytest.param("evaluation: {protocol: pixelnerf}\n", "set evaluation.view_counts to [1]", id="protocol"),
+    # Chunk counts: each chunk is a job and files (samplestore.MAX_CHUNKS), a ceiling or sized.
+    pytest.param("evaluation: {chunks: 100001}\n", "evaluation.chunks 100,001 is more than 100,000", id="chunks"),
+    pytest.param("evaluation: {sample_evals_per_second: 1.0e-9}\n", "chunks, more than 100,000", id="chunks-sized"),
+    pytest.param("evaluation: {sample_gpu: tpu}\n", "GPU class 'tpu': known classes are v100", id="sample-gpu"),
 ]

@@ -159,7 +159,8 @@ def size_chunks(config: dict, *, root: Path, sample_minutes: float, objects: int
     rate, source = sample_rate(config)
     ceiling = None if ev.get("chunks", "auto") == "auto" else int(ev["chunks"])
     if ceiling is not None and ceiling > MAX_CHUNKS:
-        raise ViewFusionError(f"evaluation.chunks {ceiling:,} is more than {MAX_CHUNKS:,} (each chunk is a job and files)")
+        raise ViewFusionError(f"evaluation.chunks {ceiling:,} is more than {MAX_CHUNKS:,} "
+                              "(each chunk is a job and files)")
     sizing = Sizing(share=share, budget_minutes=share * sample_minutes, rate=rate, rate_source=source)
     sweeps: dict[str, list[float]] = {}
     for exp in config["active_experiments"]:
