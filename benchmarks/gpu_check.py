@@ -43,14 +43,16 @@ HERE = Path(__file__).resolve().parent
 from peaks import peak_tflops  # noqa: E402
 
 import viewfusion  # noqa: E402
-from viewfusion import distributed, train, trainstate  # noqa: E402
 from viewfusion.config import build_model  # noqa: E402
 from viewfusion.configfile import load_config  # noqa: E402
 from viewfusion.data.manifest import make_manifest  # noqa: E402
 from viewfusion.data.reader import load_objects  # noqa: E402
 from viewfusion.data.shard import write_shards  # noqa: E402
 from viewfusion.data.synth import write_synth_zip  # noqa: E402
-from viewfusion.targets import build_batch, nearest_view_images  # noqa: E402
+from viewfusion.evaluate.targets import build_batch, nearest_view_images  # noqa: E402
+from viewfusion.train import distributed  # noqa: E402
+from viewfusion.train import loop as train  # noqa: E402
+from viewfusion.train import state as trainstate  # noqa: E402
 
 CONFIGS = HERE.parent / "config" / "experiments"  # the checkout's (the wheel holds the package only)
 # The tiny CPU smoke model: 32 px, 16 channels, a 100-step schedule (tests/train_utils.py SMALL).

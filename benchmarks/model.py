@@ -42,7 +42,7 @@ import torch
 from official_baseline import BaselineUNet, BaselineViewFusion  # noqa: E402
 from peaks import peak_tflops as known_peak  # noqa: E402
 
-from viewfusion.diffusion import Schedule  # noqa: E402
+from viewfusion.model.diffusion import Schedule  # noqa: E402
 from viewfusion.model.unet import UNet  # noqa: E402
 from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion  # noqa: E402
 

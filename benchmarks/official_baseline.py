@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from viewfusion.diffusion import Schedule, add_noise, sample_continuous_gamma
+from viewfusion.model.diffusion import Schedule, add_noise, sample_continuous_gamma
 
 
 class Swish(nn.Module):

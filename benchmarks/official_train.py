@@ -33,8 +33,8 @@ import torch
 import yaml
 from stream_study import BASE  # the settings for both sides (eps prediction, ...)
 
-from viewfusion import checkpoint
 from viewfusion.configfile import load_config
+from viewfusion.model import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ initialised: loading does not depend on the values), building the model, opening
 shards, writing the chunk. Measured as the wall time of a real `viewfusion sample` subprocess on
 ONE target with ONE DDIM step (one U-Net evaluation, a few hundred ms on a CPU), beside baselines
 measured in the same run: `python -c pass` and `python -c "import torch"`. `viewfusion plan`
-charges every sampling job this fixed cost (viewfusion.rates.JOB_STARTUP_SECONDS); on a GPU
+charges every sampling job this fixed cost (viewfusion.workflow.rates.JOB_STARTUP_SECONDS); on a GPU
 node CUDA initialisation (seconds) comes on top.
 """
 
@@ -41,9 +41,9 @@ def wall(cmd, repeats: int, **kw) -> float:
 
 def paper_checkpoint(path: Path) -> int:
     """A checkpoint of the paper model (config/experiments/paper.yaml) with random weights."""
-    from viewfusion import checkpoint
     from viewfusion.config import build_model, to_dict
     from viewfusion.configfile import load_config
+    from viewfusion.model import checkpoint
 
     cfg = load_config(ROOT / "config/experiments/paper.yaml")
     model = build_model(cfg)

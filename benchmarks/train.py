@@ -30,9 +30,11 @@ import torch
 from peaks import peak_tflops  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
-from viewfusion import distributed, train, trainstate  # noqa: E402
 from viewfusion.config import build_model  # noqa: E402
 from viewfusion.configfile import load_config  # noqa: E402
+from viewfusion.train import distributed  # noqa: E402
+from viewfusion.train import loop as train  # noqa: E402
+from viewfusion.train import state as trainstate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from viewfusion.config import unet_channels
-from viewfusion.diffusion import Schedule
+from viewfusion.model.diffusion import Schedule
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import ViewFusion
 

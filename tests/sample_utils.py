@@ -1,4 +1,4 @@
-"""Hand-made sample directories in the packed layout (viewfusion.samplestore), for tests of the
+"""Hand-made sample directories in the packed layout (viewfusion.evaluate.samplestore), for tests of the
 stages that read them (metrics, figures, export) without running a sampler."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from viewfusion import provenance, samplestore
+from viewfusion.evaluate import provenance, samplestore
 
 DATA = "d" * 64  # the data fingerprint of hand-made ground truth
 

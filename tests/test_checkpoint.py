@@ -14,12 +14,12 @@ import torch
 from model_utils import TINY_UNET, batch, tiny_model
 from train_utils import flip_weight_bit
 
-from viewfusion import checkpoint
-from viewfusion.checkpoint import load_official
 from viewfusion.cli import main as cli
 from viewfusion.config import build_model, to_dict
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
+from viewfusion.model import checkpoint
+from viewfusion.model.checkpoint import load_official
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
@@ -348,8 +348,8 @@ def test_load_official_round_trip_and_errors(tmp_path):
 def tiny_v_checkpoint(path):
     """A checkpoint of ours whose config differs from the official settings where sampling
     notices: v-prediction, no clamp, a 50-step cosine schedule."""
-    from viewfusion import checkpoint
     from viewfusion.config import build_model, from_dict, to_dict
+    from viewfusion.model import checkpoint
 
     cfg = from_dict({"name": "tiny_v", "model": {
         "image_size": 16, "inner_channel": 8, "channel_mults": [1, 2], "attn_res": [8], "res_blocks": 1,
@@ -368,7 +368,7 @@ def tiny_v_checkpoint(path):
 def test_load_official_builds_our_checkpoint_from_its_own_config(tmp_path):
     """It used to wrap a v-prediction model in the official eps/clamp settings: samples off by up
     to 1.0. Now it samples exactly as checkpoint.load_model, whose config it uses."""
-    from viewfusion import checkpoint
+    from viewfusion.model import checkpoint
     path = tmp_path / "ours.pt"
     cfg = tiny_v_checkpoint(path)
     want, _, ckpt = checkpoint.load_model(path)
@@ -396,5 +396,5 @@ def test_load_official_refuses_arguments_that_contradict_our_checkpoint(tmp_path
     tiny_v_checkpoint(path)
     with pytest.raises(ViewFusionError, match=r"ours\.pt is a viewfusion checkpoint with its own config 'tiny_v', "
                                               rf"which the arguments contradict \({named}\); leave them out, "
-                                              r"or load it with viewfusion\.checkpoint\.load_model$"):
+                                              r"or load it with viewfusion\.model\.checkpoint\.load_model$"):
         load_official(path, *args, **kwargs)

@@ -50,14 +50,14 @@ def test_variants_differ_from_paper_only_where_intended():
 
 
 def test_checkpoint_variants_match_the_yamls():
-    from viewfusion.checkpoint import VARIANTS
+    from viewfusion.model.checkpoint import VARIANTS
 
     for name, overrides in VARIANTS.items():
         assert C.from_dict(overrides) == dataclasses.replace(load(name), description="")
 
 
 def test_every_schedule_a_config_accepts_builds():
-    from viewfusion.diffusion import Schedule
+    from viewfusion.model.diffusion import Schedule
 
     for kind in C.SCHEDULES:
         assert Schedule.make(kind, 10).betas.shape == (10,)

@@ -181,7 +181,7 @@ def test_read_manifest_refuses_bad_items(written, tmp_path, edit, message):
 
 def test_only_the_figure_manifest_may_condition_on_its_targets(written, tmp_path):
     """Figure 2 shows the view weights at every target, the six input views included."""
-    from viewfusion.figure_samples import weights_manifest
+    from viewfusion.evaluate.figure_samples import weights_manifest
 
     key = written[0]["items"][0]["key"]
     figure = weights_manifest(key, split="test", seed=0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from viewfusion.diffusion import (
+from viewfusion.model.diffusion import (
     BUFFER_NAMES,
     AncestralSampler,
     DDIMSampler,
@@ -194,7 +194,8 @@ def test_clamp_is_configurable(schedule):
 
 
 def test_the_clamp_rule_has_one_owner():
-    from viewfusion import config, diffusion
+    from viewfusion import config
+    from viewfusion.model import diffusion
 
     assert diffusion.check_clamp is config.check_clamp  # what a config accepts, a sampler runs
 

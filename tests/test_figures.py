@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 from sample_utils import marker_settings, write_chunk, write_ground_truth
 
-from viewfusion import cli, figures, provenance, weightfigs
+from viewfusion import cli
 from viewfusion.errors import ViewFusionError
+from viewfusion.evaluate import provenance
 from viewfusion.fsutil import sha256_file
+from viewfusion.report import figures, weightfigs
 
 COND = [0, 4, 8, 12, 16, 20]
 KEY = "02958343_abc"
@@ -183,7 +185,7 @@ def test_every_sampler_series_has_its_own_style():
 def test_quality_against_unet_calls_is_drawn_for_several_samplers(tmp_path):
     from test_tables import hand_made
 
-    from viewfusion import tables
+    from viewfusion.report import tables
 
     frame = hand_made()
     frame["unet_evals_per_target"] = frame["steps"].fillna(0) * frame["view_count"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from viewfusion.checkpoint import load_official
-from viewfusion.diffusion import Schedule
+from viewfusion.model.checkpoint import load_official
+from viewfusion.model.diffusion import Schedule
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import ViewFusion
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from train_utils import load, make_shards, run_train, save_random_model
 
-from viewfusion import checkpoint, cli, heldout
+from viewfusion import cli
+from viewfusion.model import checkpoint
+from viewfusion.train import heldout
 
 PX32 = ["model.image_size=32"]
 

@@ -59,7 +59,7 @@ def test_draw_batch_near_views_and_relative_angle():
 
 
 def test_learning_rate_is_the_trainers_unless_annealed():
-    from viewfusion.trainstate import lr_factor
+    from viewfusion.train.state import lr_factor
 
     tc = load_config(TINY).train
     steps = [0, 1, tc.warmup_steps - 1, tc.warmup_steps, 1000, 1499]

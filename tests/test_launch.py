@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from train_utils import SMALL, TINY, load, make_shards, metrics, wait_for
 
-from viewfusion import launch
+from viewfusion.train import launch
 
 
 @pytest.fixture(scope="session")

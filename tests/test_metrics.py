@@ -23,8 +23,9 @@ import torch
 from sample_utils import marker_settings, write_chunk, write_ground_truth
 from scipy.signal import correlate2d
 
-from viewfusion import cli, metrics, torchvision_shim
+from viewfusion import cli, torchvision_shim
 from viewfusion.errors import ViewFusionError
+from viewfusion.evaluate import metrics
 
 # ---------------------------------------------------------------- independent reference
 
@@ -346,7 +347,7 @@ def test_torchvision_shim_command_imports_no_torch_and_refuses_a_folder_without_
 
 
 def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
-    from viewfusion import lpips_weights as tool
+    from viewfusion.evaluate import lpips_weights as tool
 
     archive = tmp_path / "evil.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -365,7 +366,7 @@ def test_fetch_tool_refuses_unsafe_archives_and_pickles(tmp_path):
 
 
 def test_fetch_tool_conversion_layout():
-    from viewfusion import lpips_weights as tool
+    from viewfusion.evaluate import lpips_weights as tool
 
     rng = np.random.default_rng(0)
     params = {"AlexNet_0": {f"Conv_{k}": {"kernel": rng.random((3, 5, 2, 4), dtype=np.float32),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from model_utils import SCHEDULE, TINY_UNET, batch, tiny_model
 
-from viewfusion.diffusion import Schedule, add_noise, sample_continuous_gamma
+from viewfusion.model.diffusion import Schedule, add_noise, sample_continuous_gamma
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import ViewFusion, count_unet_evals
 
@@ -43,7 +43,7 @@ def test_compose_equals_per_sample_loop(weighting):
 def test_v_prediction_composes_v_and_samples_its_noise():
     """Weights sum to 1 per pixel, so composing v's then converting equals converting each view's
     v then composing: the paper's composition is unchanged by the parameterization."""
-    from viewfusion.diffusion import eps_from_v, v_target
+    from viewfusion.model.diffusion import eps_from_v, v_target
 
     model = tiny_model()
     model.prediction = "v"

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from workflow_cases import REFUSED
 
-from viewfusion import chunking
-from viewfusion import plan as P
 from viewfusion.errors import ViewFusionError
+from viewfusion.workflow import chunking
+from viewfusion.workflow import plan as P
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,7 @@ def test_the_synthetic_default_config_counts_its_split_exactly():
 
 
 def test_figure_evaluations_match_the_figure_sampler():
-    from viewfusion import figure_samples
+    from viewfusion.evaluate import figure_samples
 
     per_target = len(figure_samples.FIGURE_COND_VIEWS) * len(range(0, 24, figure_samples.FIGURE_TARGET_STRIDE))
     assert P.FIGURE_EVALS_PER_STEP == per_target + sum(range(1, 8))  # + the autoregressive strip (stride 3)
@@ -245,7 +245,7 @@ def test_bad_input_is_one_line(args, message):
 @pytest.mark.parametrize("text, message", REFUSED)
 def test_the_plan_refuses_what_the_workflow_refuses(tmp_path, text, message):
     """Issue 30: the plan counted configs Snakemake refuses; it now runs the workflow's checks
-    (viewfusion.workflowchecks; tests/test_workflow.py dry-runs Snakemake on the same cases)."""
+    (viewfusion.workflow.checks; tests/test_workflow.py dry-runs Snakemake on the same cases)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     proc = _cli("--configfile", str(bad), "--profile", "profiles/local", "--sample-evals-per-second", "1000")

@@ -10,9 +10,9 @@ import torch
 from train_utils import TINY, assert_same_weights, load, make_shards, metrics, run_train
 
 from viewfusion import config as C
-from viewfusion import trainstate
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
+from viewfusion.train import state as trainstate
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from train_utils import save_random_model
 
-from viewfusion import cli, probe
+from viewfusion import cli
 from viewfusion.data.manifest import make_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_write_json
+from viewfusion.workflow import probe
 
 
 def _checkpoint(path: Path, *, blind: bool) -> Path:

@@ -185,13 +185,13 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     compute = {"train", "sample", "sample_sweep", "sample_nearest", "sample_figures", "metrics", "shard",
                "eval_manifest", "ground_truth"}
     assert not (paper_local | synth_local) & compute
-    # Chunks sized per setting (viewfusion.chunking): per experiment 63 ancestral chunks of ~9 h on
+    # Chunks sized per setting (viewfusion.workflow.chunking): per experiment 63 ancestral chunks of ~9 h on
     # V100s, DDIM-10 swept (all 8 view counts in one job), the copy baseline one CPU chunk per setting.
     n = len(yaml.safe_load((REPO / "config/paper_workflow.yaml").read_text())["active_experiments"])
     assert (stats["sample"], stats["sample_sweep"], stats["sample_nearest"], stats["metrics"]) == (
         n * 63, n, n * 8, n * 3 * 8)
     # `viewfusion plan` counts the same jobs, and the same Slurm submissions.
-    from viewfusion import plan as P
+    from viewfusion.workflow import plan as P
 
     config = P.load_workflow_config([REPO / "config/paper_workflow.yaml"], REPO / "config/config.yaml",
                                     REPO / "workflow/schemas/config.schema.yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viewfusion.diffusion import Schedule
+from viewfusion.model.diffusion import Schedule
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion
 

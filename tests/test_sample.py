@@ -20,10 +20,10 @@ from sample_utils import packed_images
 from train_utils import flip_weight_bit, save_random_model
 
 from viewfusion.data.manifest import make_manifest
+from viewfusion.evaluate.groundtruth import write_ground_truth
+from viewfusion.evaluate.sample import SamplerSpec, chunk_items, sample_chunk
+from viewfusion.evaluate.samplestore import Pack, write_pack
 from viewfusion.fsutil import atomic_write_json
-from viewfusion.groundtruth import write_ground_truth
-from viewfusion.sample import SamplerSpec, chunk_items, sample_chunk
-from viewfusion.samplestore import Pack, write_pack
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SamplerSpec("ddim", 4)
@@ -188,8 +188,8 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     assert (marker["fingerprint"] == fresh_marker["fingerprint"]
             and marker["weights_sha256"] == fresh_marker["weights_sha256"])
     # the config as stored in the checkpoint: a code version adding a key does not change it
-    from viewfusion.checkpoint import load
     from viewfusion.fsutil import sha256_json
+    from viewfusion.model.checkpoint import load
 
     assert marker["config_sha256"] == sha256_json(load(other)["config"])
     sample_chunk(checkpoint=other, manifest=manifest, shards=synth_shards, out=shared, spec=SamplerSpec("ddim", 3),
@@ -220,7 +220,7 @@ def test_another_spacing_is_another_fingerprint_and_the_default_keeps_the_old_on
 
 def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_shards, tmp_path):
     from viewfusion.errors import ViewFusionError
-    from viewfusion.metrics import compute_metrics
+    from viewfusion.evaluate.metrics import compute_metrics
 
     a, b = tmp_path / "a", tmp_path / "b"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=a, spec=SPEC, device="cpu")
@@ -287,8 +287,8 @@ def test_bad_sampler_flags_are_one_line_errors(flags, ckpt, manifest, synth_shar
 
 
 def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_a_clear_error(manifest, synth_shards, tmp_path, capsys):
-    from viewfusion import checkpoint
     from viewfusion.cli import main
+    from viewfusion.model import checkpoint
 
     good = checkpoint.load(save_random_model(tmp_path / "good.pt", step=1))
     broken = {**good, "config": {**good["config"], "model": {**good["config"]["model"], "inner_channel": 32}}}
@@ -351,7 +351,7 @@ def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest,
 def test_markers_of_other_settings_are_dropped_when_a_folder_is_resampled(ckpt, manifest, synth_shards, tmp_path):
     """Two chunks of one setting, then the folder resampled as one chunk of another: the old
     2-chunk markers would mark items complete under the old label; they go, metrics reads the new."""
-    from viewfusion.metrics import compute_metrics
+    from viewfusion.evaluate.metrics import compute_metrics
 
     out = tmp_path / "s"
     for i in (1, 2):
@@ -369,7 +369,7 @@ def test_sampling_angles_are_the_training_loaders_bit_for_bit():
     float32 product put 6 of the 24 views one ulp off before."""
     from viewfusion.data.loader import relative_angle
     from viewfusion.data.nmr import view_angle
-    from viewfusion.targets import target_angles
+    from viewfusion.evaluate.targets import target_angles
 
     items = [{"target_view": t, "cond_views": [(5 * t + 3) % 24, 1]} for t in range(24)]
     absolute = target_angles(items, relative=False)
@@ -384,7 +384,7 @@ def test_sampling_angles_are_the_training_loaders_bit_for_bit():
 def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifest, synth_shards, tmp_path):
     out = tmp_path / "s"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk="1/1", spec=SPEC, device="cpu")
-    from viewfusion.samplestore import FILES_PER_CHUNK
+    from viewfusion.evaluate.samplestore import FILES_PER_CHUNK
 
     assert len(list((out / "chunks").iterdir())) == FILES_PER_CHUNK and not (out / "pending" / "1-of-1").exists()
     whole = packed_images(out)
@@ -398,10 +398,10 @@ def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifes
 
 
 def test_ground_truth_is_the_shards_view_tagged_with_its_data(manifest, synth_shards, tmp_path):
-    from viewfusion import provenance
     from viewfusion.data.reader import load_objects
     from viewfusion.data.shardmanifest import data_sha256
-    from viewfusion.samplestore import GroundTruth
+    from viewfusion.evaluate import provenance
+    from viewfusion.evaluate.samplestore import GroundTruth
 
     items = json.loads(manifest.read_text())["items"]
     truth = GroundTruth(write_ground_truth(manifest, synth_shards, tmp_path / "gt.tar"),

@@ -1,4 +1,4 @@
-"""Packed sample storage (viewfusion.samplestore): packs are deterministic tars read by member
+"""Packed sample storage (viewfusion.evaluate.samplestore): packs are deterministic tars read by member
 name, never extracted; a member is returned only under the `made_by` it was made with; ground
 truth is checked against the data it must come from."""
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from sample_utils import DATA, marker_settings, png_bytes, write_chunk, write_ground_truth
 
-from viewfusion import cli, provenance, samplestore
+from viewfusion import cli
 from viewfusion.errors import ViewFusionError
+from viewfusion.evaluate import provenance, samplestore
 
 FP = marker_settings()["fingerprint"]
 

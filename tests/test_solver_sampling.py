@@ -9,9 +9,9 @@ import pytest
 import torch
 from train_utils import SAMPLE_SMALL, TINY
 
-from viewfusion.diffusion import unet_calls
+from viewfusion.model.diffusion import unet_calls
+from viewfusion.model.samplers import SOLVER_KINDS as SOLVERS
 from viewfusion.model.viewfusion import count_unet_evals
-from viewfusion.samplers import SOLVER_KINDS as SOLVERS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from viewfusion.diffusion import DEFAULT_STEPS, SAMPLER_KINDS, DDIMSampler, Schedule, spaced_timesteps, unet_calls
-from viewfusion.samplers import SOLVER_KINDS as SOLVERS
-from viewfusion.solvers import DPMSolverPP, EulerSolver, HeunSolver, UniPC, make_sampler_for
+from viewfusion.model.diffusion import DEFAULT_STEPS, SAMPLER_KINDS, DDIMSampler, Schedule, spaced_timesteps, unet_calls
+from viewfusion.model.samplers import SOLVER_KINDS as SOLVERS
+from viewfusion.model.solvers import DPMSolverPP, EulerSolver, HeunSolver, UniPC, make_sampler_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,7 +79,7 @@ def fake_eps(y, t):
 
 
 def test_sampler_names_and_costs_have_one_owner(buffers):
-    from viewfusion import diffusion, samplers
+    from viewfusion.model import diffusion, samplers
 
     # The torch-free owner (CLI, workflow, tables) and what the samplers use are the same objects.
     assert diffusion.SAMPLER_KINDS is samplers.SAMPLER_KINDS and diffusion.unet_calls is samplers.unet_calls

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from viewfusion.diffusion import DEFAULT_SPACING, SAMPLER_KINDS, SPACINGS, Schedule, spaced_timesteps
-from viewfusion.samplers import SOLVER_KINDS as SOLVERS
-from viewfusion.solvers import make_sampler_for
+from viewfusion.model.diffusion import DEFAULT_SPACING, SAMPLER_KINDS, SPACINGS, Schedule, spaced_timesteps
+from viewfusion.model.samplers import SOLVER_KINDS as SOLVERS
+from viewfusion.model.solvers import make_sampler_for
 
 T = 2000
 F64 = {"dtype": torch.float64}
@@ -40,7 +40,7 @@ def test_spaced_timesteps_closed_forms():
 
 
 def test_sampler_tags_round_trip_and_name_a_spacing_only_when_it_is_not_the_default():
-    from viewfusion import samplers
+    from viewfusion.model import samplers
 
     cases = {("ddim", 50, 0.0, None): "ddim-50", ("ddim", 10, 1.0, "lambda"): "ddim-10-eta1-lambda",
              ("ddim", 10, 0.0, "linspace"): "ddim-10", ("dpmpp-2m-sde", 20, 0.0, "karras"): "dpmpp-2m-sde-20-karras",

@@ -12,8 +12,9 @@ import math
 import pandas as pd
 import pytest
 
-from viewfusion import cli, speedtable, tables
+from viewfusion import cli
 from viewfusion.errors import ViewFusionError
+from viewfusion.report import speedtable, tables
 
 T_975 = {1: 12.706204736174707, 2: 4.302652729911275}  # Student t, 97.5% quantile, by degrees of freedom
 

@@ -18,9 +18,11 @@ from train_utils import (
     wait_for,
 )
 
-from viewfusion import distributed, train, trainstate
 from viewfusion.config import TrainConfig, from_dict
 from viewfusion.errors import ViewFusionError
+from viewfusion.train import distributed
+from viewfusion.train import loop as train
+from viewfusion.train import state as trainstate
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +185,7 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
     from train_utils import TINY
 
     from viewfusion.configfile import load_config
-    from viewfusion.rundir import resume_changes
+    from viewfusion.train.rundir import resume_changes
 
     old = load_config(TINY, ["train.snapshot_steps=[10]"])
     ok = load_config(TINY, ["train.max_steps=9000", "train.log_every=1", "train.snapshot_steps=[10, 20]"])
@@ -199,7 +201,7 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
 
 
 def test_resume_from_a_checkpoint_missing_a_buffer_is_one_clear_line(shards, tmp_path):
-    from viewfusion import checkpoint
+    from viewfusion.model import checkpoint
 
     out = tmp_path / "run"
     assert run_train(shards, out, "train.max_steps=3", "train.checkpoint_every=1000").returncode == 0

@@ -8,9 +8,10 @@ import json
 import pytest
 from train_utils import TINY, assert_same_weights, load, make_shards, metrics, run_train
 
-from viewfusion import cli, validate
+from viewfusion import cli
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
+from viewfusion.train import validate
 
 VAL = ["train.validate_every=2", "train.validate_targets=3", "train.validate_draws=7", "train.validate_steps=4"]
 NUMBERS = ("psnr", "ssim", "heldout_loss", "heldout_loss_se", "heldout_eps_mse", "heldout_loss_bands")
@@ -51,7 +52,7 @@ def test_best_follows_the_metric_direction_and_the_settings():
 
 
 def test_validation_keys_are_checked_and_may_change_on_resume():
-    from viewfusion.rundir import resume_changes
+    from viewfusion.train.rundir import resume_changes
 
     for bad, message in (("train.validate_every=0", "validate_every must be null"),
                          ("train.validate_metric=lpips",

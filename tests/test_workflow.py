@@ -21,7 +21,7 @@ import yaml
 from sample_utils import packed_images
 from workflow_cases import REFUSED
 
-from viewfusion.workflowconfig import merge
+from viewfusion.workflow.config import merge
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -76,7 +76,7 @@ def fresh_workflow(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("text, message", REFUSED)
 def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, text, message):
-    """viewfusion.workflowchecks at DAG build (tests/test_plan.py runs the same cases through the
+    """viewfusion.workflow.checks at DAG build (tests/test_plan.py runs the same cases through the
     plan): a duplicate setting, an eta no path can name, a bad cross-setting, one `config error:`
     line, exit 2, before any job."""
     proc = snakemake(fresh_workflow, "-n", "--configfile", overlay(fresh_workflow, "bad.yaml", text), check=False)
@@ -109,7 +109,7 @@ def _copy_workflow(dest: Path) -> Path:
 
 # The default pipeline with its budgets cut so that CI on 2 cores takes minutes: fewer objects,
 # training steps, evaluation targets and sampling steps. Every rule and every stage still runs.
-# A made-up slow sampling rate (0.01 U-Net evaluations/s) makes viewfusion.chunking give DDIM-10
+# A made-up slow sampling rate (0.01 U-Net evaluations/s) makes viewfusion.workflow.chunking give DDIM-10
 # 1 chunk at 1 view and 2 (the ceiling) at 2 and 3 views, as a long sampler on a cluster gets;
 # the demo's own config sweeps it (tests/test_slurm.py runs both kinds).
 QUICK = """
@@ -157,7 +157,7 @@ def test_the_plan_counts_the_files_sampling_leaves(pipeline):
     """`viewfusion plan`'s file count (the README's figure for the paper DAG) is what the run
     left: per setting each chunk's marker, pack and progress record and the metrics file; per
     manifest the manifest and its ground-truth pack."""
-    from viewfusion import plan as P
+    from viewfusion.workflow import plan as P
 
     config = P.load_workflow_config([], pipeline / "config/config.yaml",
                                     pipeline / "workflow/schemas/config.schema.yaml")

@@ -1,5 +1,5 @@
 """Workflow configs that Snakemake (at DAG build) and `viewfusion plan` must both refuse with the
-same one line, from viewfusion.workflowchecks: overlays merged over config/config.yaml, each with
+same one line, from viewfusion.workflow.checks: overlays merged over config/config.yaml, each with
 words its line holds. tests/test_workflow.py dry-runs Snakemake on them, tests/test_plan.py the plan."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ For each of viewfusion's spacings the scheduler configuration that means the sam
 linspace and trailing are DDIMScheduler's `timestep_spacing`, karras and lambda are
 DPMSolverMultistepScheduler's `use_karras_sigmas` / `use_lu_lambdas`, all with the paper's betas
 as `trained_betas` (from the float32 gammas a model stores). tests/test_spacing.py checks
-`viewfusion.diffusion.spaced_timesteps` against the file, so CI needs no diffusers.
+`viewfusion.model.diffusion.spaced_timesteps` against the file, so CI needs no diffusers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from viewfusion.diffusion import Schedule
 from viewfusion.fsutil import atomic_write_json
+from viewfusion.model.diffusion import Schedule
 
 STEPS = (5, 10, 20)
 CONFIGS = {

@@ -29,14 +29,15 @@ import time
 import numpy as np
 import torch
 
-from viewfusion import probe, trainstate
 from viewfusion.config import build_model
 from viewfusion.configfile import load_config
 from viewfusion.data import nmr
 from viewfusion.data.loader import relative_angle, select_views
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.reader import load_objects
-from viewfusion.targets import build_batch, nearest_view_images
+from viewfusion.evaluate.targets import build_batch, nearest_view_images
+from viewfusion.train import state as trainstate
+from viewfusion.workflow import probe
 
 
 def draw_batch(images: torch.Tensor, rng: np.random.Generator, cfg, *, self_view_prob: float,

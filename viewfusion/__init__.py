@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "UNet": "viewfusion.model.unet",
     "ViewFusion": "viewfusion.model.viewfusion",
-    "load_official": "viewfusion.checkpoint",
+    "load_official": "viewfusion.model.checkpoint",
 }
 
 

@@ -34,13 +34,13 @@ from typing import Any
 from viewfusion.data.nmr import MAX_IMAGE_SIZE, MAX_SEED, NUM_VIEWS
 from viewfusion.errors import ViewFusionError
 
-# The noise schedules and prediction targets viewfusion.diffusion implements; owned here, where
+# The noise schedules and prediction targets viewfusion.model.diffusion implements; owned here, where
 # reading a config needs them without importing torch, and imported by the diffusion module.
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50")
 PREDICTIONS = ("eps", "v")
 # train.precision: "auto" picks by device (select_precision); the others are what they say.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# train.validate_metric -> whether higher is better (viewfusion.validate keeps best.pt by it).
+# train.validate_metric -> whether higher is better (viewfusion.train.validate keeps best.pt by it).
 VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
 # data.shard_order names, owned here (a config never imports torch); the loader maps each to its stage.
 SHARD_ORDERS = ("resample", "epoch")
@@ -190,7 +190,7 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = True
     wandb: bool = False
-    # In-training validation on the val split (viewfusion.validate): every validate_every steps
+    # In-training validation on the val split (viewfusion.train.validate): every validate_every steps
     # (null: never), the held-out loss on validate_draws fixed draws and DDIM-validate_steps
     # samples of validate_targets fixed targets with validate_views views (null: data.max_views),
     # all seeded by validate_seed; checkpoints/best.pt keeps the best validate_metric.
@@ -284,7 +284,7 @@ def _require_finite(section, name: str) -> None:
 def check_clamp(clamp) -> tuple[float, float] | None:
     """The predicted-x0 clamp range as (low, high) floats, or None; ValueError unless both are
     finite and low < high. The rule's one owner: ModelConfig and every sampler (via
-    viewfusion.diffusion) call it, and it lives here so that reading a config needs no torch."""
+    viewfusion.model.diffusion) call it, and it lives here so that reading a config needs no torch."""
     if clamp is None:
         return None
     lo, hi = (float(v) for v in clamp)
@@ -390,7 +390,7 @@ def config_sha256(cfg: ExperimentConfig) -> str:
 
 def build_model(cfg: ExperimentConfig):
     """The ViewFusion model (U-Net denoiser + noise schedule) that `cfg` describes."""
-    from viewfusion.diffusion import Schedule
+    from viewfusion.model.diffusion import Schedule
     from viewfusion.model.unet import UNet
     from viewfusion.model.viewfusion import ViewFusion
 

@@ -39,7 +39,7 @@ from viewfusion.fsutil import atomic_write_json, plain_name, sha256_file
 
 FORMAT = "viewfusion-eval-manifest"
 FORMAT_VERSION = 1
-# The `source` of Figure 2's manifest (viewfusion.figure_samples), which shows the view weights at
+# The `source` of Figure 2's manifest (viewfusion.evaluate.figure_samples), which shows the view weights at
 # every target, the input views included: the one kind whose targets may be conditioning views.
 FIGURE_SOURCE = "figure"
 # Where the workflow keeps a manifest, per evaluation.protocol (the rules' output patterns too).
@@ -83,7 +83,7 @@ def item_name(key: str, target: int, view_count: int, k: int) -> str:
 
 def item_labels(item: dict) -> dict:
     """The labels of a target that metrics rows carry (synset, category, object_id, view_count),
-    derived from its key and cond_views: fields its item tag (viewfusion.provenance) covers, so
+    derived from its key and cond_views: fields its item tag (viewfusion.evaluate.provenance) covers, so
     that a manifest edited after sampling cannot score old images under new labels."""
     synset, object_id = nmr.split_key(item["key"])
     return {"synset": synset, "category": nmr.SYNSETS.get(synset, synset), "object_id": object_id,

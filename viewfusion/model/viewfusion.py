@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from viewfusion.config import PREDICTIONS, ModelConfig, check_clamp, unet_channels
-from viewfusion.diffusion import (
+from viewfusion.model.diffusion import (
     BUFFER_NAMES,
     AncestralSampler,
     Schedule,
@@ -38,7 +38,7 @@ from viewfusion.diffusion import (
     sample_continuous_gamma,
     v_target,
 )
-from viewfusion.solvers import make_sampler_for
+from viewfusion.model.solvers import make_sampler_for
 
 __all__ = ["PAPER_UNET_KWARGS", "GenerationResult", "SampleStep", "ViewFusion", "count_unet_evals"]
 

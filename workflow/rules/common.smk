@@ -1,5 +1,5 @@
 # Python helpers of the workflow: config validation and get_* input functions. Rules hold none.
-# Every cross-setting check (viewfusion.workflowchecks, which `viewfusion plan` runs too) runs here,
+# Every cross-setting check (viewfusion.workflow.checks, which `viewfusion plan` runs too) runs here,
 # when the DAG is built, before any job can delete outputs.
 import os
 import re
@@ -10,15 +10,16 @@ from types import SimpleNamespace
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the viewfusion package beside the Snakefile
-from viewfusion import chunking, samplers
+from viewfusion.workflow import chunking
+from viewfusion.model import samplers
 from viewfusion.bounded import check_tree, load_yaml, loads_yaml
-from viewfusion.samplestore import ground_truth_path
+from viewfusion.evaluate.samplestore import ground_truth_path
 from viewfusion.configfile import written_sha256
-from viewfusion.rundir import snapshot_name
+from viewfusion.train.rundir import snapshot_name
 from viewfusion.data.manifest import WORKFLOW_MANIFESTS, workflow_manifest
-from viewfusion import workflowchecks
+from viewfusion.workflow import checks as workflowchecks
 from viewfusion.errors import ViewFusionError
-from viewfusion.workflowconfig import DEFAULT_SAMPLE_MINUTES, runtime_minutes
+from viewfusion.workflow.config import DEFAULT_SAMPLE_MINUTES, runtime_minutes
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -72,7 +73,7 @@ def eval_shard_set(exp):
 
 
 def check_config():
-    """Cross-setting checks, all at DAG-build time (see config_error): viewfusion.workflowchecks,
+    """Cross-setting checks, all at DAG-build time (see config_error): viewfusion.workflow.checks,
     which `viewfusion plan` runs too, so both refuse the same configs."""
     workflowchecks.check_workflow_config(config, train_gpus=profile_train_gpus())
 
@@ -97,7 +98,7 @@ def exp_pattern(names):
 
 def profile_sample_minutes():
     """The sample rule's runtime in the profile (attempt 1), else the rule's own default: the
-    budget the chunks are sized to (viewfusion.chunking)."""
+    budget the chunks are sized to (viewfusion.workflow.chunking)."""
     sample = workflow.resource_settings.overwrite_resources.get("sample")
     runtime = None if sample is None else sample.get("runtime")
     return DEFAULT_SAMPLE_MINUTES if runtime is None else runtime_minutes(runtime.raw, "the profile's sample")
@@ -123,7 +124,7 @@ wildcard_constraints:
 
 
 def sampler_tag(spec):
-    """{name, steps, eta, spacing} of the config -> a path-safe tag (viewfusion.samplers.tag_of)."""
+    """{name, steps, eta, spacing} of the config -> a path-safe tag (viewfusion.model.samplers.tag_of)."""
     return samplers.tag_of(spec)
 
 
@@ -215,7 +216,7 @@ def sample_dir(exp, ckpt, sampler, views):
 
 
 def get_sample_chunks(wildcards):
-    """The chunk markers of one setting: the count viewfusion.chunking sized for it (one for a
+    """The chunk markers of one setting: the count viewfusion.workflow.chunking sized for it (one for a
     swept sampler, whose `sample_sweep` job writes every view count's)."""
     n = 1 if wildcards.sampler in SIZING.swept else SIZING.chunks(wildcards.exp, wildcards.sampler, wildcards.views)
     base = sample_dir(wildcards.exp, wildcards.ckpt, wildcards.sampler, wildcards.views)

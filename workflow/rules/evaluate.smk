@@ -1,9 +1,9 @@
 # Sampling in chunks (one job each, Slurm runs them in parallel) -> per-image metrics.
 # Changing only sampler, steps, view counts or metrics reruns these jobs and never training.
 # evaluation.batch_size is a resource, not a param: images do not depend on it (only memory does). A rerun
-# keeps the images whose fingerprint matches and regenerates the rest (viewfusion.provenance).
+# keeps the images whose fingerprint matches and regenerates the rest (viewfusion.evaluate.provenance).
 #
-# How many chunks a setting gets is sized from the rate model (viewfusion.chunking, SIZING in
+# How many chunks a setting gets is sized from the rate model (viewfusion.workflow.chunking, SIZING in
 # common.smk): long settings many, short ones one. A sampler whose whole sweep of view counts fits
 # one job is *swept*: `sample_sweep` samples all its view counts in one job (one chunk each).
 # Three rules with one command (common.smk: sample_command): `sample` and `sample_sweep` run the

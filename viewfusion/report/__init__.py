@@ -1,0 +1,2 @@
+"""Stage report (workflow/rules/report.smk): tables and figures from metrics and samples.
+Never imports torch."""
