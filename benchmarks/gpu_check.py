@@ -43,13 +43,13 @@ HERE = Path(__file__).resolve().parent
 from peaks import peak_tflops  # noqa: E402
 
 import viewfusion  # noqa: E402
-from viewfusion.config import build_model  # noqa: E402
 from viewfusion.configfile import load_config  # noqa: E402
 from viewfusion.data.manifest import make_manifest  # noqa: E402
 from viewfusion.data.reader import load_objects  # noqa: E402
 from viewfusion.data.shard import write_shards  # noqa: E402
 from viewfusion.data.synth import write_synth_zip  # noqa: E402
 from viewfusion.evaluate.targets import build_batch, nearest_view_images  # noqa: E402
+from viewfusion.model.build import build_model  # noqa: E402
 from viewfusion.train import distributed  # noqa: E402
 from viewfusion.train import loop as train  # noqa: E402
 from viewfusion.train import state as trainstate  # noqa: E402

@@ -30,8 +30,8 @@ import torch
 from peaks import peak_tflops  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
-from viewfusion.config import build_model  # noqa: E402
 from viewfusion.configfile import load_config  # noqa: E402
+from viewfusion.model.build import build_model  # noqa: E402
 from viewfusion.train import distributed  # noqa: E402
 from viewfusion.train import loop as train  # noqa: E402
 from viewfusion.train import state as trainstate  # noqa: E402

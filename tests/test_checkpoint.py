@@ -15,10 +15,11 @@ from model_utils import TINY_UNET, batch, tiny_model
 from train_utils import flip_weight_bit
 
 from viewfusion.cli import main as cli
-from viewfusion.config import build_model, to_dict
+from viewfusion.config import to_dict
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.model import checkpoint
+from viewfusion.model.build import build_model
 from viewfusion.model.checkpoint import load_official
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,8 +349,9 @@ def test_load_official_round_trip_and_errors(tmp_path):
 def tiny_v_checkpoint(path):
     """A checkpoint of ours whose config differs from the official settings where sampling
     notices: v-prediction, no clamp, a 50-step cosine schedule."""
-    from viewfusion.config import build_model, from_dict, to_dict
+    from viewfusion.config import from_dict, to_dict
     from viewfusion.model import checkpoint
+    from viewfusion.model.build import build_model
 
     cfg = from_dict({"name": "tiny_v", "model": {
         "image_size": 16, "inner_channel": 8, "channel_mults": [1, 2], "attn_res": [8], "res_blocks": 1,

@@ -10,6 +10,7 @@ import pytest
 from viewfusion import config as C
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
+from viewfusion.model.build import build_model
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "config" / "experiments"
 NAMES = ["paper", "no_weighting", "relative", "withhold_car", "tiny"]
@@ -182,7 +183,7 @@ def test_dict_round_trip(name):
 def test_build_model_follows_the_config():
     cfg = load("tiny", "model.image_size=32", "model.inner_channel=16", "model.channel_mults=[1, 2]",
                "model.weighting=false", "model.relative=true")
-    model = C.build_model(cfg)
+    model = build_model(cfg)
     assert (model.weighting, model.relative) == (False, True)
     assert model.denoise_fn.downs[0].weight.shape[1] == 9
     assert model.gammas.shape == (cfg.diffusion.n_timestep,)

@@ -11,11 +11,11 @@ import inmemory_train
 import torch
 from train_utils import SAMPLE_SMALL, TINY
 
-from viewfusion.config import build_model
 from viewfusion.configfile import load_config
 from viewfusion.data.manifest import make_manifest
 from viewfusion.data.nmr import view_distance
 from viewfusion.fsutil import atomic_write_json
+from viewfusion.model.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,10 @@ from train_utils import flip_weight_bit, save_random_model
 
 from viewfusion.data.manifest import make_manifest
 from viewfusion.evaluate.groundtruth import write_ground_truth
-from viewfusion.evaluate.sample import SamplerSpec, chunk_items, sample_chunk
+from viewfusion.evaluate.sample import chunk_items, sample_chunk
 from viewfusion.evaluate.samplestore import Pack, write_pack
 from viewfusion.fsutil import atomic_write_json
+from viewfusion.model.samplers import SamplerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SamplerSpec("ddim", 4)

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_model():
     """The tiny config (v-prediction, clamp [0, 1]) shrunk as the sampling tests shrink it."""
-    from viewfusion.config import build_model
     from viewfusion.configfile import load_config
+    from viewfusion.model.build import build_model
 
     torch.manual_seed(0)
     model = build_model(load_config(TINY, [*SAMPLE_SMALL, "model.image_size=16"])).eval()

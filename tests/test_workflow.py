@@ -342,7 +342,8 @@ def test_published_weights_are_scored_without_training(pipeline, tmp_path):
     import numpy as np
     import torch
 
-    from viewfusion.config import build_model, from_dict
+    from viewfusion.config import from_dict
+    from viewfusion.model.build import build_model
 
     work = tmp_path / "work"
     shutil.copytree(pipeline, work, symlinks=True)

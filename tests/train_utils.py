@@ -31,9 +31,10 @@ SAMPLE_SMALL = ["model.inner_channel=16", "model.channel_mults=[1, 2]", "model.n
 def save_random_model(path: Path, *, step: int, edit=None, sets=()) -> Path:
     """A checkpoint of the tiny config with `SAMPLE_SMALL` (then `sets`) and seed-0 random weights;
     `edit(model)` may change the weights before saving."""
-    from viewfusion.config import build_model, to_dict
+    from viewfusion.config import to_dict
     from viewfusion.configfile import load_config
     from viewfusion.model import checkpoint
+    from viewfusion.model.build import build_model
 
     cfg = load_config(TINY, [*SAMPLE_SMALL, *sets])
     torch.manual_seed(0)

@@ -29,13 +29,13 @@ import time
 import numpy as np
 import torch
 
-from viewfusion.config import build_model
 from viewfusion.configfile import load_config
 from viewfusion.data import nmr
 from viewfusion.data.loader import relative_angle, select_views
 from viewfusion.data.manifest import read_manifest
 from viewfusion.data.reader import load_objects
 from viewfusion.evaluate.targets import build_batch, nearest_view_images
+from viewfusion.model.build import build_model
 from viewfusion.train import state as trainstate
 from viewfusion.workflow import probe
 

@@ -1,4 +1,4 @@
-"""Experiment configs: the frozen dataclasses of a config, their checks, and the model they build.
+"""Experiment configs: the frozen dataclasses of a config and their checks (no torch, no model).
 
 A config file has four sections (`model`, `diffusion`, `data`, `train`) plus `name` and
 `description`. A variant names its parent with `base:` (a path relative to the variant file)
@@ -17,7 +17,7 @@ them equal to `paper.yaml`), so `ExperimentConfig()` is the paper config and a c
 plain-dict config rebuilds exactly with `from_dict`.
 
     cfg = viewfusion.configfile.load_config("config/experiments/tiny.yaml", ["train.max_steps=10"])
-    model = build_model(cfg)
+    model = viewfusion.model.build.build_model(cfg)
 """
 
 from __future__ import annotations
@@ -386,16 +386,3 @@ def config_sha256(cfg: ExperimentConfig) -> str:
     from viewfusion.fsutil import sha256_json
 
     return sha256_json(to_dict(cfg))
-
-
-def build_model(cfg: ExperimentConfig):
-    """The ViewFusion model (U-Net denoiser + noise schedule) that `cfg` describes."""
-    from viewfusion.model.diffusion import Schedule
-    from viewfusion.model.unet import UNet
-    from viewfusion.model.viewfusion import ViewFusion
-
-    m, d = cfg.model, cfg.diffusion
-    schedule = Schedule.make(d.schedule, d.n_timestep, linear_start=d.linear_start,
-                             linear_end=d.linear_end)
-    return ViewFusion(UNet(**m.unet_kwargs()), schedule, weighting=m.weighting,
-                      relative=m.relative, clamp=m.clamp, prediction=d.prediction)

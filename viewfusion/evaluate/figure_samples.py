@@ -25,7 +25,6 @@ from viewfusion.data.shardmanifest import read_shard_manifest
 from viewfusion.errors import ViewFusionError
 from viewfusion.evaluate.groundtruth import write_ground_truth
 from viewfusion.evaluate.sample import (
-    SamplerSpec,
     add_sampler_arguments,
     check_options,
     encode_png,
@@ -35,7 +34,7 @@ from viewfusion.evaluate.sample import (
 )
 from viewfusion.evaluate.targets import generate_batch, target_angles
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
-from viewfusion.model.samplers import SAMPLER_KINDS, spacing_of
+from viewfusion.model.samplers import SAMPLER_KINDS, SamplerSpec, spacing_of
 from viewfusion.train.distributed import resolve_device
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2

@@ -23,7 +23,6 @@ import argparse
 import io
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +45,8 @@ from viewfusion.model.checkpoint import (
     load_state,
     weights_sha256,
 )
-from viewfusion.model.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, cli_flags, spacing_of
+from viewfusion.model.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, SamplerSpec, spacing_of
 from viewfusion.train.distributed import resolve_device
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
-    steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
-    eta: float = 0.0
-    spacing: str | None = None  # viewfusion.model.samplers.SPACINGS; None: the sampler's default
-
-    def flags(self) -> str:
-        return cli_flags(self.name, self.steps, self.eta, self.spacing)
 
 
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,

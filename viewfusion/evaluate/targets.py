@@ -7,16 +7,12 @@ the nearest-view copy baseline; shared by sampling, validation, probes and the G
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from viewfusion.data.loader import relative_angle
 from viewfusion.data.nmr import view_angle, view_distance
-
-if TYPE_CHECKING:  # sample.py imports this module
-    from viewfusion.evaluate.sample import SamplerSpec
+from viewfusion.model.samplers import SamplerSpec
 
 
 def build_batch(items: list[dict], objects: dict, *, relative: bool, device: torch.device) -> dict:

@@ -1,7 +1,9 @@
-"""The ViewFusion model: the SR3 U-Net denoiser and the composable diffusion wrapper.
-(Loading checkpoints of any kind, `load_official` included, is viewfusion.model.checkpoint's job.)"""
+"""The ViewFusion model: the SR3 U-Net denoiser and the composable diffusion wrapper, their
+schedules, samplers and solvers, the torch-free sampler names and settings, building from a
+config, and checkpoints of any kind (`load_official` included, in viewfusion.model.checkpoint)."""
 
 _LAZY = {
+    "build_model": "viewfusion.model.build",
     "UNet": "viewfusion.model.unet",
     "GenerationResult": "viewfusion.model.viewfusion",
     "ViewFusion": "viewfusion.model.viewfusion",
@@ -18,4 +20,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'viewfusion.model' has no attribute {name!r}")
 
 
-__all__ = ["GenerationResult", "UNet", "ViewFusion", "count_unet_evals"]
+__all__ = ["GenerationResult", "UNet", "ViewFusion", "build_model", "count_unet_evals"]

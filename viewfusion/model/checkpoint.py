@@ -39,7 +39,6 @@ import torch
 
 from viewfusion.config import (
     ExperimentConfig,
-    build_model,
     check_clamp,
     from_dict,
     to_dict,
@@ -48,6 +47,7 @@ from viewfusion.config import (
 from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import atomic_path
+from viewfusion.model.build import build_model
 
 if TYPE_CHECKING:
     from viewfusion.model.viewfusion import ViewFusion

@@ -12,11 +12,13 @@ markers and the tables ask.
     sampler_name(marker)   -> the name a chunk marker's setting has in metrics rows: "ddim-eta1",
                               "ddim-eta1-lambda"
     label(name, steps)     -> how tables and figures print a setting: "ddim-eta1-50", "ddpm-full"
+    SamplerSpec(name, steps, eta, spacing)  one setting, as sampling and its callers pass it
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # Model samplers: the paper's ancestral sampler, DDIM and the few-step solvers (viewfusion.model.solvers).
 SOLVER_KINDS = ("dpmpp-2m", "dpmpp-2m-sde", "unipc", "euler", "heun")
@@ -139,3 +141,14 @@ def parse_tag(text: str) -> tuple[str, int | None, float, str | None]:
     if canonical != text:  # one folder per setting: "ddim-10-linspace" and "ddim-10-eta0" are "ddim-10"
         raise ValueError(f"{text!r} names the setting of {canonical!r}; use that tag")
     return parsed
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str  # "ddpm" (the paper's ancestral sampler), "ddim" or "nearest" (the copy baseline)
+    steps: int | None  # None: the full training schedule (ddpm-2000 for the paper), DDIM 50
+    eta: float = 0.0
+    spacing: str | None = None  # SPACINGS; None: the sampler's default
+
+    def flags(self) -> str:
+        return cli_flags(self.name, self.steps, self.eta, self.spacing)

@@ -19,9 +19,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from viewfusion.config import ExperimentConfig, TrainConfig, build_model, select_precision, to_dict
+from viewfusion.config import ExperimentConfig, TrainConfig, select_precision, to_dict
 from viewfusion.errors import ViewFusionError
 from viewfusion.model import checkpoint
+from viewfusion.model.build import build_model
 from viewfusion.train import distributed, rundir
 
 
