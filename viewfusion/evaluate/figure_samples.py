@@ -34,8 +34,8 @@ from viewfusion.evaluate.sample import (
 )
 from viewfusion.evaluate.targets import generate_batch, target_angles
 from viewfusion.fsutil import atomic_write_bytes, atomic_write_json
+from viewfusion.model.device import resolve_device
 from viewfusion.model.samplers import SAMPLER_KINDS, SamplerSpec, spacing_of
-from viewfusion.train.distributed import resolve_device
 
 FIGURE_COND_VIEWS = (0, 4, 8, 12, 16, 20)  # six inputs spread around the object, as in Fig. 2
 FIGURE_TARGET_STRIDE = 2  # targets every 30 degrees: the weights shift smoothly enough to follow

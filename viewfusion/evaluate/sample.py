@@ -45,8 +45,8 @@ from viewfusion.model.checkpoint import (
     load_state,
     weights_sha256,
 )
+from viewfusion.model.device import resolve_device
 from viewfusion.model.samplers import ALL_SAMPLERS, DEFAULT_SPACING, DEFAULT_STEPS, SPACINGS, SamplerSpec, spacing_of
-from viewfusion.train.distributed import resolve_device
 
 
 def check_options(spec: SamplerSpec, *, batch_size: int = 1, weights_every: int = 1,

@@ -12,7 +12,6 @@ GPU ranks use NCCL and `cuda:LOCAL_RANK`; CPU ranks use gloo. Only rank 0 writes
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from viewfusion.errors import ViewFusionError
+from viewfusion.model.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,6 @@ def env_ranks() -> tuple[int, int, int]:
                 int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError as err:
         raise ViewFusionError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {err}") from None
-
-
-def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
-    """`auto` is CUDA when present, else CPU; each rank takes the GPU of its local rank;
-    `cuda:N` (one process, e.g. sampling) names a GPU."""
-    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", kind):
-        raise ViewFusionError(f"--device {kind!r}: use auto, cpu, cuda or cuda:N")
-    if kind.startswith("cuda") and not torch.cuda.is_available():
-        raise ViewFusionError(f"--device {kind}: torch sees no CUDA device here; use --device cpu or auto")
-    if kind.startswith("cuda:"):
-        if int(kind[5:]) >= torch.cuda.device_count():
-            raise ViewFusionError(f"--device {kind}: only {torch.cuda.device_count()} GPUs visible")
-        return torch.device(kind)
-    if kind == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise ViewFusionError(f"local rank {local_rank} has no GPU: only "
-                              f"{torch.cuda.device_count()} visible (CUDA_VISIBLE_DEVICES?)")
-    return torch.device("cuda", local_rank)
 
 
 def setup(*, device: str = "auto") -> Dist:

@@ -291,7 +291,7 @@ def heldout(*, checkpoint: str, shards: str, split: str = "val", draws: int = 25
     """The held-out loss of one checkpoint as the JSON-ready dict `viewfusion heldout` writes."""
     from viewfusion.data.shardmanifest import data_sha256, read_shard_manifest
     from viewfusion.evaluate.sample import load_sampling_model
-    from viewfusion.train.distributed import resolve_device
+    from viewfusion.model.device import resolve_device
 
     if row_batch is not None and row_batch < 1:
         raise ViewFusionError(f"--row-batch {row_batch}: must be at least 1")
