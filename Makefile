@@ -33,6 +33,7 @@ test: $(STAMP) lpips-weights
 
 lint: $(STAMP)
 	$(BIN)/ruff check viewfusion tests benchmarks tools
+	$(BIN)/lint-imports --no-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 clean-results:
