@@ -1,4 +1,5 @@
-"""The README's "Only the model" example runs as printed, on a file in the official layout."""
+"""The README's "Only the model" example runs as printed, on a file in the official layout, and
+its "Where things are" table puts every command in the package that holds its module."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from viewfusion.cli import COMMANDS
 from viewfusion.model.diffusion import Schedule
 from viewfusion.model.unet import UNet
 from viewfusion.model.viewfusion import PAPER_UNET_KWARGS, ViewFusion
@@ -44,3 +46,19 @@ def test_readme_model_example_runs_on_an_official_file(tmp_path):
     torch.testing.assert_close(weights[1].sum(0), torch.ones(3, 64, 64))
     for name, value in model.state_dict().items():
         assert torch.equal(scope["model"].state_dict()[name], value)
+
+
+def where_things_are() -> dict[str, list[str]]:
+    """Package folder -> the commands its row lists."""
+    section = README.read_text().split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ")]
+    return {cells[1].strip().strip("`"): re.findall(r"`([^`]+)`", cells[3]) for cells in rows[1:]}
+
+
+def test_where_things_are_lists_every_command_in_its_package():
+    table = where_things_are()
+    assert "viewfusion/train/" in table and "viewfusion/report/" in table
+    for words, (module, _) in COMMANDS.items():
+        package = module.rsplit(".", 1)[0].replace(".", "/") + "/"
+        folder = package if package in table else next(k for k in table if k.startswith("viewfusion/{"))
+        assert " ".join(words) in table[folder], (words, module, folder)
