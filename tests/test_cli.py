@@ -3,6 +3,7 @@ exit 2, help of a command group works, and nothing is written before the check f
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from viewfusion.cli import main, one_line
+from viewfusion.cli import COMMANDS, main, one_line
 from viewfusion.data.loader import train_loader
 from viewfusion.errors import ViewFusionError
 
@@ -136,3 +137,10 @@ def test_a_data_loader_worker_error_is_printed_as_its_own_one_line_message(synth
     assert one_line(caught.value).startswith(f"shard {copy / 'nmr-train-0000.tar'}: sha256 is ")
     assert one_line(caught.value).endswith(f"the manifest says {'0' * 64}: corrupted or modified; "
                                            "run `viewfusion data shard` again")
+
+
+@pytest.mark.parametrize("words", list(COMMANDS), ids=" ".join)
+def test_every_command_names_a_module_with_its_two_functions(words):
+    # The table holds module paths as strings, which neither ruff nor import-linter follows.
+    module = importlib.import_module(COMMANDS[words][0])
+    assert callable(module.add_arguments) and callable(module.run)
