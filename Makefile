@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   builds .venv, then runs the whole pipeline on the synthetic dataset (CPU)
-#   make test   builds .venv, then runs the test suite
+#   make test   builds .venv, then runs the test suite (everything; what CI runs)
+# For daily work, `make test-fast` leaves out the tests marked slow (real pipeline runs, training,
+# sampling), and `make lint` runs ruff, import-linter and snakemake --lint.
 # Every version comes from constraints.txt, so CPU laptops and CUDA clusters resolve the same pins.
 
 PY      ?= python3
@@ -9,7 +11,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint lpips-weights clean-results
+.PHONY: demo test test-fast lint lpips-weights clean-results
 
 $(STAMP): pyproject.toml constraints.txt viewfusion/torchvision_shim.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +32,9 @@ demo: $(STAMP) lpips-weights
 
 test: $(STAMP) lpips-weights
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) lpips-weights
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check viewfusion tests benchmarks tools

@@ -93,6 +93,7 @@ def test_the_loss_is_its_definition_on_a_zero_output_model(shards, tmp_path, cap
     assert result["draws_sha256"] == heldout.draws_sha256(draws)
 
 
+@pytest.mark.slow
 def test_a_trained_model_ranks_above_its_perturbed_weights(trained, shards, tmp_path, capsys, one_thread):
     ckpt = checkpoint.load(trained)
     torch.manual_seed(0)

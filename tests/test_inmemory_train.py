@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import inmemory_train
+import pytest
 import torch
 from train_utils import SAMPLE_SMALL, TINY
 
@@ -20,6 +21,7 @@ from viewfusion.model.build import build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_inmemory_train_evaluates_and_saves(synth_shards, tmp_path, capsys):
     manifest = tmp_path / "v2.json"
     atomic_write_json(manifest, make_manifest(synth_shards, split="test", view_count=2, seed=0, max_objects=3))

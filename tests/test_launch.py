@@ -43,6 +43,7 @@ def test_slurm_job_asks_for_gpus_signal_and_partition(tmp_path, monkeypatch):
     assert executor._executor.max_num_timeout == 3
 
 
+@pytest.mark.slow
 def test_local_job_requeues_at_a_time_limit_and_finishes(shards, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "run"

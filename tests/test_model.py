@@ -225,6 +225,7 @@ def test_per_target_seeds_are_batch_invariant(sampler, steps, eta):
     assert (other_seed - alone).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_scene():
     torch.manual_seed(0)
     model = ViewFusion(UNet(**{**TINY_UNET, "image_size": 32}), SCHEDULE).train()

@@ -72,6 +72,7 @@ def test_resolve_on_this_machine_is_fp32_on_cpu_and_autocast_matches():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_fp16_with_gradient_scaler_trains_checkpoints_and_resumes_on_cpu(shards, tmp_path):
     """The V100 path on CPU: fp16 autocast, GradScaler('cpu') with clipping (unscale first); the
     scaler's state is in the checkpoint and a resume continues it exactly."""
@@ -96,6 +97,7 @@ def test_fp16_with_gradient_scaler_trains_checkpoints_and_resumes_on_cpu(shards,
     assert load(resumed / "final.pt")["scaler"] == scaler
 
 
+@pytest.mark.slow
 def test_fp32_checkpoints_carry_no_scaler(shards, tmp_path):
     res = run_train(shards, tmp_path / "run", "train.max_steps=1")
     assert res.returncode == 0, res.stderr

@@ -34,6 +34,7 @@ def manifest(synth_shards, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blind", [False, True])
 def test_probe_separates_blind_and_seeing_models(blind, manifest, synth_shards, tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "model.pt", blind=blind)

@@ -174,6 +174,7 @@ def local_rules(work: Path, *configfiles: str) -> set[str]:
     return set(re.search(r"^LOCAL(.*)$", proc.stdout, re.M).group(1).split())
 
 
+@pytest.mark.slow
 def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     jobs, _, text = paper
     stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:", 1)[1], re.M)}
@@ -213,6 +214,7 @@ def test_the_paper_dag_and_what_runs_locally(paper, tmp_path):
     assert stats["ground_truth"] == len(planned.manifests) == stats["eval_manifest"]
 
 
+@pytest.mark.slow
 def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
     jobs, _, _ = paper
     train = jobs["train"]
@@ -229,6 +231,7 @@ def test_training_is_one_node_fixed_memory_early_signal_and_requeue(paper):
     assert "--max-minutes 14400" in train.shell
 
 
+@pytest.mark.slow
 def test_sampling_gets_a_gpu_and_small_cpu_jobs_go_in_bundles(paper):
     jobs, _, text = paper
     sample, sweep = flags(sbatch(jobs["sample"])), flags(sbatch(jobs["sample_sweep"]))
@@ -284,6 +287,7 @@ def test_nodes_must_divide_the_shards(tmp_path):
      "nproc 1, but the profile gives each training node 2 GPUs"),
     ("local", [], ["--set-resources", "train:gpu=3"], "nproc 1, but the profile gives each training node 3 GPUs"),
 ])
+@pytest.mark.slow
 def test_nproc_must_equal_the_profiles_gpus_per_node(tmp_path, profile, configfiles, extra, gpus):
     """One process per GPU: a profile asking for other GPUs than training.nproc is refused when
     the DAG is built (before the queue wait after which train.sh would refuse it)."""
@@ -300,6 +304,7 @@ def ci(tmp_path_factory):
     return dry_run(_copy(tmp_path_factory.mktemp("ci")), "--profile", "profiles/slurm-ci")
 
 
+@pytest.mark.slow
 def test_both_slurm_profiles_map_the_portable_resources(paper, ci):
     """Both Slurm profiles parse and map the portable resources as documented (no cluster), each
     with the config it is documented with: the real profile's 4 GPUs per training node need

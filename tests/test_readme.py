@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from viewfusion.cli import COMMANDS
@@ -22,6 +23,7 @@ def readme_model_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_model_example_runs_on_an_official_file(tmp_path):
     torch.manual_seed(0)
     model = ViewFusion(UNet(**PAPER_UNET_KWARGS), Schedule.make("linear", 2000, linear_start=1e-6,

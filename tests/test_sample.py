@@ -59,6 +59,7 @@ def test_chunk_items_partition_the_manifest():
     assert sum(parts, []) == items
 
 
+@pytest.mark.slow
 def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shards, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=whole, chunk="1/1",
@@ -77,6 +78,7 @@ def test_chunking_and_batch_size_give_identical_pngs(ckpt, manifest, synth_shard
                                                                               "3-of-3.json"]
 
 
+@pytest.mark.slow
 def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_shards, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "viewfusion.cli", "sample", "--checkpoint", str(ckpt), "--manifest", str(manifest),
@@ -173,6 +175,7 @@ def _other_weights(model):
         p.add_(0.05)
 
 
+@pytest.mark.slow
 def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, manifest, synth_shards, tmp_path):
     """Sampling checkpoint A, then B (same step, other weights) or other --steps into one folder
     regenerates every image: the folder ends byte-identical to a fresh folder of the new settings."""
@@ -198,6 +201,7 @@ def test_resampling_a_folder_with_other_settings_never_keeps_old_images(ckpt, ma
     assert all(packed_images(shared)[name] != png for name, png in packed_images(fresh).items())
 
 
+@pytest.mark.slow
 def test_another_spacing_is_another_fingerprint_and_the_default_keeps_the_old_one(ckpt, manifest, synth_shards,
                                                                                  tmp_path):
     """The same sampler, steps and weights on another grid of timesteps makes other images: they
@@ -219,6 +223,7 @@ def test_another_spacing_is_another_fingerprint_and_the_default_keeps_the_old_on
     assert packed_images(tmp_path / "d") == old
 
 
+@pytest.mark.slow
 def test_metrics_refuses_an_image_made_by_other_settings(ckpt, manifest, synth_shards, tmp_path):
     from viewfusion.errors import ViewFusionError
     from viewfusion.evaluate.metrics import compute_metrics
@@ -319,6 +324,7 @@ def test_a_checkpoint_with_flipped_weight_bytes_is_refused(manifest, synth_shard
         assert _nothing_written(out) and _nothing_written(out / "weights")  # sample-figures samples there
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_clear_line(ckpt, manifest, synth_shards, full_disk, capsys):
     from viewfusion.cli import main
 
@@ -332,6 +338,7 @@ def test_a_full_disk_is_one_clear_line(ckpt, manifest, synth_shards, full_disk, 
     assert not (full_disk / "out" / "chunks" / "1-of-1.json").exists()
 
 
+@pytest.mark.slow
 def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest, synth_shards, tmp_path, capsys):
     from viewfusion.cli import main
 
@@ -349,6 +356,7 @@ def test_few_step_solvers_sample_and_record_steps_and_unet_calls(ckpt, manifest,
     assert "eta" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_markers_of_other_settings_are_dropped_when_a_folder_is_resampled(ckpt, manifest, synth_shards, tmp_path):
     """Two chunks of one setting, then the folder resampled as one chunk of another: the old
     2-chunk markers would mark items complete under the old label; they go, metrics reads the new."""
@@ -382,6 +390,7 @@ def test_sampling_angles_are_the_training_loaders_bit_for_bit():
 
 # ---------------------------------------------------------------- packed storage (issue 17)
 
+@pytest.mark.slow
 def test_a_chunk_is_one_pack_and_a_new_chunking_reuses_every_image(ckpt, manifest, synth_shards, tmp_path):
     out = tmp_path / "s"
     sample_chunk(checkpoint=ckpt, manifest=manifest, shards=synth_shards, out=out, chunk="1/1", spec=SPEC, device="cpu")

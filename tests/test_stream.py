@@ -94,6 +94,7 @@ def z_scores(shards, **loader_args) -> dict[str, float]:
             for name, value in stream_stats(objects, categories, len(index)).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_default_stream_looks_like_independent_uniform_draws(demo_shards, seed):
     defaults = DataConfig()
@@ -101,6 +102,7 @@ def test_the_default_stream_looks_like_independent_uniform_draws(demo_shards, se
     assert all(abs(v) <= TOLERANCE for v in z.values()), z
 
 
+@pytest.mark.slow
 def test_a_stream_without_shuffling_fails_the_check(demo_shards):
     """Buffer 1: the shards' object order as it is. No object comes back within a pass."""
     z = z_scores(demo_shards, seed=0, shuffle_buffer=1)

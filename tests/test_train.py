@@ -53,6 +53,7 @@ def test_per_rank_batch_must_divide():
         distributed.per_rank_batch(112, 3)
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_is_idempotent(shards, tmp_path):
     out = tmp_path / "run"
     res = run_train(shards, out, "train.max_steps=4", "train.snapshot_steps=[2]")
@@ -73,6 +74,7 @@ def test_run_writes_checkpoints_metrics_and_is_idempotent(shards, tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_then_restart_is_bit_identical(shards, tmp_path, workers):
     killed = tmp_path / "killed"
@@ -90,6 +92,7 @@ def test_sigkill_then_restart_is_bit_identical(shards, tmp_path, workers):
     assert_same_weights(load(killed / "final.pt"), load(tmp_path / "straight" / "final.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_inside_a_data_segment_is_bit_identical(shards, tmp_path, workers):
     """A checkpoint at step 3 of a 5-step loader segment: the resumed run replays the segment's
@@ -104,6 +107,7 @@ def test_resume_inside_a_data_segment_is_bit_identical(shards, tmp_path, workers
     assert_same_weights(load(resumed / "final.pt"), load(tmp_path / "straight" / "final.pt"))
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_75(shards, tmp_path):
     out = tmp_path / "run"
     proc = start_train(shards, out, "train.max_steps=1000", "train.checkpoint_every=1000")
@@ -117,6 +121,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_75(shards, tmp_path):
     assert not (out / "final.pt").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
     res = run_train(shards, out, "train.max_steps=20", **{train.FAULT_NAN_ENV: "5"})
@@ -128,6 +133,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, tmp_
     assert not (out / "final.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_model_and_wrong_shards(shards, tmp_path):
     out = tmp_path / "run"
     assert run_train(shards, out, "train.max_steps=1").returncode == 0
@@ -137,6 +143,7 @@ def test_resume_refuses_another_model_and_wrong_shards(shards, tmp_path):
     assert res.returncode == 2 and "expects data.withheld: ['car']" in res.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_stay_in_sync_on_different_samples(shards, tmp_path):
     out = tmp_path / "ddp"
     res = run_train(shards, out, "train.max_steps=4", nproc=2)
@@ -153,6 +160,7 @@ def test_torchrun_two_ranks_stay_in_sync_on_different_samples(shards, tmp_path):
     assert bad.returncode != 0 and "3 is not divisible by the 2 ranks" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_relabelled_with_another_config(shards, tmp_path):
     """A retrain with another config must not wrap the old weights in the new config (it used to
     print "nothing to do" and rewrite final.pt); raising max_steps continues, restart moves aside."""
@@ -200,6 +208,7 @@ def test_resume_changes_allow_only_the_budget_and_cadence():
         "diffusion.prediction: 'v' -> 'eps'"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_missing_a_buffer_is_one_clear_line(shards, tmp_path):
     from viewfusion.model import checkpoint
 
@@ -213,6 +222,7 @@ def test_resume_from_a_checkpoint_missing_a_buffer_is_one_clear_line(shards, tmp
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_with_flipped_weight_bytes_is_one_clear_line(shards, tmp_path):
     """torch.load checks no CRC: resuming used to train on from the damaged EMA weights."""
     out = tmp_path / "run"
@@ -224,6 +234,7 @@ def test_resume_from_a_checkpoint_with_flipped_weight_bytes_is_one_clear_line(sh
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_training_is_one_clear_line(shards, full_disk):
     res = run_train(shards, full_disk / "run", "train.max_steps=3")
     # torch's writer hides the errno ("unexpected pos"): fsutil names the file and the likely cause

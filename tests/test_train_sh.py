@@ -127,6 +127,7 @@ def test_train_sh_finishes_and_keeps_the_budget(launcher):
     assert "torchrun" not in log.read_text()  # never started
 
 
+@pytest.mark.slow
 def test_train_sh_does_not_requeue_past_the_budget(launcher):
     start, run, log = launcher
     (run / "checkpoints").mkdir(parents=True)

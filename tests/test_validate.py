@@ -65,6 +65,7 @@ def test_validation_keys_are_checked_and_may_change_on_resume():
     assert resume_changes(load_config(TINY), load_config(TINY, VAL), step=10) == []
 
 
+@pytest.mark.slow
 def test_a_tiny_run_logs_validation_and_keeps_best_pt(shards, tmp_path, capsys):
     out = tmp_path / "run"
     res = run_train(shards, out, "train.max_steps=6", "train.checkpoint_every=1000", *VAL)
@@ -88,6 +89,7 @@ def test_a_tiny_run_logs_validation_and_keeps_best_pt(shards, tmp_path, capsys):
     assert {k: again[k] for k in NUMBERS} == {k: best_line[k] for k in NUMBERS}
 
 
+@pytest.mark.slow
 def test_two_ranks_log_the_validation_of_one_process(shards, tmp_path, capsys):
     """2 gloo ranks split the 3 targets and 7 draws 2+1 and 4+3; one process on the same weights
     (best.pt of that run) gives the same numbers (PSNR/SSIM summed in another order)."""
@@ -104,6 +106,7 @@ def test_two_ranks_log_the_validation_of_one_process(shards, tmp_path, capsys):
         assert one[key] == line[key]  # gathered per draw, summed in draw order
 
 
+@pytest.mark.slow
 def test_exact_resume_holds_with_validation_on(shards, tmp_path):
     """Validation leaves the training alone (weights equal a run without it), and a run stopped
     at step 3 and resumed ends as the uninterrupted one, its best carried across the resume."""
