@@ -41,9 +41,10 @@ def wall(cmd, repeats: int, **kw) -> float:
 
 def paper_checkpoint(path: Path) -> int:
     """A checkpoint of the paper model (config/experiments/paper.yaml) with random weights."""
-    from viewfusion.config import build_model, to_dict
+    from viewfusion.config import to_dict
     from viewfusion.configfile import load_config
     from viewfusion.model import checkpoint
+    from viewfusion.model.build import build_model
 
     cfg = load_config(ROOT / "config/experiments/paper.yaml")
     model = build_model(cfg)

@@ -105,6 +105,7 @@ def test_killed_chunk_resumes_without_redoing_or_losing(ckpt, manifest, synth_sh
     assert not list(out.rglob(".*.tmp-*")), "half-written files of the killed run stay behind"
 
 
+@pytest.mark.slow
 def test_a_run_beside_one_that_completes_the_chunk_finishes_and_leaves_nothing_pending(ckpt, manifest, synth_shards,
                                                                                       tmp_path):
     """Run B of a chunk is paused half-way while run A completes the chunk, then goes on. A used to

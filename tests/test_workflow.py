@@ -74,6 +74,7 @@ def fresh_workflow(tmp_path_factory) -> Path:
     return _copy_workflow(tmp_path_factory.mktemp("fresh"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, message", REFUSED)
 def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, text, message):
     """viewfusion.workflow.checks at DAG build (tests/test_plan.py runs the same cases through the
@@ -84,6 +85,7 @@ def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, t
     assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("value", "message"), [
     # 9^9 values once expanded: coerce_scalars, validate and the merges walk every one (7.2 GB before)
     ("[" + ", ".join(["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [

@@ -31,8 +31,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from viewfusion.data.nmr import MAX_IMAGE_SIZE, MAX_SEED, NUM_VIEWS
 from viewfusion.errors import ViewFusionError
+from viewfusion.limits import MAX_IMAGE_SIZE, MAX_PROCESSES, MAX_SEED, NUM_VIEWS
 
 # The noise schedules and prediction targets viewfusion.model.diffusion implements; owned here, where
 # reading a config needs them without importing torch, and imported by the diffusion module.
@@ -45,8 +45,8 @@ VALIDATE_METRICS = {"psnr": True, "ssim": True, "heldout_loss": False}
 # data.shard_order names, owned here (a config never imports torch); the loader maps each to its stage.
 SHARD_ORDERS = ("resample", "epoch")
 # Limits that make a typo (an extra zero) a one-line error, not terabytes allocated deep inside: the U-Net's 3x3
-# convolution weights (the paper's: 2.0e7, 50x room), noise levels, processes started, held-out draws made.
-MAX_UNET_WEIGHTS, MAX_TIMESTEPS, MAX_PROCESSES, MAX_DRAWS = 1_000_000_000, 100_000, 256, 1_000_000
+# convolution weights (the paper's: 2.0e7, 50x room), noise levels, held-out draws made.
+MAX_UNET_WEIGHTS, MAX_TIMESTEPS, MAX_DRAWS = 1_000_000_000, 100_000, 1_000_000
 
 
 def unet_channels(*, relative: bool, weighting: bool) -> tuple[int, int]:

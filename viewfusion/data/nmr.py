@@ -32,6 +32,7 @@ import yaml
 from viewfusion.bounded import load_npz, loads_yaml
 from viewfusion.errors import ViewFusionError
 from viewfusion.fsutil import plain_name
+from viewfusion.limits import MAX_IMAGE_SIZE, MAX_SEED, NUM_VIEWS  # noqa: F401  (nmr.NUM_VIEWS etc.: the dataset's facts)
 
 # synset -> short name, in the NMR / ShapeNet order used by every table of the paper.
 SYNSETS: dict[str, str] = {
@@ -67,7 +68,6 @@ SYNSET_NAMES: dict[str, str] = {
     "04530566": "vessel,watercraft",
 }
 
-NUM_VIEWS = 24
 VIEW_STEP = 2.0 * math.pi / NUM_VIEWS  # radians between neighbouring views
 IMAGE_SIZE = 64
 ELEVATION_DEG = 30.0
@@ -86,14 +86,11 @@ CAMERA_NAMES = ("world_mat", "camera_mat", "world_mat_inv", "camera_mat_inv")
 # cameras.npz of ~25 KB holding 4x4 float matrices, split lists under 100 KB, metadata.yaml of
 # 1 KB). A member declaring or inflating to more is refused before it is read whole: a 3 MB zip
 # can inflate to gigabytes. A PNG may hold 16-bit RGBA pixels uncompressed plus 1 MiB of other
-# chunks (an ICC profile, text); MAX_IMAGE_SIZE bounds the image side every command accepts.
-MAX_IMAGE_SIZE = 1024
+# chunks (an ICC profile, text); MAX_IMAGE_SIZE (viewfusion.limits) bounds the image side.
 MAX_CAMERAS_BYTES = 4 << 20
 MAX_CAMERA_ARRAY_BYTES = 64 << 10
 MAX_LIST_BYTES = 16 << 20
 MAX_METADATA_BYTES = 1 << 20
-# Seeds: numpy takes any int, torch an int64 (a larger one is an OverflowError deep in sampling).
-MAX_SEED = 2**63 - 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DRIVE = re.compile(r"^[A-Za-z]:")

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from viewfusion.config import MAX_PROCESSES
 from viewfusion.data import nmr
 from viewfusion.data.primitives import Primitive, SynthObject
 from viewfusion.data.render import camera_matrices, projection, render
 from viewfusion.data.shapes import draw_object, object_id, object_synset
 from viewfusion.fsutil import atomic_path
+from viewfusion.limits import MAX_PROCESSES
 
 _SPLIT_PATTERN = ("train", "test", "train", "val", "train", "train", "test", "train", "train", "train")
 _SOFTRAS_SHIFT = 3

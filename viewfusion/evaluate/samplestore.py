@@ -49,7 +49,7 @@ GT_SUFFIX = ".gt.tar"
 # has ~1.7 M targets in all, run as a few hundred chunks; N is a number of files and jobs.
 MAX_CHUNKS = 100_000
 # The largest array of a weights member: `final` holds (views, H, W) float16, 48 MB at 23 views of
-# 1024 px (viewfusion.data.nmr.MAX_IMAGE_SIZE); a member inflating to more is refused.
+# 1024 px (viewfusion.limits.MAX_IMAGE_SIZE); a member inflating to more is refused.
 MAX_WEIGHTS_ARRAY_BYTES = 64 << 20
 # Settings every chunk of one sample directory shares: one experiment, checkpoint and sampler.
 # What a marker repeats of its fingerprinted settings (metrics rows carry them).
