@@ -17,7 +17,7 @@ from sample_utils import DATA, marker_settings, png_bytes, write_chunk, write_gr
 
 from viewfusion import cli
 from viewfusion.errors import ViewFusionError
-from viewfusion.evaluate import provenance, samplestore
+from viewfusion.evaluate import pending, provenance, samplestore
 
 FP = marker_settings()["fingerprint"]
 
@@ -138,7 +138,7 @@ def test_clean_pending_drops_only_what_a_complete_pack_holds(tmp_path):
         (root / "pending" / folder).mkdir(parents=True, exist_ok=True)
         (root / "pending" / folder / file).write_bytes(data)
     write_chunk(root, "1-of-3", items[3:], images, FP)  # a pack without its marker (a rerun) vouches for nothing
-    assert samplestore.clean_pending(root) == sum(not kept for _, kept in files.values())
+    assert pending.clean_pending(root) == sum(not kept for _, kept in files.values())
     left = {(p.parent.name, p.name) for p in (root / "pending").rglob("*") if p.is_file()}
     assert left == {key for key, (_, kept) in files.items() if kept}
     assert not (root / "pending" / "1-of-2").exists(), "an emptied folder goes"

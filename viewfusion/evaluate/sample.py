@@ -34,7 +34,7 @@ from viewfusion.data.manifest import read_manifest
 from viewfusion.data.reader import load_objects
 from viewfusion.data.shardmanifest import data_sha256
 from viewfusion.errors import ViewFusionError
-from viewfusion.evaluate import provenance, samplestore
+from viewfusion.evaluate import pending, provenance, samplestore
 from viewfusion.evaluate.samplestore import CHUNK_MARKER, ChunkStore
 from viewfusion.evaluate.targets import build_batch, generate_batch, nearest_view_images
 from viewfusion.fsutil import atomic_write_json, disk_errors, sha256_file, sha256_json
@@ -216,7 +216,7 @@ def sample_chunk(
     model, info, settings, calls = _settle(checkpoint, spec, dev, weights=weights, row_batch=row_batch,
                                            data=data_sha256(shards, man["split"]))
     fp = provenance.fingerprint(settings)
-    samplestore.clean_pending(out_dir)  # what runs that died beside complete chunks left there
+    pending.clean_pending(out_dir)  # what runs that died beside complete chunks left there
     marker.unlink(missing_ok=True)  # the chunk is incomplete until this run says otherwise
     _drop_other_markers(out_dir / "chunks", fp)
     store = ChunkStore(out_dir, stem)
@@ -246,7 +246,7 @@ def sample_chunk(
     _write_marker(marker, items=items, i=i, n=n, progress=progress, info=info, settings=settings, fp=fp,
                   extra={"checkpoint": str(checkpoint), "experiment": experiment, "device": str(dev),
                          "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)})
-    samplestore.clean_pending(out_dir)  # now packed: this run's items, and a concurrent run's copies
+    pending.clean_pending(out_dir)  # now packed: this run's items, and a concurrent run's copies
     return marker
 
 
