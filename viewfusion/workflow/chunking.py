@@ -22,6 +22,7 @@ the profile's runtime and the dataset: a rerun finds the same files. Torch-free.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,14 @@ def _nmr_zip_counts(path: Path, lists: str, split: str) -> dict[str, int] | None
     """Per-category objects of `split` in the NMR zip at `path` (None when it is not there)."""
     if not path.is_file():
         return None
+    stat = path.stat()
+    return _read_zip_counts(str(path.resolve()), stat.st_size, stat.st_mtime_ns, lists, split)
+
+
+@functools.cache
+def _read_zip_counts(path: str, size: int, mtime_ns: int, lists: str, split: str) -> dict[str, int]:
+    """Read once per zip state: the real zip has ~1.1 M members, seconds to index, and every
+    experiment of a DAG asks (size and mtime in the key: a replaced zip is read again)."""
     from viewfusion.data.nmr import SYNSETS, NMRZip
 
     with NMRZip(path) as nmr:
