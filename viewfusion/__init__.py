@@ -20,13 +20,22 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    # Lazy so that `viewfusion data ...` never pays for importing torch.
-    if name in _LAZY:
-        import importlib
+def lazy_attributes(package: str, table: dict[str, str]):
+    """A module `__getattr__` (PEP 562) importing `table[name]`'s module on first use: a package
+    can name torch-backed classes without loading torch for its torch-free modules."""
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'viewfusion' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name in table:
+            import importlib
+
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+# Lazy so that `viewfusion data ...` never pays for importing torch.
+__getattr__ = lazy_attributes("viewfusion", _LAZY)
 
 
 __all__ = ["UNet", "ViewFusion", "load_official", "__version__"]

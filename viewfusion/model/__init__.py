@@ -2,6 +2,8 @@
 schedules, samplers and solvers, the torch-free sampler names and settings, building from a
 config, and checkpoints of any kind (`load_official` included, in viewfusion.model.checkpoint)."""
 
+from viewfusion import lazy_attributes
+
 _LAZY = {
     "build_model": "viewfusion.model.build",
     "UNet": "viewfusion.model.unet",
@@ -10,14 +12,8 @@ _LAZY = {
     "count_unet_evals": "viewfusion.model.viewfusion",
 }
 
-
-def __getattr__(name: str):
-    # Lazy: the sampler names and other torch-free modules of this package must not load torch.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'viewfusion.model' has no attribute {name!r}")
+# Lazy: the sampler names and other torch-free modules of this package must not load torch.
+__getattr__ = lazy_attributes("viewfusion.model", _LAZY)
 
 
 __all__ = ["GenerationResult", "UNet", "ViewFusion", "build_model", "count_unet_evals"]
