@@ -31,8 +31,15 @@ REFUSED = [
                  "eta 0.1234567 is 0.123457 in its tag 'ddim-10-eta0.123457'", id="eta-digits"),
     pytest.param("evaluation: {samplers: [{name: ddim, steps: 10, eta: 0.0000001}]}\n",
                  "'ddim-10-eta1e-07' is not a sampler tag", id="eta-exponent"),
-    pytest.param("evaluation: {view_counts: [2.0]}\n", "evaluation.view_counts: 2.0 names the v<N> folders",
+    pytest.param("evaluation: {view_counts: [2.0]}\n", "evaluation.view_counts[0]: 2.0 must be a whole number",
                  id="view-count-float"),
+    # The schema's integer admits any whole float: each failed in its job (range(6.0), a batch of 16.0).
+    pytest.param("evaluation: {max_objects: 6.0}\n", "evaluation.max_objects: 6.0 must be a whole number",
+                 id="max-objects-float"),
+    pytest.param("evaluation: {batch_size: 16.0}\n", "evaluation.batch_size: 16.0 must be a whole number",
+                 id="batch-size-float"),
+    pytest.param("shard_sets: {all: {shards: 2.0}}\n", "shard_sets.all.shards: 2.0 must be a whole number",
+                 id="shards-float"),
     # The checks Snakemake ran before, which the plan skipped.
     pytest.param("active_experiments: [nope]\n", "active_experiments names ['nope']", id="unknown-experiment"),
     pytest.param("shard_sets: {all: {shards: 3}}\ntraining: {nproc: 2}\n", "not divisible by gpus 2",

@@ -84,9 +84,6 @@ def _check_distinct(config: dict) -> None:
         # Settings alike once resolved share a folder or their metrics rows ("ddim-full" runs ddim-50).
         steps = spec.get("steps") or samplers.DEFAULT_STEPS.get(spec["name"])
         settings.append(samplers.tag(spec["name"], steps, spec.get("eta") or 0.0, spec.get("spacing")))
-    bad = next((v for v in ev["view_counts"] if not isinstance(v, int)), None)
-    if bad is not None:  # the schema's integer admits 3.0, which would name a folder v3.0
-        raise ViewFusionError(f"evaluation.view_counts: {bad!r} names the v<N> folders: write it as a whole number")
     for key, values in (("active_experiments", config["active_experiments"]),
                         ("evaluation.checkpoints", [checkpoint_tag(c) for c in ev["checkpoints"]]),
                         ("evaluation.view_counts", ev["view_counts"]), ("evaluation.samplers", settings)):

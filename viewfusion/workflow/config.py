@@ -70,6 +70,25 @@ def read_profile(profile: Path) -> tuple[Path, Any]:
     return path, data
 
 
+def check_whole_numbers(value: Any, schema: dict, where: str = "") -> None:
+    """Refuse a float where the schema asks for an integer only: JSON Schema's `integer` admits
+    26.0, which then names a v26.0 folder or fails deep in a job (range(26.0), a batch of 32.0)."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else {})
+            check_whole_numbers(item, sub, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_whole_numbers(item, schema.get("items", {}), f"{where}[{index}]")
+    elif isinstance(value, float):
+        kinds = [schema.get("type")] + [alt.get("type") for alt in schema.get("anyOf", [])]
+        wanted = {t for k in kinds for t in (k if isinstance(k, list) else [k])}
+        if "integer" in wanted and "number" not in wanted:
+            raise ViewFusionError(f"{where}: {value!r} must be a whole number written as one (e.g. "
+                                  f"{int(value) if value.is_integer() else round(value)})")
+
+
 def validate_config(config: dict, schema: dict, where: str) -> None:
     """Refuse, in one line, what Snakemake's `validate(config, schema)` refuses (JSON Schema 2020-12)."""
     import jsonschema
@@ -78,6 +97,7 @@ def validate_config(config: dict, schema: dict, where: str) -> None:
     if error is not None:
         at = ".".join(map(str, error.absolute_path)) or "top level"
         raise ViewFusionError(f"{where}: {at}: {' '.join(error.message.split())}")
+    check_whole_numbers(config, schema)
 
 
 def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Path | None) -> dict:

@@ -19,7 +19,7 @@ from viewfusion.train.rundir import snapshot_name
 from viewfusion.data.manifest import WORKFLOW_MANIFESTS, workflow_manifest
 from viewfusion.workflow import checks as workflowchecks
 from viewfusion.errors import ViewFusionError
-from viewfusion.workflow.config import DEFAULT_SAMPLE_MINUTES, runtime_minutes
+from viewfusion.workflow.config import DEFAULT_SAMPLE_MINUTES, check_whole_numbers, runtime_minutes
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -61,6 +61,10 @@ try:
 except ViewFusionError as err:
     config_error(err)
 validate(config, SCHEMA)
+try:
+    check_whole_numbers(config, schema)  # the schema's integer admits 26.0 (workflow.config)
+except ViewFusionError as err:
+    config_error(err)
 
 EVAL = config["evaluation"]
 ACTIVE = config["active_experiments"]
