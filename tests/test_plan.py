@@ -274,8 +274,17 @@ def test_the_plan_checks_training_processes_against_the_profiles_gpus(tmp_path):
     assert "training.nproc 2, but the profile gives each training node 4 GPUs" in proc.stderr
 
 
-def test_bad_profile_runtime_is_one_line(tmp_path):
+@pytest.mark.parametrize("runtime", ["four hours", "9**9**9", "0", "-5 * attempt", "__import__('os')"])
+def test_bad_profile_runtime_is_one_line(tmp_path, runtime):
+    """Parsed, never evaluated: `eval` of 9**9**9 never returned (the plan hung)."""
     profile = tmp_path / "config.yaml"
-    profile.write_text(yaml.safe_dump({"set-resources": {"sample": {"runtime": "four hours"}}}))
-    with pytest.raises(ViewFusionError, match="set-resources.sample.runtime 'four hours' is not a positive number"):
+    profile.write_text(yaml.safe_dump({"set-resources": {"sample": {"runtime": runtime}}}))
+    with pytest.raises(ViewFusionError, match=r"set-resources.sample.runtime .* is not a positive number"):
         P.profile_minutes(profile)
+
+
+@pytest.mark.parametrize("runtime, minutes", [(240, 240), ("30 * attempt", 30), ("attempt*15", 15), (" 720 ", 720)])
+def test_profile_runtimes_in_the_forms_profiles_write(runtime, minutes):
+    from viewfusion.workflow.config import runtime_minutes
+
+    assert runtime_minutes(runtime, "profile") == minutes

@@ -9,6 +9,7 @@ validated against it as Snakemake validates them, and a profile's settings and r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +119,20 @@ def load_workflow_config(configfiles: list[Path], base: Path | None, schema: Pat
     return config
 
 
+# What a profile's runtime may say: N, "N * attempt" or "attempt * N" (minutes); a year at most.
+_RUNTIME = re.compile(r"\s*(?:(\d{1,7})(?:\s*\*\s*attempt)?|attempt\s*\*\s*(\d{1,7}))\s*")
+MAX_RUNTIME_MINUTES = 366 * 24 * 60
+
+
 def runtime_minutes(value: Any, where: str) -> int:
-    """A profile's runtime (minutes, or an expression of `attempt` such as "240 * attempt") on the
-    first attempt: what the plan and the workflow's chunk sizing budget a job with."""
-    try:
-        minutes = int(eval(str(value), {"__builtins__": {}}, {"attempt": 1}))
-    except (SyntaxError, NameError, TypeError, ValueError, ArithmeticError):
-        minutes = 0
-    if minutes <= 0:
-        raise ViewFusionError(f"{where}.runtime {value!r} is not a positive number of minutes (an expression of "
-                              "`attempt` at most)")
+    """A profile's runtime (minutes, or minutes times `attempt` such as "240 * attempt") on the
+    first attempt: what the plan and the workflow's chunk sizing budget a job with. Parsed, never
+    evaluated: `eval` of a profile's "9**9**9" would never return."""
+    match = _RUNTIME.fullmatch(str(value))
+    minutes = int(match.group(1) or match.group(2)) if match else 0
+    if not 0 < minutes <= MAX_RUNTIME_MINUTES:
+        raise ViewFusionError(f"{where}.runtime {value!r} is not a positive number of minutes (N, or N * attempt, "
+                              f"at most {MAX_RUNTIME_MINUTES})")
     return minutes
 
 
