@@ -86,6 +86,14 @@ def test_a_config_the_plan_refuses_stops_the_dag_with_one_line(fresh_workflow, t
 
 
 @pytest.mark.slow
+def test_a_setting_asked_for_by_file_name_is_sized_like_the_configured_ones(fresh_workflow):
+    """Chunks are sized per configured setting; a file of another setting (ddim-20, not in the
+    config) used to be a KeyError in the metrics rule's input function instead of a plan."""
+    proc = snakemake(fresh_workflow, "-n", "results/samples/tiny/final/ddim-20/v2/metrics.parquet")
+    assert {"sample", "metrics"} <= _dry_run_rules(proc.stdout + proc.stderr)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("value", "message"), [
     # 9^9 values once expanded: coerce_scalars, validate and the merges walk every one (7.2 GB before)
     ("[" + ", ".join(["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [

@@ -112,7 +112,8 @@ try:
     check_config()
     # Chunks per setting and the swept samplers: a function of the config, the profile's sample
     # runtime and the dataset, so every run of this DAG finds the same chunk files.
-    SIZING = chunking.size_chunks(config, root=Path("."), sample_minutes=profile_sample_minutes())
+    SAMPLE_MINUTES = profile_sample_minutes()
+    SIZING = chunking.size_chunks(config, root=Path("."), sample_minutes=SAMPLE_MINUTES)
 except ViewFusionError as err:
     config_error(err)
 
@@ -222,9 +223,26 @@ def sample_dir(exp, ckpt, sampler, views):
 def get_sample_chunks(wildcards):
     """The chunk markers of one setting: the count viewfusion.workflow.chunking sized for it (one for a
     swept sampler, whose `sample_sweep` job writes every view count's)."""
-    n = 1 if wildcards.sampler in SIZING.swept else SIZING.chunks(wildcards.exp, wildcards.sampler, wildcards.views)
+    n = 1 if wildcards.sampler in SIZING.swept else setting_chunks(wildcards.exp, wildcards.sampler, wildcards.views)
     base = sample_dir(wildcards.exp, wildcards.ckpt, wildcards.sampler, wildcards.views)
     return [f"{base}/chunks/{i}-of-{n}.json" for i in range(1, n + 1)]
+
+
+def setting_chunks(exp, tag, views):
+    """SIZING's chunks of a setting; one asked for by file name beyond the config's samplers, view
+    counts or active experiments (`snakemake results/samples/.../metrics.parquet`) is sized alone,
+    by the same rule."""
+    key = (exp, tag, int(views))
+    if key not in SIZING.settings:
+        name, steps, eta, spacing = samplers.parse_tag(tag)
+        one = {**config, "active_experiments": [exp], "evaluation": {
+            **EVAL, "samplers": [{"name": name, "steps": steps, "eta": eta, "spacing": spacing}],
+            "view_counts": [int(views)]}}
+        try:
+            SIZING.settings[key] = chunking.size_chunks(one, root=Path("."), sample_minutes=SAMPLE_MINUTES).settings[key]
+        except ViewFusionError as err:
+            config_error(err)
+    return SIZING.chunks(*key)
 
 
 def tags_pattern(tags):
