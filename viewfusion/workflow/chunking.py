@@ -140,6 +140,15 @@ class Sizing:
         return self.settings[(exp, tag, int(views))].chunks
 
 
+def experiment_config(spec: dict, root: Path):
+    """An experiment's resolved training config; published weights without a config sample on
+    the official (default) schedule."""
+    from viewfusion.config import ExperimentConfig
+    from viewfusion.configfile import load_config
+
+    return load_config(root / spec["config"], spec.get("set", [])) if spec.get("config") else ExperimentConfig()
+
+
 def chunk_count(minutes: float, budget: float, ceiling: int | None) -> int:
     """The fewest chunks of `minutes` of work that each fit `budget` with the job start-up."""
     room = budget - rates.JOB_STARTUP_SECONDS / 60
@@ -158,9 +167,6 @@ def chunk_count(minutes: float, budget: float, ceiling: int | None) -> int:
 
 def size_chunks(config: dict, *, root: Path, sample_minutes: float, objects: int | None = None) -> Sizing:
     """Chunks per setting for every active experiment, sampler and view count (module doc)."""
-    from viewfusion.config import ExperimentConfig
-    from viewfusion.configfile import load_config
-
     ev = config["evaluation"]
     share = ev.get("chunk_share", DEFAULT_CHUNK_SHARE)
     if not 0 < share <= 1 or not sample_minutes > 0:
@@ -175,8 +181,7 @@ def size_chunks(config: dict, *, root: Path, sample_minutes: float, objects: int
     sweeps: dict[str, list[float]] = {}
     for exp in config["active_experiments"]:
         spec = config["experiments"][exp]
-        # Published weights without a config sample on the official (default) schedule.
-        cfg = load_config(root / spec["config"], spec.get("set", [])) if spec.get("config") else ExperimentConfig()
+        cfg = experiment_config(spec, root)
         count = sizing.counts[exp] = setting_targets(config, exp, root, objects)
         for sampler in ev["samplers"]:
             tag = samplers.tag_of(sampler)

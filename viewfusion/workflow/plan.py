@@ -45,7 +45,6 @@ from typing import Any
 
 from viewfusion.bounded import load_json
 from viewfusion.config import ExperimentConfig, select_precision
-from viewfusion.configfile import load_config
 from viewfusion.errors import ViewFusionError
 from viewfusion.evaluate import samplestore
 from viewfusion.model import samplers
@@ -157,7 +156,7 @@ def make_plan(config: dict, *, rates: dict[str, Any], profile: dict[str, Any], r
     plan = Plan(config=sources or [], rates=rates, profile=profile, sizing=sizing)
     for exp in config["active_experiments"]:
         spec = config["experiments"][exp]
-        cfg = load_config(root / spec["config"], spec.get("set", [])) if spec.get("config") else ExperimentConfig()
+        cfg = chunking.experiment_config(spec, root)
         if "weights" not in spec:
             _train_row(plan, exp, cfg, training)
         for ckpt in ev["checkpoints"]:
